@@ -1,0 +1,36 @@
+# Two entry points (see README): `make run` and `make test`.  Both create the
+# project's virtual environment on first use; everything the project needs is
+# installed from pyproject.toml.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROFILE ?= cluster_profiles/local
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: setup run test test-slow lint bench
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned: the local CPU wheel.  DeepSpeed's sdist then builds
+	# against it instead of resolving a CUDA torch.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	snakemake --profile $(PROFILE)
+
+lint: setup
+	ruff check diver tests benchmarks
+
+test: setup lint
+	pytest -n 2
+
+test-slow: setup
+	pytest -m slow
+
+bench: setup
+	python benchmarks/bench_corpus.py

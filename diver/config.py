@@ -1,0 +1,231 @@
+"""Study configuration: frozen dataclasses, loaded from YAML validated at the edge.
+
+The JSON schema in ``workflow/schemas/config.schema.yaml`` is the single source of
+keys, descriptions and defaults; Snakemake validates the same file with the same
+schema, so a config that passes here passes there and vice versa.  Once loaded, a
+config is a tree of frozen dataclasses: code downstream never sees a raw dict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration file is invalid; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class QCConfig:
+    """QA/QC thresholds of SPEC §1 (Appendix F.3)."""
+
+    eeg_scale_uv: float = 100.0
+    ieeg_scale_uv: float = 200.0
+    clip: float = 1.0
+    max_clipped_fraction: float = 0.0333
+    max_bad_channel_fraction: float = 0.5
+    flat_std_uv: float = 0.1
+    cbramod_threshold_uv: float = 100.0
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """One named corpus and how its recordings are typed and filtered."""
+
+    name: str
+    inputs: tuple[str, ...]
+    modality: str = "auto"
+    ieeg_type: str = "seeg"
+    line_freq: float = 60.0
+    highpass: float = 0.3
+    notch_harmonics: str = "auto"
+    subject_pattern: str | None = None
+    channel_types: Mapping[str, str] = field(default_factory=dict)
+    ieeg_subtypes: Mapping[str, str] = field(default_factory=dict)
+    coord_frame: str = "unknown"
+
+    def harmonics_for(self, is_ieeg: bool) -> bool:
+        """Whether to notch harmonics of the line frequency (SPEC §1: for iEEG)."""
+        if self.notch_harmonics == "auto":
+            return is_ieeg
+        return self.notch_harmonics == "yes"
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """Corpus stage settings (SPEC §1)."""
+
+    sfreq: float = 500.0
+    window_seconds: float = 30.0
+    min_sfreq: float = 100.0
+    signal_dtype: str = "float16"
+    row_group_windows: int = 4
+    block_windows: int = 20
+    jobs: int = 1
+    strict: bool = False
+    qc: QCConfig = field(default_factory=QCConfig)
+    datasets: tuple[DatasetConfig, ...] = ()
+
+    @property
+    def window_samples(self) -> int:
+        """Samples per window at the target rate (15,000 for 30 s at 500 Hz)."""
+        return round(self.sfreq * self.window_seconds)
+
+    def fingerprint(self) -> str:
+        """Hash of every setting that changes a recording's output (not jobs/strict)."""
+        settings = asdict(self)
+        for key in ("jobs", "strict", "datasets"):
+            settings.pop(key)
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Synthetic corpus for the embedded default."""
+
+    enabled: bool = False
+    hours: float = 0.5
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where MLflow runs go."""
+
+    uri: str | None = None
+    experiment: str | None = None
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """Pretraining grid: data fraction x epochs x model size (SPEC §3)."""
+
+    sizes: tuple[str, ...] = ("debug",)
+    patch: str = "1s"
+    epochs: tuple[int, ...] = (1,)
+    data_fractions: tuple[float, ...] = (1.0,)
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A whole study, as one validated config file describes it."""
+
+    study: str = "diver-default"
+    results_dir: str = "results"
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
+
+    @property
+    def results_path(self) -> Path:
+        return Path(self.results_dir)
+
+    def tracking_uri(self) -> str:
+        """The configured MLflow URI, or an absolute SQLite URI under the results folder."""
+        if self.tracking.uri:
+            return self.tracking.uri
+        return f"sqlite:///{(self.results_path / 'mlflow.db').resolve()}"
+
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.study
+
+
+def load_schema() -> dict[str, Any]:
+    with SCHEMA_PATH.open() as fh:
+        return yaml.safe_load(fh)
+
+
+def _fill_defaults(validator_class: type) -> type:
+    """A validator that writes schema defaults into the instance while validating."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):  # type: ignore[no-untyped-def]
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = json.loads(json.dumps(sub["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def validate_config(raw: Mapping[str, Any], *, source: str = "<config>") -> dict[str, Any]:
+    """Validate ``raw`` against the schema, fill defaults, and return the result.
+
+    Raises ConfigError naming ``source`` and the offending key path.
+    """
+    data = json.loads(json.dumps(dict(raw)))  # deep copy, plain types only
+    schema = load_schema()
+    validator_cls = _fill_defaults(jsonschema.validators.validator_for(schema))
+    validator = validator_cls(schema)
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for err in errors:
+            key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+            lines.append(f"  {key}: {err.message}")
+        raise ConfigError(f"invalid config {source}:\n" + "\n".join(lines))
+    return data
+
+
+def config_from_dict(data: Mapping[str, Any], *, source: str = "<config>") -> StudyConfig:
+    """Build the frozen config tree from a (validated) mapping."""
+    data = validate_config(data, source=source)
+    corpus = dict(data["corpus"])
+    results_dir = data["results_dir"]
+    datasets = tuple(
+        DatasetConfig(
+            **{
+                **ds,
+                "inputs": tuple(str(p).format(results_dir=results_dir) for p in ds["inputs"]),
+                "channel_types": dict(ds["channel_types"]),
+                "ieeg_subtypes": dict(ds["ieeg_subtypes"]),
+            }
+        )
+        for ds in corpus.pop("datasets")
+    )
+    names = [ds.name for ds in datasets]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ConfigError(f"invalid config {source}:\n  corpus.datasets: duplicate names {duplicated}")
+    qc = QCConfig(**corpus.pop("qc"))
+    grid = data["grid"]
+    return StudyConfig(
+        study=data["study"],
+        results_dir=results_dir,
+        synth=SynthConfig(**data["synth"]),
+        corpus=CorpusConfig(**corpus, qc=qc, datasets=datasets),
+        tracking=TrackingConfig(**data["tracking"]),
+        grid=GridConfig(
+            sizes=tuple(grid["sizes"]),
+            patch=grid["patch"],
+            epochs=tuple(grid["epochs"]),
+            data_fractions=tuple(grid["data_fractions"]),
+        ),
+    )
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    """Read, validate and freeze a study config file."""
+    path = Path(path)
+    try:
+        with path.open() as fh:
+            raw = yaml.safe_load(fh) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"invalid config {path}: the top level must be a mapping")
+    return config_from_dict(raw, source=str(path))

@@ -1,0 +1,208 @@
+"""The Parquet layout of the windowed corpus: schema, atomic shard writer, readers.
+
+One row per kept 30 s window.  The signal is stored flattened channel-major in a
+list column (``signal``), so the whole column of a table is one contiguous numpy
+buffer plus offsets: a window, or a batch of windows with equal shapes, reads back
+into ``(n_channels, n_samples)`` arrays with a reshape and no Python loop.
+Coordinates are stored the same way (``coords_mm``, ``n_channels * 3`` values).
+
+Shards live at ``<corpus>/windows/<dataset>/<recording>.parquet``; the whole corpus
+opens with ``pyarrow.dataset.dataset(corpus / "windows")``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SIGNAL_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
+
+METADATA_COLUMNS = (
+    "dataset",
+    "subject",
+    "recording",
+    "window_index",
+    "start_seconds",
+    "modality",
+    "sfreq",
+    "n_channels",
+    "n_samples",
+    "coord_frame",
+    "channel_names",
+    "channel_types",
+    "channel_subtypes",
+    "coords_mm",
+)
+
+
+def window_schema(signal_dtype: str = "float16") -> pa.Schema:
+    """Arrow schema of a window row; ``signal_dtype`` is ``float16`` or ``float32``."""
+    try:
+        value_type = SIGNAL_DTYPES[signal_dtype]
+    except KeyError:
+        raise ValueError(
+            f"signal_dtype must be one of {sorted(SIGNAL_DTYPES)}, got {signal_dtype!r}"
+        ) from None
+    return pa.schema(
+        [
+            ("dataset", pa.string()),
+            ("subject", pa.string()),
+            ("recording", pa.string()),
+            ("window_index", pa.int32()),
+            ("start_seconds", pa.float64()),
+            ("modality", pa.string()),
+            ("sfreq", pa.float32()),
+            ("n_channels", pa.int32()),
+            ("n_samples", pa.int32()),
+            ("coord_frame", pa.string()),
+            ("channel_names", pa.list_(pa.string())),
+            ("channel_types", pa.list_(pa.string())),
+            ("channel_subtypes", pa.list_(pa.string())),
+            ("coords_mm", pa.list_(pa.float32())),
+            ("signal", pa.large_list(value_type)),
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class Window:
+    """One kept window, ready to be written (signal already scaled and clipped)."""
+
+    dataset: str
+    subject: str
+    recording: str
+    window_index: int
+    start_seconds: float
+    modality: str
+    sfreq: float
+    coord_frame: str
+    channel_names: Sequence[str]
+    channel_types: Sequence[str]
+    channel_subtypes: Sequence[str]
+    coords_mm: np.ndarray  # (n_channels, 3), NaN where unknown
+    signal: np.ndarray  # (n_channels, n_samples)
+
+
+def windows_to_table(windows: Sequence[Window], schema: pa.Schema) -> pa.Table:
+    """Columnar table of ``windows``; the signal buffer is built without per-sample loops."""
+    value_type = schema.field("signal").type.value_type
+    np_dtype = np.float16 if value_type == pa.float16() else np.float32
+    signals = [np.ascontiguousarray(w.signal, dtype=np_dtype).ravel() for w in windows]
+    offsets = np.zeros(len(windows) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([s.size for s in signals])
+    flat = np.concatenate(signals) if signals else np.zeros(0, dtype=np_dtype)
+    signal_col = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat, type=value_type))
+    coords = [np.asarray(w.coords_mm, dtype=np.float32).reshape(-1) for w in windows]
+    columns = {
+        "dataset": [w.dataset for w in windows],
+        "subject": [w.subject for w in windows],
+        "recording": [w.recording for w in windows],
+        "window_index": [w.window_index for w in windows],
+        "start_seconds": [w.start_seconds for w in windows],
+        "modality": [w.modality for w in windows],
+        "sfreq": [w.sfreq for w in windows],
+        "n_channels": [int(w.signal.shape[0]) for w in windows],
+        "n_samples": [int(w.signal.shape[1]) for w in windows],
+        "coord_frame": [w.coord_frame for w in windows],
+        "channel_names": [list(w.channel_names) for w in windows],
+        "channel_types": [list(w.channel_types) for w in windows],
+        "channel_subtypes": [list(w.channel_subtypes) for w in windows],
+        "coords_mm": [c.tolist() for c in coords],
+    }
+    arrays = [pa.array(columns[name], type=schema.field(name).type) for name in METADATA_COLUMNS]
+    return pa.Table.from_arrays([*arrays, signal_col], schema=schema)
+
+
+class ShardWriter:
+    """Writes one recording's windows to ``path`` atomically.
+
+    Rows go to ``<path>.tmp-<pid>`` as they come (one row group per
+    ``row_group_windows`` windows, so memory stays bounded), and the file is renamed
+    into place only by ``close()`` after a clean exit: a killed or failed run never
+    leaves a half-written shard under the final name.
+    """
+
+    def __init__(self, path: Path, *, signal_dtype: str = "float16", row_group_windows: int = 4):
+        self.path = Path(path)
+        self.schema = window_schema(signal_dtype)
+        self.row_group_windows = row_group_windows
+        self._tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        self._pending: list[Window] = []
+        self._writer: pq.ParquetWriter | None = None
+        self.n_written = 0
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def write(self, window: Window) -> None:
+        self._pending.append(window)
+        if len(self._pending) >= self.row_group_windows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(
+                self._tmp, self.schema, compression="zstd", use_dictionary=list(METADATA_COLUMNS)
+            )
+        self._writer.write_table(windows_to_table(self._pending, self.schema))
+        self.n_written += len(self._pending)
+        self._pending = []
+
+    def close(self) -> None:
+        """Flush and publish the shard (no file at all when no window was written)."""
+        self._flush()
+        if self._writer is not None:
+            self._writer.close()
+            os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def signals_of(table: pa.Table) -> list[np.ndarray]:
+    """Each row's signal as a ``(n_channels, n_samples)`` view into one flat buffer."""
+    col = table.column("signal").combine_chunks()
+    flat = col.values.to_numpy(zero_copy_only=False)
+    offsets = col.offsets.to_numpy()
+    n_ch = table.column("n_channels").to_numpy()
+    n_s = table.column("n_samples").to_numpy()
+    return [
+        flat[offsets[i] : offsets[i + 1]].reshape(int(n_ch[i]), int(n_s[i]))
+        for i in range(table.num_rows)
+    ]
+
+
+def coords_of(table: pa.Table) -> list[np.ndarray]:
+    """Each row's channel coordinates as ``(n_channels, 3)`` millimetres (NaN unknown)."""
+    col = table.column("coords_mm").combine_chunks()
+    flat = col.values.to_numpy(zero_copy_only=False)
+    offsets = col.offsets.to_numpy()
+    return [flat[offsets[i] : offsets[i + 1]].reshape(-1, 3) for i in range(table.num_rows)]
+
+
+def shard_path(corpus_dir: Path, dataset: str, recording: str) -> Path:
+    """Where a recording's shard lives; recording ids may contain ``/``."""
+    return Path(corpus_dir) / "windows" / dataset / (recording.replace("/", "__") + ".parquet")
