@@ -1,0 +1,30 @@
+# diver: raw EEG/iEEG recordings -> Parquet corpus -> pretraining grid -> fine-tuning
+# -> scaling laws, every step tracked in MLflow.  Each rule runs one `diver` command.
+#
+#   snakemake --profile cluster_profiles/local            # embedded default (CPU, minutes)
+#   snakemake --profile cluster_profiles/slurm            # the paper's study on SLURM
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+# The embedded default applies only when no --configfile is given (a study's config
+# replaces it rather than being merged into it).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/tracking.smk"
+include: "workflow/rules/synth.smk"
+include: "workflow/rules/corpus.smk"
+
+
+rule all:
+    input:
+        all_targets(),

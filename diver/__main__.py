@@ -1,0 +1,7 @@
+"""``python -m diver`` runs the ``diver`` command."""
+
+import sys
+
+from diver.cli import main
+
+sys.exit(main())

@@ -1,0 +1,200 @@
+"""The ``diver`` command: argument parsing and dispatch, nothing else.
+
+Every Snakemake rule runs one of these subcommands, so anything the DAG does a
+user can do by hand with the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from diver.config import ConfigError, DatasetConfig, StudyConfig, load_config
+
+log = logging.getLogger("diver")
+
+EXIT_QUARANTINED = 3
+
+
+def _study(path: str | None) -> StudyConfig:
+    return load_config(path) if path else StudyConfig()
+
+
+def _parse_input(spec: str) -> tuple[str, Path]:
+    """``NAME=PATH`` or ``PATH`` (the dataset is then named after the path)."""
+    name, sep, path = spec.partition("=")
+    if not sep:
+        path = spec
+        name = Path(spec.rstrip("/")).stem or "dataset"
+    return name, Path(path)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    study = load_config(args.config)
+    print(json.dumps(asdict(study), indent=2, default=str))
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from diver.corpus.synth import write_synthetic_corpus
+
+    from diver.atomic import write_text_atomic
+
+    out = Path(args.out)
+    summary = write_synthetic_corpus(out, hours=args.hours, seed=args.seed)
+    # Written last: its presence says the corpus is complete (the DAG's output).
+    write_text_atomic(out / "synth.json", json.dumps(asdict(summary), indent=2, default=str))
+    print(summary)
+    return 0
+
+
+def _datasets(study: StudyConfig, inputs: Sequence[str], only: Sequence[str]) -> list[DatasetConfig]:
+    configured = {ds.name: ds for ds in study.corpus.datasets}
+    if inputs:
+        grouped: dict[str, list[str]] = {}
+        for spec in inputs:
+            name, path = _parse_input(spec)
+            grouped.setdefault(name, []).append(str(path))
+        datasets = [
+            replace(configured[name], inputs=tuple(paths))
+            if name in configured
+            else DatasetConfig(name=name, inputs=tuple(paths))
+            for name, paths in grouped.items()
+        ]
+    else:
+        datasets = list(configured.values())
+    if only:
+        unknown = sorted(set(only) - {ds.name for ds in datasets})
+        if unknown:
+            raise ConfigError(f"--dataset names no configured dataset: {unknown}")
+        datasets = [ds for ds in datasets if ds.name in only]
+    return datasets
+
+
+def cmd_corpus(args: argparse.Namespace) -> int:
+    from diver.corpus.build import build_corpus
+
+    study = _study(args.config)
+    corpus = study.corpus
+    if args.jobs is not None:
+        corpus = replace(corpus, jobs=args.jobs)
+    if args.strict is not None:
+        corpus = replace(corpus, strict=args.strict)
+    datasets = _datasets(study, args.input or [], args.dataset or [])
+    out = Path(args.out)
+    if args.parent_run:
+        from diver.tracking import child_run, read_run_id
+
+        parent = read_run_id(Path(args.parent_run))
+        with child_run(study.tracking_uri(), parent, stage="corpus", name="corpus") as run:
+            result = build_corpus(datasets, corpus, out, progress=not args.quiet)
+            _log_corpus(run, corpus, out)
+    else:
+        result = build_corpus(datasets, corpus, out, progress=not args.quiet)
+    print(
+        f"{result.recordings} recordings ({result.processed} processed, {result.skipped} "
+        f"already done), {result.quarantined} quarantined, {result.windows} windows -> {out}"
+    )
+    if result.quarantined and corpus.strict:
+        print(f"strict: {result.quarantined} recording(s) quarantined, see {out / 'qc.csv'}",
+              file=sys.stderr)
+        return EXIT_QUARANTINED
+    return 0
+
+
+def _log_corpus(run, corpus, out: Path) -> None:  # type: ignore[no-untyped-def]
+    from diver.corpus.build import summary_metrics
+    from diver.tracking import file_sha256
+
+    params = {k: v for k, v in asdict(corpus).items() if k not in ("datasets", "qc")}
+    params.update({f"qc.{k}": v for k, v in asdict(corpus.qc).items()})
+    params["datasets"] = ",".join(ds.name for ds in corpus.datasets)
+    run.log_params(params)
+    run.set_tags({"diver.corpus_manifest_sha256": file_sha256(out / "manifest.csv")})
+    run.log_metrics(summary_metrics(out))
+    for name in ("manifest.csv", "qc.csv", "channels.csv"):
+        run.log_artifact(out / name, artifact_path="corpus")
+
+
+def cmd_track_init(args: argparse.Namespace) -> int:
+    from diver.tracking import ensure_parent_run, write_run_id
+
+    study = load_config(args.config)
+    run_id = ensure_parent_run(
+        study.tracking_uri(),
+        study.experiment_name(),
+        study.study,
+        params={"config": str(Path(args.config).resolve())},
+    )
+    write_run_id(Path(args.out), run_id)
+    print(run_id)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diver", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("config", help="validate a study config and print it with defaults")
+    p.add_argument("config", help="YAML config file")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("synth", help="write a synthetic EEG + iEEG corpus (real file formats)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--hours", type=float, default=0.5, help="total recording hours")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("corpus", help="raw recordings -> QA/QC'd Parquet windows (SPEC §1)")
+    p.add_argument("--config", help="study config; its corpus section gives datasets and settings")
+    p.add_argument(
+        "--input",
+        action="append",
+        metavar="[NAME=]PATH",
+        help="a recording or folder; repeatable. NAME is the dataset (default: the folder name); "
+        "a NAME of the config's datasets takes that dataset's settings",
+    )
+    p.add_argument("--dataset", action="append", help="process only this configured dataset")
+    p.add_argument("--out", required=True, help="corpus folder")
+    p.add_argument("--jobs", type=int, help="recordings processed in parallel")
+    p.add_argument(
+        "--strict",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="exit 3 when any recording was quarantined (default: the config's corpus.strict)",
+    )
+    p.add_argument("--parent-run", help="file holding the MLflow parent run id; log a child run")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_corpus)
+
+    p = sub.add_parser("track", help="MLflow tracking")
+    track = p.add_subparsers(dest="track_command", required=True)
+    t = track.add_parser("init", help="create (once) the study's experiment and parent run")
+    t.add_argument("--config", required=True, help="study config")
+    t.add_argument("--out", required=True, help="file to write the parent run id to")
+    t.set_defaults(func=cmd_track_init)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"diver {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

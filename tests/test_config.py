@@ -1,0 +1,84 @@
+"""Config files validate against the schema, defaults fill in, errors name the key."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from diver.config import ConfigError, config_from_dict, load_config, load_schema
+from tests.conftest import REPO_ROOT
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "diver1.yaml"])
+def test_shipped_configs_validate(name: str) -> None:
+    study = load_config(REPO_ROOT / "config" / name)
+    assert study.corpus.sfreq == 500
+    assert study.corpus.window_samples == 15000
+    assert study.corpus.datasets
+
+
+def test_defaults_fill_every_key() -> None:
+    study = config_from_dict({})
+    assert study.study == "diver-default"
+    assert study.corpus.qc.max_clipped_fraction == 0.0333
+    assert study.corpus.qc.eeg_scale_uv == 100
+    assert study.corpus.qc.ieeg_scale_uv == 200
+    assert study.tracking_uri().startswith("sqlite:////")
+    assert study.experiment_name() == "diver-default"
+
+
+def test_every_schema_key_has_description_and_default() -> None:
+    def walk(node: dict, path: str) -> None:
+        for key, sub in node.get("properties", {}).items():
+            where = f"{path}.{key}" if path else key
+            assert "description" in sub, f"{where} has no description"
+            is_required = key in node.get("required", [])
+            assert "default" in sub or is_required, f"{where} has no default"
+            walk(sub, where)
+        items = node.get("items")
+        if isinstance(items, dict):
+            walk(items, path + "[]")
+
+    walk(load_schema(), "")
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"corpus": {"qc": {"max_clipped_fraction": 2}}}, "corpus.qc.max_clipped_fraction"),
+        ({"corpus": {"sfreq": "fast"}}, "corpus.sfreq"),
+        ({"corpus": {"datasets": [{"name": "x"}]}}, "corpus.datasets.0"),
+        ({"grid": {"sizes": ["huge"]}}, "grid.sizes.0"),
+        ({"studdy": "typo"}, "(top level)"),
+        ({"corpus": {"datasets": [{"name": "a", "inputs": ["p"], "line_freq": 55}]}},
+         "corpus.datasets.0.line_freq"),
+    ],
+)
+def test_invalid_config_names_the_key(raw: dict, key: str, tmp_path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+    assert key in str(info.value)
+
+
+def test_duplicate_dataset_names_rejected() -> None:
+    ds = {"name": "a", "inputs": ["x"]}
+    with pytest.raises(ConfigError, match="duplicate"):
+        config_from_dict({"corpus": {"datasets": [ds, ds]}})
+
+
+def test_results_dir_placeholder_in_inputs() -> None:
+    study = config_from_dict(
+        {"results_dir": "out", "corpus": {"datasets": [{"name": "a", "inputs": ["{results_dir}/x"]}]}}
+    )
+    assert study.corpus.datasets[0].inputs == ("out/x",)
+
+
+def test_fingerprint_ignores_parallelism_only() -> None:
+    a = config_from_dict({"corpus": {"jobs": 1}}).corpus
+    b = config_from_dict({"corpus": {"jobs": 8, "strict": True}}).corpus
+    c = config_from_dict({"corpus": {"signal_dtype": "float32"}}).corpus
+    assert a.fingerprint() == b.fingerprint()
+    assert a.fingerprint() != c.fingerprint()

@@ -1,0 +1,20 @@
+# The study's MLflow experiment and parent run, created once before any other job.
+# Its params are only what identifies the parent (study, store), so editing any other
+# part of the config never reruns it; the command itself is idempotent as well.
+
+
+localrules:
+    track_init,
+
+
+rule track_init:
+    output:
+        parent_run_file(),
+    params:
+        config=STUDY_CONFIG,
+        study=config["study"],
+        tracking=config["tracking"],
+    log:
+        results("logs", "track_init.log"),
+    shell:
+        "diver track init --config {params.config} --out {output} > {log} 2>&1"
