@@ -41,9 +41,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from diver.corpus.synth import write_synthetic_corpus
-
     from diver.atomic import write_text_atomic
+    from diver.corpus.synth import write_synthetic_corpus
 
     out = Path(args.out)
     summary = write_synthetic_corpus(out, hours=args.hours, seed=args.seed)
@@ -53,7 +52,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _datasets(study: StudyConfig, inputs: Sequence[str], only: Sequence[str]) -> list[DatasetConfig]:
+def _datasets(
+    study: StudyConfig, inputs: Sequence[str], only: Sequence[str]
+) -> list[DatasetConfig]:
     configured = {ds.name: ds for ds in study.corpus.datasets}
     if inputs:
         grouped: dict[str, list[str]] = {}
@@ -101,8 +102,10 @@ def cmd_corpus(args: argparse.Namespace) -> int:
         f"already done), {result.quarantined} quarantined, {result.windows} windows -> {out}"
     )
     if result.quarantined and corpus.strict:
-        print(f"strict: {result.quarantined} recording(s) quarantined, see {out / 'qc.csv'}",
-              file=sys.stderr)
+        print(
+            f"strict: {result.quarantined} recording(s) quarantined, see {out / 'qc.csv'}",
+            file=sys.stderr,
+        )
         return EXIT_QUARANTINED
     return 0
 

@@ -198,7 +198,9 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "<config>") -> St
     names = [ds.name for ds in datasets]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
-        raise ConfigError(f"invalid config {source}:\n  corpus.datasets: duplicate names {duplicated}")
+        raise ConfigError(
+            f"invalid config {source}:\n  corpus.datasets: duplicate names {duplicated}"
+        )
     qc = QCConfig(**corpus.pop("qc"))
     grid = data["grid"]
     return StudyConfig(

@@ -50,8 +50,10 @@ def test_every_schema_key_has_description_and_default() -> None:
         ({"corpus": {"datasets": [{"name": "x"}]}}, "corpus.datasets.0"),
         ({"grid": {"sizes": ["huge"]}}, "grid.sizes.0"),
         ({"studdy": "typo"}, "(top level)"),
-        ({"corpus": {"datasets": [{"name": "a", "inputs": ["p"], "line_freq": 55}]}},
-         "corpus.datasets.0.line_freq"),
+        (
+            {"corpus": {"datasets": [{"name": "a", "inputs": ["p"], "line_freq": 55}]}},
+            "corpus.datasets.0.line_freq",
+        ),
     ],
 )
 def test_invalid_config_names_the_key(raw: dict, key: str, tmp_path) -> None:
@@ -71,7 +73,10 @@ def test_duplicate_dataset_names_rejected() -> None:
 
 def test_results_dir_placeholder_in_inputs() -> None:
     study = config_from_dict(
-        {"results_dir": "out", "corpus": {"datasets": [{"name": "a", "inputs": ["{results_dir}/x"]}]}}
+        {
+            "results_dir": "out",
+            "corpus": {"datasets": [{"name": "a", "inputs": ["{results_dir}/x"]}]},
+        }
     )
     assert study.corpus.datasets[0].inputs == ("out/x",)
 

@@ -95,9 +95,13 @@ def _run_one(
     return source, report
 
 
-def _write_receipt(out_dir: Path, source: RecordingSource, fingerprint: str, report: RecordingReport) -> None:
+def _write_receipt(
+    out_dir: Path, source: RecordingSource, fingerprint: str, report: RecordingReport
+) -> None:
     body = {"fingerprint": fingerprint, "qc": report.qc, "channels": report.channels}
-    write_text_atomic(_receipt_path(out_dir, source), json.dumps(body, sort_keys=True, allow_nan=True))
+    write_text_atomic(
+        _receipt_path(out_dir, source), json.dumps(body, sort_keys=True, allow_nan=True)
+    )
 
 
 def _prune_stale(out_dir: Path, sources: Iterable[RecordingSource]) -> None:
@@ -133,7 +137,9 @@ def build_corpus(
     out_dir = Path(out_dir)
     datasets = list(datasets)
     if not datasets:
-        raise ValueError("no datasets to process: give --input paths or corpus.datasets in the config")
+        raise ValueError(
+            "no datasets to process: give --input paths or corpus.datasets in the config"
+        )
     by_name = {ds.name: ds for ds in datasets}
     sources = [src for ds in datasets for src in discover_recordings(ds)]
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from diver.config import QCConfig
 
 @dataclass(frozen=True)
 class BlockVerdict:
-    """QC outcome for a block of windows; arrays are ``(n_windows, n_channels)`` or ``(n_windows,)``."""
+    """QC outcome for a block of windows: arrays per (window, channel) or per window."""
 
     scaled: np.ndarray  # (W, C, S) float32, scaled and clipped, NaN replaced by 0
     channel_ok: np.ndarray  # (W, C) bool: channel sound in that window
@@ -65,9 +65,9 @@ def qc_block(windows_uv: np.ndarray, scale_uv: np.ndarray, qc: QCConfig) -> Bloc
     np.clip(scaled, -qc.clip, qc.clip, out=scaled)
     scaled[nan] = 0.0
     with np.errstate(invalid="ignore"):
-        cbramod_ok = ~(
-            (np.abs(x) > qc.cbramod_threshold_uv) | nan
-        ).reshape(n_windows, -1).any(axis=-1)
+        cbramod_ok = ~((np.abs(x) > qc.cbramod_threshold_uv) | nan).reshape(n_windows, -1).any(
+            axis=-1
+        )
     return BlockVerdict(
         scaled=scaled,
         channel_ok=~compromised,

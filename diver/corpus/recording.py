@@ -195,8 +195,13 @@ def _process(
     if n_windows == 0:
         reason = f"{duration:.1f} s is shorter than one {corpus.window_seconds:g} s window"
         return report(
-            {"status": "too_short", "reason": reason, "channels_neural": n_neural,
-             "channels_kept": n_neural, "channels_dropped": n_in - n_neural}
+            {
+                "status": "too_short",
+                "reason": reason,
+                "channels_neural": n_neural,
+                "channels_kept": n_neural,
+                "channels_dropped": n_in - n_neural,
+            }
         )
 
     all_nan, flat = channel_health(raw, neural, corpus.qc.flat_std_uv)
@@ -240,9 +245,7 @@ def _process(
     ) as writer:
         for w0 in range(0, n_windows, corpus.block_windows):
             w1 = min(n_windows, w0 + corpus.block_windows)
-            block = _block_windows(
-                raw, live, info, chain, sfreq_in, corpus, w0, w1, pad_s
-            )
+            block = _block_windows(raw, live, info, chain, sfreq_in, corpus, w0, w1, pad_s)
             verdict = qc_block(block, scale, corpus.qc)
             keep = verdict.kept_channels
             kept_counts += keep.sum(axis=0)
@@ -328,17 +331,22 @@ def _block_windows(
         data = np.where(bad, 0.0, data)
     chunk = apply_chain(mne.io.RawArray(data, info, verbose="error"), chain)
     out = chunk.get_data()
-    n_samples = corpus.window_samples
-    first = round((t0 - start / sfreq_in) * corpus.sfreq)
-    need = first + (w1 - w0) * n_samples
-    if out.shape[1] < need:
-        short = need - out.shape[1]
-        if short > 2:
-            raise RuntimeError(f"block {w0}-{w1} is {short} samples short after resampling")
-        out = np.pad(out, ((0, 0), (0, short)), mode="edge")
     if bad.any():
         ch, idx = np.nonzero(bad)
-        mapped = np.rint(idx * (corpus.sfreq / sfreq_in)).astype(int)
+        mapped = np.rint(idx * (out.shape[1] / data.shape[1])).astype(int)
         out[ch, np.clip(mapped, 0, out.shape[1] - 1)] = np.nan
-    segment = out[:, first:need] * 1e6
-    return segment.reshape(len(picks), w1 - w0, n_samples).transpose(1, 0, 2)
+    # The resampler maps the block onto a whole number of output samples, so its true
+    # output rate differs from corpus.sfreq by up to half a sample over the block;
+    # each window's start is placed with the true rate, keeping the time base within
+    # a fraction of a sample in every window however long the block.
+    out_rate = out.shape[1] * sfreq_in / data.shape[1]
+    n_samples = corpus.window_samples
+    block = np.empty((w1 - w0, len(picks), n_samples))
+    for j in range(w1 - w0):
+        first = round((t0 + j * corpus.window_seconds - start / sfreq_in) * out_rate)
+        segment = out[:, first : first + n_samples]
+        short = n_samples - segment.shape[1]
+        if short > 2:
+            raise RuntimeError(f"window {w0 + j} is {short} samples short after resampling")
+        block[j] = np.pad(segment, ((0, 0), (0, short)), mode="edge") if short else segment
+    return block * 1e6

@@ -1,0 +1,184 @@
+"""Corpus-stage benchmark: `diver corpus` against a plain MNE pipeline, Parquet against HDF5.
+
+Both sides run in this process's children on the same recordings (the shared
+sample files, repeated to at least one recording-hour), and the ratios are printed:
+
+1. recording-hours per core-second: `diver corpus --jobs 1` against a plain MNE
+   script doing the same operations (read, high-pass, notch, resample to 500 Hz,
+   scale/clip, 30 s windows, Parquet write), each timed as the child's CPU time;
+2. windows per second of random-access reads: the Parquet corpus (one row group
+   read per window, files kept open) against the same windows in an HDF5 file
+   (h5py, one chunk per window).
+
+    python benchmarks/bench_corpus.py [--data ../shared/data] [--reads 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parent.parent
+FOLDERS = [
+    "eegmmidb_S001",
+    "eegmmidb_128hz_run",
+    "eeglab_tutorial",
+    "resting_yasa",
+    "openbci_cosleep_bdf",
+]
+EXTS = {".edf", ".bdf", ".set", ".fdt", ".fif"}
+
+PLAIN_MNE = r"""
+import sys
+from pathlib import Path
+import mne, numpy as np, pyarrow as pa, pyarrow.parquet as pq
+src, out = Path(sys.argv[1]), Path(sys.argv[2])
+out.mkdir(parents=True, exist_ok=True)
+for path in sorted(p for p in src.rglob("*") if p.suffix in {".edf", ".bdf", ".set", ".fif"}):
+    raw = mne.io.read_raw(path, preload=True, verbose="error")
+    raw.filter(0.3, None, picks="all", verbose="error")
+    raw.notch_filter(60.0, picks="all", verbose="error")
+    raw.resample(500.0, verbose="error")
+    data = raw.get_data() * 1e6 / 100.0
+    n = data.shape[1] // 15000
+    if n == 0:
+        continue
+    windows = np.clip(data[:, : n * 15000], -1, 1).reshape(len(data), n, 15000).transpose(1, 0, 2)
+    flat = pa.array(windows.astype(np.float16).reshape(-1))
+    offsets = pa.array(np.arange(n + 1, dtype=np.int64) * windows[0].size)
+    signal = pa.LargeListArray.from_arrays(offsets, flat)
+    table = pa.table({"window_index": np.arange(n), "signal": signal})
+    pq.write_table(table, out / (path.stem + ".parquet"), compression="zstd")
+"""
+
+
+def child_cpu_seconds(cmd: list[str]) -> tuple[float, float]:
+    """Run ``cmd``; return (CPU seconds of the child, wall seconds)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return cpu, wall
+
+
+def build_inputs(data: Path, dest: Path, min_hours: float) -> float:
+    """Symlink the shared recordings into ``dest`` (copies ``k``) until ``min_hours``."""
+    import mne
+
+    once = 0.0
+    for folder in FOLDERS:
+        for path in sorted((data / folder).iterdir()):
+            if path.suffix in {".edf", ".bdf", ".set", ".fif"}:
+                raw = mne.io.read_raw(path, preload=False, verbose="error")
+                once += raw.n_times / raw.info["sfreq"] / 3600
+    copies = int(np.ceil(min_hours / once))
+    for k in range(copies):
+        for folder in FOLDERS:
+            target = dest / f"copy{k}" / folder
+            target.mkdir(parents=True)
+            for path in (data / folder).iterdir():
+                if path.suffix in EXTS:
+                    os.symlink(path.resolve(), target / path.name)
+    return once * copies
+
+
+def random_reads(corpus: Path, h5_path: Path, n_reads: int, seed: int) -> tuple[float, float]:
+    """Windows per second reading the same random windows from Parquet and from HDF5."""
+    dataset = pads.dataset(corpus / "windows")
+    files = sorted(dataset.files)
+    locations = []  # (file index, row group, row in group)
+    for fi, path in enumerate(files):
+        meta = pq.ParquetFile(path).metadata
+        for rg in range(meta.num_row_groups):
+            locations.extend((fi, rg, r) for r in range(meta.row_group(rg).num_rows))
+    rng = np.random.default_rng(seed)
+    picks = [locations[i] for i in rng.integers(0, len(locations), n_reads)]
+
+    # HDF5: the same windows, one dataset per window, chunked per window.
+    from diver.corpus.shards import signals_of
+
+    with h5py.File(h5_path, "w") as h5:
+        for fi, path in enumerate(files):
+            pf = pq.ParquetFile(path)
+            for rg in range(pf.metadata.num_row_groups):
+                for r, sig in enumerate(signals_of(pf.read_row_group(rg))):
+                    h5.create_dataset(f"{fi}/{rg}/{r}", data=sig, chunks=sig.shape)
+
+    handles = [pq.ParquetFile(p) for p in files]
+    start = time.perf_counter()
+    total = 0.0
+    for fi, rg, r in picks:
+        table = handles[fi].read_row_group(rg, columns=["n_channels", "n_samples", "signal"])
+        total += float(signals_of(table.slice(r, 1))[0][0, 0])
+    parquet_rate = n_reads / (time.perf_counter() - start)
+
+    with h5py.File(h5_path, "r") as h5:
+        start = time.perf_counter()
+        for fi, rg, r in picks:
+            total += float(h5[f"{fi}/{rg}/{r}"][()][0, 0])
+        h5_rate = n_reads / (time.perf_counter() - start)
+    return parquet_rate, h5_rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--hours", type=float, default=1.0, help="minimum recording-hours")
+    parser.add_argument("--reads", type=int, default=400)
+    args = parser.parse_args()
+    data = Path(args.data)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        hours = build_inputs(data, tmp / "in", args.hours)
+        print(f"input: {hours:.2f} recording-hours")
+        diver_cpu, diver_wall = child_cpu_seconds(
+            [
+                sys.executable,
+                "-m",
+                "diver",
+                "corpus",
+                "--input",
+                f"bench={tmp / 'in'}",
+                "--out",
+                str(tmp / "diver"),
+                "--jobs",
+                "1",
+                "--quiet",
+            ]
+        )
+        mne_cpu, mne_wall = child_cpu_seconds(
+            [sys.executable, "-c", PLAIN_MNE, str(tmp / "in"), str(tmp / "plain")]
+        )
+        d_rate, m_rate = hours / diver_cpu, hours / mne_cpu
+        print(
+            f"diver corpus : {diver_cpu:7.1f} core-s ({diver_wall:.1f} s wall) "
+            f"{d_rate * 3600:8.1f} recording-h per core-hour"
+        )
+        print(
+            f"plain MNE    : {mne_cpu:7.1f} core-s ({mne_wall:.1f} s wall) "
+            f"{m_rate * 3600:8.1f} recording-h per core-hour"
+        )
+        print(f"ratio diver / plain MNE (recording-hours per core-second): {d_rate / m_rate:.2f}")
+
+        parquet_rate, h5_rate = random_reads(tmp / "diver", tmp / "windows.h5", args.reads, 0)
+        print(
+            f"random reads : Parquet {parquet_rate:8.1f} windows/s, HDF5 {h5_rate:8.1f} windows/s"
+        )
+        print(f"ratio Parquet / HDF5 (windows per second): {parquet_rate / h5_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()
