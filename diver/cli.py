@@ -15,6 +15,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from diver.config import ConfigError, DatasetConfig, StudyConfig, load_config
+from diver.errors import DiverError
 
 log = logging.getLogger("diver")
 
@@ -41,14 +42,13 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from diver.atomic import write_text_atomic
     from diver.corpus.synth import write_synthetic_corpus
 
-    out = Path(args.out)
-    summary = write_synthetic_corpus(out, hours=args.hours, seed=args.seed)
-    # Written last: its presence says the corpus is complete (the DAG's output).
-    write_text_atomic(out / "synth.json", json.dumps(asdict(summary), indent=2, default=str))
-    print(summary)
+    summary = write_synthetic_corpus(Path(args.out), hours=args.hours, seed=args.seed)
+    print(
+        f"{summary.recordings} recordings, {summary.subjects} subjects, "
+        f"{summary.total_hours:.2f} h -> {summary.manifest}"
+    )
     return 0
 
 
@@ -194,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+    except (DiverError, FileNotFoundError) as exc:
         print(f"diver {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

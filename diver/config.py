@@ -18,10 +18,12 @@ from typing import Any
 import jsonschema
 import yaml
 
+from diver.errors import DiverError
+
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(DiverError, ValueError):
     """A configuration file is invalid; the message names the file and the key."""
 
 

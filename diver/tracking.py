@@ -56,6 +56,8 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.entities.view_type import ViewType
 from mlflow.exceptions import MlflowException
 
+from diver.errors import DiverError  # a leaf module: tracking stays free of stage code
+
 __all__ = [
     "MAX_METRICS_PER_BATCH",
     "MAX_PARAMS_PER_BATCH",
@@ -295,7 +297,7 @@ def slurm_job_id(environ: Mapping[str, str] | None = None) -> str | None:
 # ------------------------------------------------------------------------ run-id file
 
 
-class RunIdFileError(RuntimeError):
+class RunIdFileError(DiverError, RuntimeError):
     """A run-id file is missing or does not hold a run id; the message names the file."""
 
 

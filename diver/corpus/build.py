@@ -29,7 +29,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from diver.atomic import write_csv_atomic, write_text_atomic
-from diver.config import CorpusConfig, DatasetConfig
+from diver.config import ConfigError, CorpusConfig, DatasetConfig
 from diver.corpus.discovery import RecordingSource, discover_recordings
 from diver.corpus.manifest import write_manifest
 from diver.corpus.recording import QC_COLUMNS, RecordingReport, process_recording
@@ -137,7 +137,7 @@ def build_corpus(
     out_dir = Path(out_dir)
     datasets = list(datasets)
     if not datasets:
-        raise ValueError(
+        raise ConfigError(
             "no datasets to process: give --input paths or corpus.datasets in the config"
         )
     by_name = {ds.name: ds for ds in datasets}

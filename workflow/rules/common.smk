@@ -44,7 +44,7 @@ def parent_run_file():
 
 
 def synth_targets():
-    return [results("synth", "synth.json")] if config["synth"]["enabled"] else []
+    return [results("synth", "manifest.json")] if config["synth"]["enabled"] else []
 
 
 def corpus_mem_mb(wildcards, threads):

@@ -1,9 +1,10 @@
 # A synthetic EEG + iEEG corpus in real file formats (the embedded default's data).
+# `diver synth` writes manifest.json last: its presence means the corpus is complete.
 
 
 rule synth:
     output:
-        results("synth", "synth.json"),
+        results("synth", "manifest.json"),
     params:
         out=results("synth"),
         hours=config["synth"]["hours"],

@@ -1,0 +1,58 @@
+"""Training-side reader of the windowed Parquet corpus (``diver.corpus.shards``).
+
+- ``index``: ``CorpusIndex`` of every window from Parquet metadata, the subject-level
+  train/validation split and the nested data fraction (the scaling grid's D axis);
+- ``resample``: spatio-temporal resampling of SPEC §2 (channel and patch crops);
+- ``dataset``: ``WindowDataset`` sharded by rank and loader worker, and
+  ``collate_windows`` padding variable channel counts into a ``WindowBatch``.
+"""
+
+from diver.data.dataset import (
+    CHANNEL_SUBTYPE_IDS,
+    CHANNEL_TYPE_IDS,
+    MODALITY_IDS,
+    PAD_ID,
+    WindowBatch,
+    WindowDataset,
+    WindowSample,
+    collate_windows,
+)
+from diver.data.index import (
+    CorpusIndex,
+    CorpusIndexError,
+    split_subjects,
+    stable_hash64,
+    take_fraction,
+    window_hashes,
+)
+from diver.data.resample import (
+    Crop,
+    ResampleConfig,
+    apply_crop,
+    choose_crop,
+    draw_crop,
+    eval_crop,
+)
+
+__all__ = [
+    "CHANNEL_SUBTYPE_IDS",
+    "CHANNEL_TYPE_IDS",
+    "MODALITY_IDS",
+    "PAD_ID",
+    "CorpusIndex",
+    "CorpusIndexError",
+    "Crop",
+    "ResampleConfig",
+    "WindowBatch",
+    "WindowDataset",
+    "WindowSample",
+    "apply_crop",
+    "choose_crop",
+    "collate_windows",
+    "draw_crop",
+    "eval_crop",
+    "split_subjects",
+    "stable_hash64",
+    "take_fraction",
+    "window_hashes",
+]

@@ -1,0 +1,393 @@
+"""Streaming windows to torch: sharding, efficient shard reads, STR, and batching.
+
+``WindowDataset`` is an ``IterableDataset`` rather than a map-style one because the
+expensive thing is opening and decoding Parquet, not indexing: windows are read a
+row group at a time, grouped by shard file, so a worker never opens a file per
+window.  Each epoch:
+
+1. The windows are ordered — row groups in a random order (seeded by ``seed`` and
+   the epoch, identical on every rank and worker), windows in a random order inside
+   each row group — or left in index order when ``shuffle=False``.
+2. That sequence is cut into ``world_size x num_workers`` contiguous, near-equal
+   slices, one per (rank, loader worker): together they cover every window exactly
+   once, ranks get the same count within one window, and consecutive windows of a
+   slice share row groups, so each row group is read once.
+3. A worker reads its slice in blocks of ``block_windows`` windows (one read per
+   shard file in the block), crops each window (``diver.data.resample``) and yields
+   the block in a random order; only cropped float32 samples are held in memory.
+
+The crop of a window depends only on ``(seed, epoch, window identity)``, not on the
+rank or worker that happens to read it, so changing the number of GPUs or loader
+workers does not change what the model sees for a window.
+
+Channel types, iEEG subtypes and window modalities become integer ids for the
+model's embeddings; id 0 is the padding id of the per-channel vocabularies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+import torch.distributed as dist
+from torch.utils.data import IterableDataset, get_worker_info
+
+from diver.corpus.shards import coords_of, signals_of
+from diver.data.index import CorpusIndex, window_hashes
+from diver.data.resample import ResampleConfig, apply_crop, choose_crop
+
+PAD_ID = 0
+# Neural channel types kept for pretraining (SPEC §1); anything else maps to OTHER.
+CHANNEL_TYPE_IDS: Mapping[str, int] = {"eeg": 1, "seeg": 2, "ecog": 3}
+OTHER_CHANNEL_TYPE_ID = 4
+# iEEG subtypes of the modality embedding (SPEC §2); scalp EEG and unknown -> NONE.
+CHANNEL_SUBTYPE_IDS: Mapping[str, int] = {"grid": 2, "strip": 3, "depth": 4}
+NO_SUBTYPE_ID = 1
+# Window modality; recordings mixing scalp and intracranial channels, or anything
+# else the corpus writes, get OTHER.
+MODALITY_IDS: Mapping[str, int] = {"eeg": 0, "ieeg": 1}
+OTHER_MODALITY_ID = 2
+
+_READ_COLUMNS = [
+    "window_index",
+    "n_channels",
+    "n_samples",
+    "channel_types",
+    "channel_subtypes",
+    "coords_mm",
+    "signal",
+]
+
+
+def channel_type_id(name: str) -> int:
+    return CHANNEL_TYPE_IDS.get(name.lower(), OTHER_CHANNEL_TYPE_ID)
+
+
+def channel_subtype_id(name: str) -> int:
+    return CHANNEL_SUBTYPE_IDS.get(name.lower(), NO_SUBTYPE_ID)
+
+
+def modality_id(name: str) -> int:
+    return MODALITY_IDS.get(name.lower(), OTHER_MODALITY_ID)
+
+
+@dataclass
+class WindowSample:
+    """One cropped window.
+
+    ``signal`` is ``(C', N' * patch_samples)`` float32; ``coords`` ``(C', 3)`` mm with
+    NaN where unknown (the model zeroes those); ``channels`` the source indices of the
+    kept channels and ``patch_start`` the first kept patch, for tracing a token back.
+    """
+
+    signal: torch.Tensor
+    coords: torch.Tensor
+    channel_type_ids: torch.Tensor
+    channel_subtype_ids: torch.Tensor
+    modality_id: int
+    channels: torch.Tensor
+    patch_start: int
+    patch_samples: int
+    dataset: str
+    subject: str
+    recording: str
+    window_index: int
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.signal.shape[0])
+
+    @property
+    def n_patches(self) -> int:
+        return int(self.signal.shape[1]) // self.patch_samples
+
+
+@dataclass
+class WindowBatch:
+    """A padded batch of windows with variable channel counts and lengths.
+
+    ``signal`` is ``(B, C_max, N_max, patch)``, zero outside the masks;
+    ``channel_mask`` ``(B, C_max)`` and ``patch_mask`` ``(B, N_max)`` are true on real
+    channels / patches.  Padded ``coords`` are 0, not NaN: a NaN at a padded key would
+    still reach the attention output through ``0 * NaN``.  Padded channel type and
+    subtype ids are ``PAD_ID``.
+    """
+
+    signal: torch.Tensor
+    channel_mask: torch.Tensor
+    patch_mask: torch.Tensor
+    coords: torch.Tensor
+    channel_type_ids: torch.Tensor
+    channel_subtype_ids: torch.Tensor
+    modality_ids: torch.Tensor
+    window_indices: torch.Tensor
+    datasets: list[str]
+    subjects: list[str]
+    recordings: list[str]
+
+    def __len__(self) -> int:
+        return int(self.signal.shape[0])
+
+    @property
+    def token_mask(self) -> torch.Tensor:
+        """``(B, C_max, N_max)``: true on real (channel, patch) tokens."""
+        return self.channel_mask[:, :, None] & self.patch_mask[:, None, :]
+
+    def _map(self, fn: Any) -> WindowBatch:
+        values = {
+            f.name: fn(v) if isinstance(v := getattr(self, f.name), torch.Tensor) else v
+            for f in fields(self)
+        }
+        return WindowBatch(**values)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> WindowBatch:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> WindowBatch:
+        """Called by ``DataLoader(pin_memory=True)`` on custom batch types."""
+        return self._map(lambda t: t.pin_memory())
+
+
+def collate_windows(samples: Sequence[WindowSample]) -> WindowBatch:
+    """Pad ``samples`` to the largest channel count and patch count of the batch."""
+    if not samples:
+        raise ValueError("cannot collate an empty list of windows")
+    patch = samples[0].patch_samples
+    if any(s.patch_samples != patch for s in samples):
+        raise ValueError("all windows of a batch must share one patch size")
+    b = len(samples)
+    c_max = max(s.n_channels for s in samples)
+    n_max = max(s.n_patches for s in samples)
+    signal = torch.zeros(b, c_max, n_max, patch, dtype=torch.float32)
+    channel_mask = torch.zeros(b, c_max, dtype=torch.bool)
+    patch_mask = torch.zeros(b, n_max, dtype=torch.bool)
+    coords = torch.zeros(b, c_max, 3, dtype=torch.float32)
+    type_ids = torch.full((b, c_max), PAD_ID, dtype=torch.long)
+    subtype_ids = torch.full((b, c_max), PAD_ID, dtype=torch.long)
+    for i, s in enumerate(samples):
+        c, n = s.n_channels, s.n_patches
+        signal[i, :c, :n] = s.signal.reshape(c, n, patch)
+        channel_mask[i, :c] = True
+        patch_mask[i, :n] = True
+        coords[i, :c] = s.coords
+        type_ids[i, :c] = s.channel_type_ids
+        subtype_ids[i, :c] = s.channel_subtype_ids
+    return WindowBatch(
+        signal=signal,
+        channel_mask=channel_mask,
+        patch_mask=patch_mask,
+        coords=coords,
+        channel_type_ids=type_ids,
+        channel_subtype_ids=subtype_ids,
+        modality_ids=torch.tensor([s.modality_id for s in samples], dtype=torch.long),
+        window_indices=torch.tensor([s.window_index for s in samples], dtype=torch.long),
+        datasets=[s.dataset for s in samples],
+        subjects=[s.subject for s in samples],
+        recordings=[s.recording for s in samples],
+    )
+
+
+def _distributed_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    initialised = dist.is_available() and dist.is_initialized()
+    if rank is None:
+        rank = dist.get_rank() if initialised else 0
+    if world_size is None:
+        world_size = dist.get_world_size() if initialised else 1
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
+    return rank, world_size
+
+
+def _codes_and_values(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A string column as integer codes plus distinct values (cheap to copy to workers)."""
+    codes, values = pd.factorize(column)
+    return np.asarray(codes, dtype=np.int32), np.asarray(values, dtype=object)
+
+
+class WindowDataset(IterableDataset[WindowSample]):
+    """Cropped windows of ``index`` for one distributed rank (see the module docstring).
+
+    ``patch_samples`` is 500 (1 s at 500 Hz) or 50 (0.1 s); a window's patch count is
+    ``n_samples // patch_samples``.  ``rank``/``world_size`` default to the initialised
+    ``torch.distributed`` group, else 0/1.  Call ``set_epoch`` before each epoch's
+    ``iter(loader)``; with ``persistent_workers=True`` the workers keep the epoch they
+    started with, so leave that off.  ``drop_uneven`` trims each epoch to a multiple of
+    ``world_size`` windows (a different random remainder each epoch when shuffling),
+    for training loops that need the same number of batches on every rank; by default
+    every window is yielded exactly once and ranks differ by at most one window.
+    ``len()`` counts a rank's windows; each loader worker batches its own slice, so a
+    rank's last batches of an epoch can be partial, one per worker.
+    """
+
+    def __init__(
+        self,
+        index: CorpusIndex,
+        patch_samples: int = 500,
+        *,
+        resample: ResampleConfig | None = None,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int | None = None,
+        world_size: int | None = None,
+        block_windows: int = 64,
+        drop_uneven: bool = False,
+    ) -> None:
+        super().__init__()
+        if patch_samples < 1:
+            raise ValueError(f"patch_samples must be positive, got {patch_samples}")
+        if seed < 0:
+            raise ValueError(f"seed must be non-negative (a numpy SeedSequence), got {seed}")
+        if block_windows < 1:
+            raise ValueError(f"block_windows must be positive, got {block_windows}")
+        self.rank, self.world_size = _distributed_defaults(rank, world_size)
+        self.corpus_dir = index.corpus_dir
+        self.patch_samples = patch_samples
+        self.resample = resample if resample is not None else ResampleConfig()
+        self.seed = seed
+        self.shuffle = shuffle
+        self.block_windows = block_windows
+        self.drop_uneven = drop_uneven
+        self.epoch = 0
+        frame = index.frame
+        short = frame["n_samples"].to_numpy() < patch_samples
+        if short.any():
+            row = frame.loc[short].iloc[0]
+            raise ValueError(
+                f"window {row['dataset']}/{row['recording']}#{row['window_index']} has "
+                f"{row['n_samples']} samples, fewer than one {patch_samples}-sample patch"
+            )
+        # Plain arrays (no pandas on the hot path); strings stay categorical codes.
+        shard_codes, shards = _codes_and_values(frame["shard"])
+        self._shard_codes = shard_codes.astype(np.int64)
+        self._shards = [str(s) for s in shards]
+        self._row_group = frame["row_group"].to_numpy().astype(np.int64)
+        self._row_in_group = frame["row_in_group"].to_numpy().astype(np.int64)
+        self._window_index = frame["window_index"].to_numpy().astype(np.int64)
+        self._labels = {
+            name: _codes_and_values(frame[name])
+            for name in ("dataset", "subject", "recording", "modality")
+        }
+        # Seed-free identity hash: the crop stream is keyed by it, so the same window
+        # gets the same crop in an epoch whatever rank or worker reads it.
+        self._keys = window_hashes(frame, seed=0)
+        # A unit is one row group of one shard: the granularity of reads and shuffling.
+        unit_key = self._shard_codes * (int(self._row_group.max(initial=0)) + 1) + self._row_group
+        self._unit = np.asarray(pd.factorize(unit_key)[0], dtype=np.int64)
+
+    def _label(self, name: str, position: int) -> str:
+        codes, values = self._labels[name]
+        return str(values[codes[position]])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's order and crops (deterministic in ``seed`` and ``epoch``)."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be non-negative, got {epoch}")
+        self.epoch = int(epoch)
+
+    def _epoch_total(self) -> int:
+        n = len(self._keys)
+        return (n // self.world_size) * self.world_size if self.drop_uneven else n
+
+    def __len__(self) -> int:
+        """Windows this rank yields per epoch (over all of its loader workers)."""
+        n = self._epoch_total()
+        return (self.rank + 1) * n // self.world_size - self.rank * n // self.world_size
+
+    def epoch_order(self) -> np.ndarray:
+        """Positions (rows of the index) in this epoch's order, the same on every rank."""
+        n = len(self._keys)
+        if not self.shuffle:
+            order = np.arange(n)
+        else:
+            rng = np.random.default_rng([self.seed, self.epoch, 0x5EED])
+            unit_rank = rng.permutation(int(self._unit.max(initial=-1)) + 1)[self._unit]
+            # Integer unit rank plus a fraction in [0, 1): by unit, random inside it.
+            order = np.argsort(unit_rank + rng.random(n))
+        return order[: self._epoch_total()]
+
+    def _consumer(self) -> tuple[int, int]:
+        """This iterator's slot among ``world_size x num_workers`` and the slot count."""
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return self.rank * n_workers + worker, self.world_size * n_workers
+
+    def __iter__(self) -> Iterator[WindowSample]:
+        consumer, n_consumers = self._consumer()
+        order = self.epoch_order()
+        n = len(order)
+        mine = order[consumer * n // n_consumers : (consumer + 1) * n // n_consumers]
+        block_rng = np.random.default_rng([self.seed, self.epoch, consumer, n_consumers])
+        for start in range(0, len(mine), self.block_windows):
+            block = mine[start : start + self.block_windows]
+            samples = self._read_block(block)
+            if self.shuffle:
+                block = block[block_rng.permutation(len(block))]
+            for position in block:
+                yield samples.pop(int(position))
+
+    def _read_block(self, positions: np.ndarray) -> dict[int, WindowSample]:
+        """Crop the windows at ``positions``, reading each shard file once."""
+        samples: dict[int, WindowSample] = {}
+        codes = self._shard_codes[positions]
+        for code in dict.fromkeys(codes.tolist()):
+            in_shard = positions[codes == code]
+            path = self.corpus_dir / self._shards[code]
+            groups = sorted(set(self._row_group[in_shard].tolist()))
+            with pq.ParquetFile(path) as pf:
+                table = pf.read_row_groups(groups, columns=_READ_COLUMNS, use_threads=False)
+                sizes = [pf.metadata.row_group(g).num_rows for g in groups]
+            group_offset = dict(zip(groups, np.cumsum([0, *sizes[:-1]]).tolist(), strict=True))
+            signals = signals_of(table)
+            coords = coords_of(table)
+            window_index = table.column("window_index").to_numpy()
+            types = table.column("channel_types").to_pylist()
+            subtypes = table.column("channel_subtypes").to_pylist()
+            for position in in_shard.tolist():
+                row = group_offset[int(self._row_group[position])] + int(
+                    self._row_in_group[position]
+                )
+                if row >= table.num_rows or window_index[row] != self._window_index[position]:
+                    raise RuntimeError(
+                        f"shard {path} no longer matches the corpus index (window "
+                        f"{self._window_index[position]} expected at row group "
+                        f"{self._row_group[position]}, row {self._row_in_group[position]}); "
+                        "rebuild the index"
+                    )
+                samples[position] = self._crop(
+                    position, signals[row], coords[row], types[row], subtypes[row]
+                )
+        return samples
+
+    def _crop(
+        self,
+        position: int,
+        signal: np.ndarray,
+        coords: np.ndarray,
+        types: Sequence[str],
+        subtypes: Sequence[str],
+    ) -> WindowSample:
+        n_patches = signal.shape[1] // self.patch_samples
+        rng = None
+        if self.resample.enabled:
+            rng = np.random.default_rng([self.seed, self.epoch, int(self._keys[position])])
+        crop = choose_crop(signal.shape[0], n_patches, rng, self.resample)
+        kept = crop.channels.tolist()
+        return WindowSample(
+            signal=torch.from_numpy(apply_crop(signal, crop, self.patch_samples)),
+            coords=torch.from_numpy(np.array(coords[crop.channels], dtype=np.float32)),
+            channel_type_ids=torch.tensor([channel_type_id(types[c]) for c in kept]),
+            channel_subtype_ids=torch.tensor([channel_subtype_id(subtypes[c]) for c in kept]),
+            modality_id=modality_id(self._label("modality", position)),
+            channels=torch.from_numpy(crop.channels),
+            patch_start=crop.patch_start,
+            patch_samples=self.patch_samples,
+            dataset=self._label("dataset", position),
+            subject=self._label("subject", position),
+            recording=self._label("recording", position),
+            window_index=int(self._window_index[position]),
+        )

@@ -1,0 +1,141 @@
+"""The Snakemake DAG: dry runs of both configs, schema errors, and a real run of the default."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.dataset as pads
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from diver.tracking import file_sha256
+from tests.conftest import REPO_ROOT
+
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+
+
+def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    # rules call `diver`: the interpreter running the tests must be first on PATH
+    env_path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    return subprocess.run(
+        [
+            SNAKEMAKE,
+            "--snakefile",
+            str(REPO_ROOT / "Snakefile"),
+            "--directory",
+            str(workdir),
+            *args,
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PATH": env_path},
+    )
+
+
+@pytest.mark.parametrize(
+    ("profile", "jobs"),
+    [
+        ("local", {"synth", "track_init", "corpus", "all"}),
+        ("slurm", {"track_init", "corpus", "all"}),
+    ],
+)
+def test_dry_run(profile: str, jobs: set[str], tmp_path: Path) -> None:
+    proc = _snakemake(tmp_path, "--profile", f"cluster_profiles/{profile}", "-n")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    out = proc.stdout + proc.stderr
+    table = out[out.index("Job stats:") :]
+    for job in jobs:
+        assert f"\n{job} " in table, (job, table)
+    assert ("\nsynth " in table) == ("synth" in jobs)
+
+
+def test_invalid_config_fails_before_any_job(tmp_path: Path) -> None:
+    config = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+    config["corpus"]["qc"] = {"max_clipped_fraction": 3}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    proc = _snakemake(tmp_path, "--configfile", str(bad), "--cores", "1")
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "max_clipped_fraction" in out
+    assert not (tmp_path / "results" / "tracking").exists()
+    assert not (tmp_path / "results" / "synth").exists()
+
+
+def test_default_dag_runs_for_real_and_is_idempotent(tmp_path: Path) -> None:
+    proc = _snakemake(tmp_path, "--profile", "cluster_profiles/local")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = tmp_path / "results"
+    manifest = pd.read_csv(results / "corpus" / "manifest.csv").set_index("dataset")
+    assert list(manifest.index) == ["synth_eeg", "synth_ieeg"]
+    assert (manifest["windows"] > 0).all()
+    windows = pads.dataset(results / "corpus" / "windows").to_table(columns=["modality"])
+    assert set(windows.column("modality").to_pylist()) == {"eeg", "ieeg"}
+    qc = pd.read_csv(results / "corpus" / "qc.csv")
+    assert "quarantined" in set(qc["status"])  # the synthetic 64 Hz recording
+
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("diver-default")
+    parent_id = (results / "tracking" / "parent_run_id.txt").read_text().strip()
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("diver.role") == "parent"]
+    assert [r.info.run_id for r in parents] == [parent_id]
+    children = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
+    assert len(children) == 1
+    child = children[0]
+    assert child.data.tags["diver.stage"] == "corpus"
+    assert child.data.tags["diver.corpus_manifest_sha256"] == file_sha256(
+        results / "corpus" / "manifest.csv"
+    )
+    assert child.data.metrics["synth_eeg.windows"] == manifest.loc["synth_eeg", "windows"]
+    assert child.info.status == "FINISHED"
+
+    again = _snakemake(tmp_path, "--profile", "cluster_profiles/local")
+    assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+    # Editing the grid (a later stage's section) reruns neither the parent nor the corpus.
+    edited = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+    edited["grid"]["epochs"] = [1, 2, 4]
+    config = tmp_path / "edited.yaml"
+    config.write_text(yaml.safe_dump(edited))
+    third = _snakemake(tmp_path, "--profile", "cluster_profiles/local", "--configfile", str(config))
+    assert third.returncode == 0, third.stderr[-4000:]
+    assert "Nothing to be done" in third.stdout + third.stderr
+    runs = client.search_runs([experiment.experiment_id])
+    assert sum(r.data.tags.get("diver.role") == "parent" for r in runs) == 1
+
+
+def test_track_init_command_is_idempotent(tmp_path: Path) -> None:
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump({"study": "idem", "results_dir": str(tmp_path / "r")}))
+    ids = []
+    for name in ("a.txt", "b.txt"):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "diver",
+                "track",
+                "init",
+                "--config",
+                str(config),
+                "--out",
+                str(tmp_path / name),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        ids.append((tmp_path / name).read_text().strip())
+    assert ids[0] == ids[1]
