@@ -8,7 +8,9 @@ sample files, repeated to at least one recording-hour), and the ratios are print
    scale/clip, 30 s windows, Parquet write), each timed as the child's CPU time;
 2. windows per second of random-access reads: the Parquet corpus (one row group
    read per window, files kept open) against the same windows in an HDF5 file
-   (h5py, one chunk per window).
+   (h5py, one chunk per window);
+3. peak memory on one multi-hour recording: block-wise `diver corpus` against the
+   plain pipeline, which loads the whole recording.
 
     python benchmarks/bench_corpus.py [--data ../shared/data] [--reads 400]
 """
@@ -17,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -63,15 +65,72 @@ for path in sorted(p for p in src.rglob("*") if p.suffix in {".edf", ".bdf", ".s
 """
 
 
-def child_cpu_seconds(cmd: list[str]) -> tuple[float, float]:
-    """Run ``cmd``; return (CPU seconds of the child, wall seconds)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+@dataclass(frozen=True)
+class ChildUsage:
+    cpu_s: float
+    wall_s: float
+    max_rss_mb: float
+
+
+def run_child(cmd: list[str]) -> ChildUsage:
+    """Run ``cmd`` and return its own CPU time, wall time and peak memory (os.wait4)."""
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return cpu, wall
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"benchmark child failed: {' '.join(cmd)}")
+    return ChildUsage(usage.ru_utime + usage.ru_stime, wall, usage.ru_maxrss / 1024)
+
+
+def write_long_recording(
+    path: Path, hours: float, n_channels: int = 32, sfreq: float = 512.0
+) -> None:
+    """One long scalp recording written block by block (FIF splits past 2 GB itself)."""
+    import mne
+
+    rng = np.random.default_rng(0)
+    n = int(hours * 3600 * sfreq)
+    data = np.empty((n_channels, n), dtype=np.float32)
+    for start in range(0, n, 1_000_000):
+        stop = min(n, start + 1_000_000)
+        data[:, start:stop] = rng.normal(0, 20e-6, (n_channels, stop - start))
+    names = [
+        "Fp1",
+        "Fp2",
+        "F7",
+        "F3",
+        "Fz",
+        "F4",
+        "F8",
+        "FC5",
+        "FC1",
+        "FC2",
+        "FC6",
+        "T7",
+        "C3",
+        "Cz",
+        "C4",
+        "T8",
+        "CP5",
+        "CP1",
+        "CP2",
+        "CP6",
+        "P7",
+        "P3",
+        "Pz",
+        "P4",
+        "P8",
+        "PO3",
+        "PO4",
+        "O1",
+        "Oz",
+        "O2",
+        "AF3",
+        "AF4",
+    ][:n_channels]
+    raw = mne.io.RawArray(data, mne.create_info(names, sfreq, "eeg"), verbose="error")
+    raw.save(path, overwrite=True, verbose="error")
 
 
 def build_inputs(data: Path, dest: Path, min_hours: float) -> float:
@@ -138,13 +197,19 @@ def main() -> None:
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--hours", type=float, default=1.0, help="minimum recording-hours")
     parser.add_argument("--reads", type=int, default=400)
+    parser.add_argument(
+        "--long-hours",
+        type=float,
+        default=2.0,
+        help="length of the single long recording for the memory check",
+    )
     args = parser.parse_args()
     data = Path(args.data)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         hours = build_inputs(data, tmp / "in", args.hours)
         print(f"input: {hours:.2f} recording-hours")
-        diver_cpu, diver_wall = child_cpu_seconds(
+        diver = run_child(
             [
                 sys.executable,
                 "-m",
@@ -159,18 +224,13 @@ def main() -> None:
                 "--quiet",
             ]
         )
-        mne_cpu, mne_wall = child_cpu_seconds(
-            [sys.executable, "-c", PLAIN_MNE, str(tmp / "in"), str(tmp / "plain")]
-        )
-        d_rate, m_rate = hours / diver_cpu, hours / mne_cpu
-        print(
-            f"diver corpus : {diver_cpu:7.1f} core-s ({diver_wall:.1f} s wall) "
-            f"{d_rate * 3600:8.1f} recording-h per core-hour"
-        )
-        print(
-            f"plain MNE    : {mne_cpu:7.1f} core-s ({mne_wall:.1f} s wall) "
-            f"{m_rate * 3600:8.1f} recording-h per core-hour"
-        )
+        plain = run_child([sys.executable, "-c", PLAIN_MNE, str(tmp / "in"), str(tmp / "plain")])
+        d_rate, m_rate = hours / diver.cpu_s, hours / plain.cpu_s
+        for name, usage, rate in (("diver corpus", diver, d_rate), ("plain MNE", plain, m_rate)):
+            print(
+                f"{name:13}: {usage.cpu_s:7.1f} core-s ({usage.wall_s:.1f} s wall) "
+                f"{rate * 3600:8.1f} recording-h per core-hour"
+            )
         print(f"ratio diver / plain MNE (recording-hours per core-second): {d_rate / m_rate:.2f}")
 
         parquet_rate, h5_rate = random_reads(tmp / "diver", tmp / "windows.h5", args.reads, 0)
@@ -178,6 +238,37 @@ def main() -> None:
             f"random reads : Parquet {parquet_rate:8.1f} windows/s, HDF5 {h5_rate:8.1f} windows/s"
         )
         print(f"ratio Parquet / HDF5 (windows per second): {parquet_rate / h5_rate:.2f}")
+
+        # Peak memory on one long recording: block-wise vs whole-recording processing.
+        long_dir = tmp / "long"
+        long_dir.mkdir()
+        write_long_recording(long_dir / "long_raw.fif", args.long_hours)
+        diver_long = run_child(
+            [
+                sys.executable,
+                "-m",
+                "diver",
+                "corpus",
+                "--input",
+                f"long={long_dir}",
+                "--out",
+                str(tmp / "diver_long"),
+                "--jobs",
+                "1",
+                "--quiet",
+            ]
+        )
+        plain_long = run_child(
+            [sys.executable, "-c", PLAIN_MNE, str(long_dir), str(tmp / "plain_long")]
+        )
+        print(
+            f"peak memory on a {args.long_hours:g} h 32-channel 512 Hz recording: diver "
+            f"{diver_long.max_rss_mb:.0f} MB, plain MNE {plain_long.max_rss_mb:.0f} MB"
+        )
+        print(
+            f"ratio diver / plain MNE (peak memory): "
+            f"{diver_long.max_rss_mb / plain_long.max_rss_mb:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -178,6 +178,10 @@ def bad_inputs(shared_data: Path, tmp_path: Path) -> Path:
     (folder / "truncated.edf").write_bytes(blob[:300])  # header cut mid-way
     (folder / "garbage.edf").write_bytes(np.random.default_rng(0).bytes(50_000))
     (folder / "empty.edf").write_bytes(b"")
+    # GDF and Nihon Kohden have no real sample here: garbage in those formats shows they
+    # go through MNE's own readers (the reason is the reader's error), no special casing.
+    (folder / "garbled.gdf").write_bytes(np.random.default_rng(2).bytes(5_000))
+    (folder / "nihon.eeg").write_bytes(np.random.default_rng(3).bytes(5_000))
     (folder / "notes.xyz").write_text("not a recording")
     rng = np.random.default_rng(1)
     _write_fif(folder / "allnan_raw.fif", np.full((3, 200 * 70), np.nan), 200.0)
@@ -200,6 +204,8 @@ def test_bad_input_is_quarantined_and_the_rest_goes_on(bad_inputs: Path, tmp_pat
     expected = {
         "truncated": "unreadable",
         "garbage": "unreadable",
+        "garbled": "Bad GDF file",
+        "nihon": "unreadable",
         "empty": "empty",
         "notes": "extension",
         "allnan_raw": "NaN",
