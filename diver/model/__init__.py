@@ -1,0 +1,22 @@
+"""The DIVER-1 model family (SPEC §2): encoder, pretraining heads and loss, sizes, muP."""
+
+from diver.model.config import (
+    PUBLISHED_PARAMS,
+    PUBLISHED_SIZES,
+    SIZES,
+    ModelConfig,
+    model_config,
+)
+from diver.model.encoder import DiverEncoder
+from diver.model.pretrain import DiverPretrainModel, PretrainOutput
+
+__all__ = [
+    "PUBLISHED_PARAMS",
+    "PUBLISHED_SIZES",
+    "SIZES",
+    "DiverEncoder",
+    "DiverPretrainModel",
+    "ModelConfig",
+    "PretrainOutput",
+    "model_config",
+]
