@@ -139,6 +139,26 @@ def cmd_track_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_params(args: argparse.Namespace) -> int:
+    from diver.model.config import PUBLISHED_SIZES, SIZES, model_config
+    from diver.model.mup_setup import count_parameters
+
+    sizes = args.size or [*PUBLISHED_SIZES, *(s for s in SIZES if s.startswith("debug"))]
+    rows = [
+        (size, patch, count_parameters(model_config(size, patch), part=args.part))
+        for size in sizes
+        for patch in ("1s", "0.1s")
+    ]
+    if args.format == "csv":
+        print("size,patch,params")
+        for size, patch, n in rows:
+            print(f"{size},{patch},{n}")
+    else:
+        for size, patch, n in rows:
+            print(f"{size:>9} {patch:>5} {n / 1e6:10.2f}M")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diver", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
@@ -175,6 +195,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parent-run", help="file holding the MLflow parent run id; log a child run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_corpus)
+
+    p = sub.add_parser("model", help="the DIVER-1 model family (SPEC §2)")
+    model = p.add_subparsers(dest="model_command", required=True)
+    m = model.add_parser("params", help="parameter counts per size and patch (meta device)")
+    m.add_argument("--format", choices=["csv", "table"], default="table")
+    m.add_argument(
+        "--part",
+        choices=["total", "encoder"],
+        default="total",
+        help="total (with reconstruction heads, as SPEC §2's table) or encoder only",
+    )
+    m.add_argument("--size", action="append", help="only this size (repeatable)")
+    m.set_defaults(func=cmd_model_params)
 
     p = sub.add_parser("track", help="MLflow tracking")
     track = p.add_subparsers(dest="track_command", required=True)
