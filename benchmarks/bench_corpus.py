@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -134,7 +135,10 @@ def write_long_recording(
 
 
 def build_inputs(data: Path, dest: Path, min_hours: float) -> float:
-    """Symlink the shared recordings into ``dest`` (copies ``k``) until ``min_hours``."""
+    """Copy the shared recordings into ``dest`` (folders ``copy<k>``) until ``min_hours``.
+
+    Real copies, not links: discovery lists a file reached through two links once.
+    """
     import mne
 
     once = 0.0
@@ -150,7 +154,7 @@ def build_inputs(data: Path, dest: Path, min_hours: float) -> float:
             target.mkdir(parents=True)
             for path in (data / folder).iterdir():
                 if path.suffix in EXTS:
-                    os.symlink(path.resolve(), target / path.name)
+                    shutil.copy(path, target / path.name)
     return once * copies
 
 
@@ -180,7 +184,9 @@ def random_reads(corpus: Path, h5_path: Path, n_reads: int, seed: int) -> tuple[
     start = time.perf_counter()
     total = 0.0
     for fi, rg, r in picks:
-        table = handles[fi].read_row_group(rg, columns=["n_channels", "n_samples", "signal"])
+        table = handles[fi].read_row_group(
+            rg, columns=["n_channels", "n_samples", "signal_dtype", "signal"]
+        )
         total += float(signals_of(table.slice(r, 1))[0][0, 0])
     parquet_rate = n_reads / (time.perf_counter() - start)
 
@@ -203,7 +209,11 @@ def main() -> None:
         default=2.0,
         help="length of the single long recording for the memory check",
     )
+    parser.add_argument("--write-long", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.write_long:
+        write_long_recording(Path(args.write_long), args.long_hours)
+        return
     data = Path(args.data)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -233,16 +243,55 @@ def main() -> None:
             )
         print(f"ratio diver / plain MNE (recording-hours per core-second): {d_rate / m_rate:.2f}")
 
-        parquet_rate, h5_rate = random_reads(tmp / "diver", tmp / "windows.h5", args.reads, 0)
-        print(
-            f"random reads : Parquet {parquet_rate:8.1f} windows/s, HDF5 {h5_rate:8.1f} windows/s"
+        # The same corpus with an uncompressed signal column (corpus.signal_compression).
+        plain_cfg = tmp / "uncompressed.yaml"
+        plain_cfg.write_text("corpus:\n  signal_compression: none\n")
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "diver",
+                "corpus",
+                "--config",
+                str(plain_cfg),
+                "--input",
+                f"bench={tmp / 'in'}",
+                "--out",
+                str(tmp / "diver_none"),
+                "--quiet",
+            ],
+            check=True,
+            stderr=subprocess.DEVNULL,
         )
-        print(f"ratio Parquet / HDF5 (windows per second): {parquet_rate / h5_rate:.2f}")
+        for label, corpus_dir in (("zstd", tmp / "diver"), ("none", tmp / "diver_none")):
+            parquet_rate, h5_rate = random_reads(
+                corpus_dir, tmp / f"windows_{label}.h5", args.reads, 0
+            )
+            print(
+                f"random reads : Parquet (signal {label}) {parquet_rate:8.1f} windows/s, "
+                f"HDF5 {h5_rate:8.1f} windows/s"
+            )
+            print(
+                f"ratio Parquet (signal {label}) / HDF5 (windows per second): "
+                f"{parquet_rate / h5_rate:.2f}"
+            )
 
         # Peak memory on one long recording: block-wise vs whole-recording processing.
         long_dir = tmp / "long"
         long_dir.mkdir()
-        write_long_recording(long_dir / "long_raw.fif", args.long_hours)
+        # Written by a child: a child's peak RSS (wait4) starts from its parent's RSS
+        # at fork time, so the parent must stay small for the figures to be honest.
+        subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--write-long",
+                str(long_dir / "long_raw.fif"),
+                "--long-hours",
+                str(args.long_hours),
+            ],
+            check=True,
+        )
         diver_long = run_child(
             [
                 sys.executable,

@@ -71,7 +71,8 @@ class CorpusConfig:
     window_seconds: float = 30.0
     min_sfreq: float = 100.0
     signal_dtype: str = "float16"
-    row_group_windows: int = 4
+    signal_compression: str = "zstd"
+    row_group_windows: int = 1
     block_windows: int = 20
     jobs: int = 1
     strict: bool = False

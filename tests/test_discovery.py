@@ -86,7 +86,8 @@ def test_subject_falls_back_to_recording_id_with_warning(
         (source,) = discover_recordings(dataset(shared_data / "resting_yasa"))
     assert source.recording == "data_resting_EO_200Hz_raw"
     assert (source.subject, source.subject_source) == (source.recording, "recording")
-    assert "recording id as its subject" in caplog.text
+    assert "1 of 1 recordings have no BIDS subject" in caplog.text
+    assert "its own subject" in caplog.text
 
 
 def test_single_file_input_and_overlap_listed_once(shared_data: Path) -> None:
@@ -249,3 +250,15 @@ def test_pattern_without_group_and_on_configured_path(tmp_path: Path) -> None:
         "patient07",
         "pattern",
     )
+
+
+def test_same_stem_in_one_folder_keeps_both(tmp_path: Path) -> None:
+    """x.edf beside x.gdf: both are listed, told apart by their extension."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "x.edf").write_bytes(b"\x01" * 64)
+    (folder / "x.gdf").write_bytes(b"\x01" * 64)
+    (folder / "y.edf").write_bytes(b"\x01" * 64)
+    sources = discover_recordings(DatasetConfig(name="d", inputs=(str(folder),)))
+    assert [s.recording for s in sources] == ["in/x_edf", "in/x_gdf", "y"]
+    assert {s.path.name for s in sources} == {"x.edf", "x.gdf", "y.edf"}

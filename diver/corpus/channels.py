@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from diver.corpus.coordinates import (
     NAN_XYZ,
     SCALP_FRAME,
     UNKNOWN_FRAME,
+    XYZ,
     ElectrodeTable,
     midpoint,
     montage_position_mm,
@@ -275,6 +277,15 @@ def _electrode_names(raw: str, clean: str, name: str) -> list[str]:
 
 
 @dataclass(frozen=True)
+class InFilePosition:
+    """What the recording itself says about one channel's electrode."""
+
+    xyz_mm: XYZ | None  # None when the file has no position for it
+    frame: str
+    kind: str  # free text such as an NWB group's "ECoG grid" ('' when unknown)
+
+
+@dataclass(frozen=True)
 class _Context:
     """What describe_channels knows about the whole recording."""
 
@@ -343,19 +354,42 @@ def _late_type(raw: str, clean: str, name: str, ctx: _Context, montage_share: fl
     return "eeg" if montage_share > 0.5 else dataset.ieeg_type
 
 
+def in_file_position_mm(position_m: Sequence[float] | None) -> XYZ | None:
+    """A recording's own channel position (metres) in mm; None when unset.
+
+    MNE readers leave unknown positions as zeros or NaN, so only a finite position
+    that is not the origin counts.
+    """
+    if position_m is None or len(position_m) < 3:
+        return None
+    xyz = tuple(float(v) for v in position_m[:3])
+    if not all(math.isfinite(v) for v in xyz) or not any(xyz):
+        return None
+    return (xyz[0] * 1000.0, xyz[1] * 1000.0, xyz[2] * 1000.0)
+
+
 def _position(
-    kind: str, raw: str, clean: str, name: str, ctx: _Context
-) -> tuple[tuple[float, float, float], str, str, str]:
-    """(xyz_mm, frame, electrode kind, electrode group) for a typed channel."""
+    kind: str, raw: str, clean: str, name: str, ctx: _Context, in_file: InFilePosition
+) -> tuple[XYZ, str, str, str]:
+    """(xyz_mm, frame, electrode kind, electrode group) for a typed channel.
+
+    Scalp EEG: the 10-05 template.  iEEG: the electrodes file's row; where that has
+    no position (or there is no row), the position stored in the recording itself,
+    with the recording's frame.
+    """
     if kind == "eeg":
         xyz = scalp_position_mm(name)
         return (xyz, SCALP_FRAME, "", "") if xyz else (NAN_XYZ, UNKNOWN_FRAME, "", "")
-    if kind in IEEG_TYPES and ctx.electrodes is not None:
-        row = ctx.electrodes.find(_electrode_names(raw, clean, name))
-        if row is not None:
-            frame = ctx.electrodes.frame if row.has_position else UNKNOWN_FRAME
-            return row.xyz_mm, frame, row.kind, row.group
-    return NAN_XYZ, UNKNOWN_FRAME, "", ""
+    if kind not in IEEG_TYPES:
+        return NAN_XYZ, UNKNOWN_FRAME, "", ""
+    table = ctx.electrodes
+    row = table.find(_electrode_names(raw, clean, name)) if table is not None else None
+    if table is not None and row is not None and row.has_position:
+        return row.xyz_mm, table.frame, row.kind, row.group
+    e_kind, e_group = (row.kind, row.group) if row is not None else (in_file.kind, "")
+    if in_file.xyz_mm is not None:
+        return in_file.xyz_mm, in_file.frame, e_kind, e_group
+    return NAN_XYZ, UNKNOWN_FRAME, e_kind, e_group
 
 
 def _load_context(source: RecordingSource, dataset: DatasetConfig, cleaned: list[str]) -> _Context:
@@ -375,6 +409,10 @@ def describe_channels(
     mne_types: Sequence[str],
     source: RecordingSource,
     dataset: DatasetConfig,
+    *,
+    positions_m: Sequence[Sequence[float]] | None = None,
+    positions_frame: str | None = None,
+    electrode_kinds: Sequence[str] | None = None,
 ) -> list[ChannelInfo]:
     """One ChannelInfo per input channel, same order. mne_types are raw.get_channel_types().
 
@@ -386,9 +424,20 @@ def describe_channels(
     Where the recording is known to be intracranial, a montage-like contact (``C3``)
     on a shaft that also has non-montage contacts (``C12``) is treated as iEEG.  iEEG
     channels keep their cleaned raw label as name, so a contact ``T3`` stays ``T3``.
+
+    Positions: scalp EEG takes the 10-05 template; iEEG takes its electrodes-file
+    row, else ``positions_m`` -- the position stored in the recording (MNE's
+    ``info['chs'][i]['loc'][:3]``, metres; zeros/NaN mean unknown) -- labelled
+    ``positions_frame`` (default: ``dataset.coord_frame``).  ``electrode_kinds`` is
+    per-channel text from the recording (an NWB group's "ECoG grid") that gives an
+    ECoG subtype where no electrodes file does.
     """
     if len(raw_names) != len(mne_types):
         raise ValueError(f"{len(raw_names)} channel names but {len(mne_types)} types")
+    for label, values in (("positions_m", positions_m), ("electrode_kinds", electrode_kinds)):
+        if values is not None and len(values) != len(raw_names):
+            raise ValueError(f"{len(raw_names)} channel names but {len(values)} {label}")
+    frame = positions_frame or dataset.coord_frame
     cleaned = [clean_name(r) for r in raw_names]
     names = [normalise_name(r) for r in raw_names]
     ctx = _load_context(source, dataset, cleaned)
@@ -413,7 +462,12 @@ def describe_channels(
                 f"channel {raw!r}: type {kind!r} is not one of {sorted(CHANNEL_TYPES)}"
             )
         final_name = clean if kind in IEEG_TYPES else name
-        xyz, frame, e_kind, e_group = _position(kind, raw, clean, final_name, ctx)
+        in_file = InFilePosition(
+            in_file_position_mm(positions_m[i]) if positions_m is not None else None,
+            frame,
+            electrode_kinds[i].lower() if electrode_kinds is not None else "",
+        )
+        xyz, xyz_frame, e_kind, e_group = _position(kind, raw, clean, final_name, ctx, in_file)
         subtype = ""
         if kind == "seeg":
             subtype = "depth"
@@ -428,5 +482,5 @@ def describe_channels(
             reason = "duplicate name"
         else:
             kept_names.add(final_name)
-        infos.append(ChannelInfo(raw, final_name, kind, subtype, xyz, frame, reason))
+        infos.append(ChannelInfo(raw, final_name, kind, subtype, xyz, xyz_frame, reason))
     return infos

@@ -4,7 +4,7 @@ A dataset's ``inputs`` are files or folders (searched recursively).  Every file 
 one of three things:
 
 * a recording: an extension that :func:`mne.io.read_raw` dispatches to an EEG/iEEG
-  reader (an ``.mff`` or ``.mefd`` folder counts as one file);
+  reader (an ``.mff`` or ``.mefd`` folder counts as one file), or ``.nwb``;
 * a companion or sidecar (``.vmrk``, ``.fdt``, ``.tsv``, ``.json``, a BrainVision
   ``.eeg`` ...), skipped silently because its recording is listed instead;
 * anything else, listed with ``problem`` set so that it is quarantined with a reason
@@ -30,11 +30,13 @@ from diver.config import DatasetConfig
 log = logging.getLogger(__name__)
 
 # Extensions mne.io.read_raw dispatches to EEG/iEEG readers (MEG, fNIRS and eye
-# tracking readers are left out on purpose).  '.dat' is decided per file below.
+# tracking readers are left out on purpose), plus NWB, which diver reads itself
+# (diver.corpus.nwb).  '.dat' is decided per file below.
 RECORDING_EXTENSIONS = frozenset(
     {
         ".edf", ".bdf", ".gdf", ".vhdr", ".ahdr", ".set", ".fif", ".fif.gz", ".cnt",
         ".mff", ".eeg", ".mefd", ".nxe", ".lay", ".ns3", ".data", ".cdt", ".nedf",
+        ".nwb",
     }
 )  # fmt: skip
 FOLDER_RECORDINGS = frozenset({".mff", ".mefd"})
@@ -311,11 +313,6 @@ def find_subject(path: Path, shown: str, recording: str, pattern: str | None) ->
                 value = match.group(1) if regex.groups else match.group(0)
                 if value:
                     return value, "pattern"
-    log.warning(
-        "recording %s: no BIDS subject and no subject_pattern match; using the recording "
-        "id as its subject",
-        path,
-    )
     return recording, "recording"
 
 
@@ -395,12 +392,30 @@ def discover_recordings(dataset: DatasetConfig) -> list[RecordingSource]:
             entries.append((path, rel, problem, root_name))
     counts = Counter(strip_extension(rel) for _, rel, _, _ in entries)
     clashing = {i for i, n in counts.items() if n > 1}
+    prefixed = Counter(
+        f"{root}/{strip_extension(rel)}"
+        for _, rel, _, root in entries
+        if strip_extension(rel) in clashing
+    )
     sources = []
     for path, rel, problem, root_name in entries:
         if strip_extension(rel) in clashing:
             rel = f"{root_name}/{rel}"
+            if prefixed[strip_extension(rel)] > 1:
+                # same stem twice in one folder (x.edf beside x.gdf): keep the extension
+                rel = str(Path(rel).with_name(Path(rel).name.replace(".", "_")))
         sources.append(_source(dataset, path, rel, problem))
     dupes = sorted(r for r, n in Counter(s.recording for s in sources).items() if n > 1)
     if dupes:
         raise ValueError(f"dataset {dataset.name!r}: recording ids clash across inputs: {dupes}")
+    unnamed = [s for s in sources if s.subject_source == "recording"]
+    if unnamed:
+        log.warning(
+            "dataset %s: %d of %d recordings have no BIDS subject and no subject_pattern "
+            "match (e.g. %s); each is taken as its own subject",
+            dataset.name,
+            len(unnamed),
+            len(sources),
+            unnamed[0].path,
+        )
     return sorted(sources, key=lambda s: s.recording)

@@ -11,16 +11,25 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mne
 import numpy as np
+from mne.io.constants import FIFF
 
 from diver.config import CorpusConfig, DatasetConfig
-from diver.corpus.channels import IEEG_TYPES, ChannelInfo, describe_channels
-from diver.corpus.discovery import RecordingSource
+from diver.corpus.channels import (
+    IEEG_TYPES,
+    ChannelInfo,
+    describe_channels,
+    in_file_position_mm,
+)
+from diver.corpus.discovery import RecordingSource, extension
+from diver.corpus.nwb import RawNWB, read_raw_nwb
 from diver.corpus.preprocess import apply_chain, build_chain, padding_seconds
 from diver.corpus.qc import expected_tokens, qc_block
 from diver.corpus.shards import ShardWriter, Window, shard_path
@@ -111,12 +120,55 @@ def _channel_rows(
     ]
 
 
+def _read_mne(path: Path) -> mne.io.BaseRaw:
+    return mne.io.read_raw(path, preload=False, verbose="error")
+
+
+def _read_nwb(path: Path) -> mne.io.BaseRaw:
+    return read_raw_nwb(path, verbose="error")
+
+
+# Extensions MNE cannot read, with diver's own lazy reader; all others go to MNE.
+READERS: dict[str, Callable[[Path], mne.io.BaseRaw]] = {".nwb": _read_nwb}
+
+
 def read_raw(path: Path) -> mne.io.BaseRaw:
-    """Open a recording lazily with MNE; any reader failure becomes a Quarantine."""
+    """Open a recording lazily; any reader failure becomes a Quarantine."""
+    reader = READERS.get(extension(Path(path)), _read_mne)
     try:
-        return mne.io.read_raw(path, preload=False, verbose="error")
-    except Exception as exc:  # MNE raises many types for bad files
+        return reader(path)
+    except Exception as exc:  # readers raise many types for bad files
         raise Quarantine(f"unreadable: {type(exc).__name__}: {exc}") from exc
+
+
+# MNE's coordinate frames as written into channels.csv / the shards' coord_frame.
+MNE_FRAMES = {
+    FIFF.FIFFV_COORD_HEAD: "mne_head",
+    FIFF.FIFFV_COORD_MRI: "mne_mri",
+    FIFF.FIFFV_MNE_COORD_MNI_TAL: "mne_mni_tal",
+    FIFF.FIFFV_MNE_COORD_FS_TAL: "mne_fs_tal",
+    FIFF.FIFFV_MNE_COORD_RAS: "mne_ras",
+}
+
+
+def in_file_positions(
+    raw: mne.io.BaseRaw, dataset: DatasetConfig
+) -> tuple[list[tuple[float, float, float]], str]:
+    """Channel positions the recording itself stores (metres, per channel) and their frame.
+
+    The frame is MNE's frame of the positioned channels (the most common one, should
+    they differ), or the dataset's ``coord_frame`` when MNE calls it unknown -- as
+    the NWB reader does, NWB having no field that names the space.
+    """
+    locs = [ch["loc"] for ch in raw.info["chs"]]
+    positions = [(float(loc[0]), float(loc[1]), float(loc[2])) for loc in locs]
+    frames = Counter(
+        int(ch["coord_frame"])
+        for ch, xyz in zip(raw.info["chs"], positions, strict=True)
+        if in_file_position_mm(xyz) is not None
+    )
+    frame = MNE_FRAMES.get(frames.most_common(1)[0][0], "") if frames else ""
+    return positions, frame or dataset.coord_frame
 
 
 def channel_health(
@@ -172,7 +224,16 @@ def _process(
     sfreq_in = float(raw.info["sfreq"])
     duration = raw.n_times / sfreq_in
     base = {"sfreq": sfreq_in, "duration_s": duration, "hours": duration / 3600.0}
-    infos = describe_channels(raw.ch_names, raw.get_channel_types(), source, dataset)
+    positions_m, positions_frame = in_file_positions(raw, dataset)
+    infos = describe_channels(
+        raw.ch_names,
+        raw.get_channel_types(),
+        source,
+        dataset,
+        positions_m=positions_m,
+        positions_frame=positions_frame,
+        electrode_kinds=raw.electrode_kinds if isinstance(raw, RawNWB) else None,
+    )
     status = ["kept" if ch.neural else ch.drop_reason for ch in infos]
     n_in = len(infos)
     zeros = np.zeros(n_in, dtype=int)
@@ -241,7 +302,10 @@ def _process(
     hours_per_window_channel = corpus.window_seconds / 3600.0
     path = shard_path(out_dir, source.dataset, source.recording)
     with ShardWriter(
-        path, signal_dtype=corpus.signal_dtype, row_group_windows=corpus.row_group_windows
+        path,
+        signal_dtype=corpus.signal_dtype,
+        row_group_windows=corpus.row_group_windows,
+        signal_compression=corpus.signal_compression,
     ) as writer:
         for w0 in range(0, n_windows, corpus.block_windows):
             w1 = min(n_windows, w0 + corpus.block_windows)

@@ -60,6 +60,7 @@ _READ_COLUMNS = [
     "channel_types",
     "channel_subtypes",
     "coords_mm",
+    "signal_dtype",
     "signal",
 ]
 
