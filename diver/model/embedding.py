@@ -65,7 +65,14 @@ class PatchCNN(nn.Module):
 
 
 class SpectralEmbedding(nn.Module):
-    """|rFFT| -> Linear -> Dropout (SPEC §2), of the CNN token (code) or the raw patch (paper)."""
+    """|rFFT| -> Linear -> Dropout (SPEC §2), of the CNN token (code) or the raw patch (paper).
+
+    The rFFT is orthonormal (``norm="ortho"``, Parseval: same RMS in and out).  Unnormalised,
+    the |rFFT| of the d-wide CNN token has coordinates of order sqrt(d) (its DC bin of
+    order d), so E_spectral - and with it every token - grew as sqrt(d) with width,
+    against muP's O(1) activations (tests/test_mup.py's coordinate check); at a fixed
+    width the scale is a constant absorbed by the Linear.
+    """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -74,7 +81,7 @@ class SpectralEmbedding(nn.Module):
         self.drop = nn.Dropout(config.spectral_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.proj(torch.fft.rfft(x, dim=-1).abs()))
+        return self.drop(self.proj(torch.fft.rfft(x, dim=-1, norm="ortho").abs()))
 
 
 def sinusoidal_position(coords_mm: torch.Tensor, dim: int, temperature: float) -> torch.Tensor:
