@@ -159,6 +159,64 @@ def cmd_model_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from diver.train.pretrain import (
+        PretrainSettings,
+        TrackingTarget,
+        pretrain,
+        settings_with_overrides,
+    )
+
+    study = _study(args.config)
+    config = settings_with_overrides(
+        study.pretrain,
+        zero_stage=args.zero_stage,
+        global_batch=args.global_batch,
+        micro_batch=args.micro_batch,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        val_every=args.val_every,
+        keep_checkpoints=args.keep_checkpoints,
+    )
+    settings = PretrainSettings(
+        corpus=args.corpus,
+        out=args.out,
+        size=args.size,
+        patch=args.patch or study.grid.patch,
+        data_fraction=args.data_fraction,
+        epochs=args.epochs,
+        config=config,
+    )
+    tracking = None
+    if args.parent_run:
+        from diver.tracking import read_run_id
+
+        manifest = Path(args.corpus) / "manifest.csv"
+        tracking = TrackingTarget(
+            uri=study.tracking_uri(),
+            parent_run_id=read_run_id(Path(args.parent_run)),
+            manifest=manifest if manifest.exists() else None,
+        )
+    logging.getLogger("diver.train").setLevel(logging.INFO)
+    return pretrain(settings, tracking=tracking)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diver", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
@@ -208,6 +266,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--size", action="append", help="only this size (repeatable)")
     m.set_defaults(func=cmd_model_params)
+
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain one grid cell on DeepSpeed (SPEC §3); resumes from its checkpoints",
+        description="Pretrain one cell (size x patch x data fraction x epochs). Settings not "
+        "given as flags come from the config's pretrain section. Rerunning with the same --out "
+        "resumes from the newest complete checkpoint, or does nothing when the run is complete. "
+        "Exit status 75 means a preemption signal was handled: rerun to continue.",
+    )
+    p.add_argument("--corpus", required=True, help="corpus folder (output of `diver corpus`)")
+    p.add_argument("--size", required=True, help="model size (debug, tiny, small, ... xxl)")
+    p.add_argument(
+        "--patch", choices=["1s", "0.1s"], help="patch length (default: the config's grid.patch)"
+    )
+    p.add_argument(
+        "--data-fraction",
+        type=float,
+        default=1.0,
+        help="fraction of the training subjects' windows (nested across fractions)",
+    )
+    p.add_argument("--epochs", type=_positive_int, required=True, help="passes over the fraction")
+    p.add_argument("--out", required=True, help="run folder (logs, checkpoints, model.pt)")
+    p.add_argument("--config", help="study config (its pretrain and tracking sections)")
+    p.add_argument("--parent-run", help="file holding the MLflow parent run id; log a child run")
+    p.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], help="DeepSpeed ZeRO stage")
+    p.add_argument("--global-batch", type=_positive_int, help="windows per optimizer step")
+    p.add_argument("--micro-batch", type=_positive_int, help="windows per forward pass and rank")
+    p.add_argument("--lr", type=float, help="peak learning rate at the muP base width")
+    p.add_argument("--weight-decay", type=float, help="MuAdamW weight decay")
+    p.add_argument("--seed", type=_non_negative_int, help="training seed")
+    p.add_argument(
+        "--checkpoint-every",
+        type=_non_negative_int,
+        help="checkpoint every K steps (0: only on preemption signals)",
+    )
+    p.add_argument(
+        "--val-every", type=_non_negative_int, help="validate every K steps (0: epoch ends only)"
+    )
+    p.add_argument("--keep-checkpoints", type=_positive_int, help="complete checkpoints kept")
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("track", help="MLflow tracking")
     track = p.add_subparsers(dest="track_command", required=True)

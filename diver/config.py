@@ -120,6 +120,42 @@ class GridConfig:
 
 
 @dataclass(frozen=True)
+class PretrainConfig:
+    """Pretraining settings (SPEC §3); ``diver pretrain`` flags override them per cell.
+
+    The embedded default is sized for CPU runs of the ``debug`` ladder (global batch 8);
+    the paper's values (global batch 192, ZeRO-2, bf16 on GPUs) go in the study config.
+    ``lr``/``weight_decay`` default to SPEC §3's Small / iEEG / 1 s optimum, transferred
+    to every width by muP.
+    """
+
+    zero_stage: int = 2
+    global_batch: int = 8
+    micro_batch: int | None = None
+    lr: float = 2.30e-3
+    weight_decay: float = 2.17e-7
+    betas: tuple[float, float] = (0.9, 0.95)
+    min_lr_ratio: float = 0.01
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    precision: str = "auto"
+    activation_checkpointing: bool = False
+    seed: int = 0
+    split_seed: int = 0
+    val_fraction: float = 0.2
+    val_stratify: bool = True
+    val_batch: int = 8
+    val_max_windows: int | None = None
+    val_every: int = 0
+    val_at_start: bool = True
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    num_workers: int = 0
+    dist_timeout_s: float = 60.0
+    log_every: int = 10
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """A whole study, as one validated config file describes it."""
 
@@ -129,6 +165,7 @@ class StudyConfig:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     grid: GridConfig = field(default_factory=GridConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     @property
     def results_path(self) -> Path:
@@ -206,6 +243,8 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "<config>") -> St
         )
     qc = QCConfig(**corpus.pop("qc"))
     grid = data["grid"]
+    pretrain = dict(data["pretrain"])
+    pretrain["betas"] = tuple(pretrain["betas"])
     return StudyConfig(
         study=data["study"],
         results_dir=results_dir,
@@ -218,6 +257,7 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "<config>") -> St
             epochs=tuple(grid["epochs"]),
             data_fractions=tuple(grid["data_fractions"]),
         ),
+        pretrain=PretrainConfig(**pretrain),
     )
 
 
