@@ -23,6 +23,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/tracking.smk"
 include: "workflow/rules/synth.smk"
 include: "workflow/rules/corpus.smk"
+include: "workflow/rules/pretrain.smk"
 
 
 rule all:

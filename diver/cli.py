@@ -307,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-checkpoints", type=_positive_int, help="complete checkpoints kept")
     p.set_defaults(func=cmd_pretrain)
 
+    from diver.scaling.cli import register as register_scaling
+
+    register_scaling(sub)
+
     p = sub.add_parser("track", help="MLflow tracking")
     track = p.add_subparsers(dest="track_command", required=True)
     t = track.add_parser("init", help="create (once) the study's experiment and parent run")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -69,8 +70,11 @@ def test_invalid_config_fails_before_any_job(tmp_path: Path) -> None:
     assert not (tmp_path / "results" / "synth").exists()
 
 
-def test_default_dag_runs_for_real_and_is_idempotent(tmp_path: Path) -> None:
-    proc = _snakemake(tmp_path, "--profile", "cluster_profiles/local")
+CORPUS_TARGETS = ("results/tracking/parent_run_id.txt", "results/corpus/manifest.csv")
+
+
+def test_default_dag_corpus_part_runs_for_real_and_is_idempotent(tmp_path: Path) -> None:
+    proc = _snakemake(tmp_path, *CORPUS_TARGETS, "--profile", "cluster_profiles/local")
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = tmp_path / "results"
     manifest = pd.read_csv(results / "corpus" / "manifest.csv").set_index("dataset")
@@ -99,7 +103,7 @@ def test_default_dag_runs_for_real_and_is_idempotent(tmp_path: Path) -> None:
     assert child.data.metrics["synth_eeg.windows"] == manifest.loc["synth_eeg", "windows"]
     assert child.info.status == "FINISHED"
 
-    again = _snakemake(tmp_path, "--profile", "cluster_profiles/local")
+    again = _snakemake(tmp_path, *CORPUS_TARGETS, "--profile", "cluster_profiles/local")
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
 
@@ -108,7 +112,17 @@ def test_default_dag_runs_for_real_and_is_idempotent(tmp_path: Path) -> None:
     edited["grid"]["epochs"] = [1, 2, 4]
     config = tmp_path / "edited.yaml"
     config.write_text(yaml.safe_dump(edited))
-    third = _snakemake(tmp_path, "--profile", "cluster_profiles/local", "--configfile", str(config))
+    # --configfile takes every following word as a file: a one-value option ends it
+    third = _snakemake(
+        tmp_path,
+        "--profile",
+        "cluster_profiles/local",
+        "--configfile",
+        str(config),
+        "--cores",
+        "2",
+        *CORPUS_TARGETS,
+    )
     assert third.returncode == 0, third.stderr[-4000:]
     assert "Nothing to be done" in third.stdout + third.stderr
     runs = client.search_runs([experiment.experiment_id])
@@ -139,3 +153,35 @@ def test_track_init_command_is_idempotent(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr
         ids.append((tmp_path / name).read_text().strip())
     assert ids[0] == ids[1]
+
+
+@pytest.mark.slow
+def test_whole_default_dag_trains_every_grid_cell(tmp_path: Path) -> None:
+    """The embedded default end to end: synth, corpus and the 12-cell debug grid."""
+    proc = _snakemake(tmp_path, "--profile", "cluster_profiles/local")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    config = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+    grid = config["grid"]
+    results = tmp_path / "results"
+    cells = [
+        results / "pretrain" / size / grid["patch"] / f"f{fraction}_e{epochs}"
+        for size in grid["sizes"]
+        for fraction in grid["data_fractions"]
+        for epochs in grid["epochs"]
+    ]
+    assert len(cells) == 12
+    for cell in cells:
+        metrics = json.loads((cell / "metrics.json").read_text())
+        assert metrics["val_loss"] > 0 and metrics["epochs"] in grid["epochs"]
+        assert (cell / "model.pt").exists()
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("diver-default")
+    parent_id = (results / "tracking" / "parent_run_id.txt").read_text().strip()
+    children = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
+    stages = [c.data.tags["diver.stage"] for c in children]
+    assert stages.count("pretrain") == 12 and stages.count("corpus") == 1
+    assert {c.info.status for c in children} == {"FINISHED"}
+    again = _snakemake(tmp_path, "--profile", "cluster_profiles/local", "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr

@@ -56,5 +56,43 @@ def corpus_targets():
     return [results("corpus", "manifest.csv")]
 
 
+def _alternatives(values):
+    """A wildcard constraint matching exactly ``values`` (regex-escaped)."""
+    import re
+
+    return "|".join(re.escape(str(v)) for v in values)
+
+
+GRID = config["grid"]
+GRID_SIZES = _alternatives(GRID["sizes"])
+GRID_PATCH = _alternatives([GRID["patch"]])
+GRID_FRACTIONS = _alternatives(GRID["data_fractions"])
+GRID_EPOCHS = _alternatives(GRID["epochs"])
+
+
+def grid_cells():
+    """Every (size, patch, fraction, epochs) of the configured grid."""
+    return [
+        {"size": size, "patch": GRID["patch"], "fraction": fraction, "epochs": epochs}
+        for size in GRID["sizes"]
+        for fraction in GRID["data_fractions"]
+        for epochs in GRID["epochs"]
+    ]
+
+
+def cell_dir(wildcards):
+    """The run folder of one cell (its checkpoints, logs and outputs)."""
+    return results(
+        "pretrain", wildcards.size, wildcards.patch, f"f{wildcards.fraction}_e{wildcards.epochs}"
+    )
+
+
+def pretrain_targets():
+    return [
+        results("pretrain", c["size"], c["patch"], f"f{c['fraction']}_e{c['epochs']}", "metrics.json")
+        for c in grid_cells()
+    ]
+
+
 def all_targets():
-    return [parent_run_file(), *corpus_targets()]
+    return [parent_run_file(), *corpus_targets(), *pretrain_targets()]

@@ -1,0 +1,305 @@
+"""``diver scaling fit`` and ``diver scaling plan``: argument parsing and file I/O.
+
+Wiring: ``register(subparsers)`` adds the ``scaling`` command (with ``fit`` and
+``plan``) to the ``diver`` parser's subparsers; each subcommand sets ``func``, which
+returns the exit status and raises :class:`~diver.errors.DiverError` for input a
+user can fix (``diver``'s ``main`` prints those without a traceback).  :func:`main`
+runs the same commands standalone.
+
+``fit`` writes into ``--out``:
+
+- ``bootstrap.csv``: one row per bootstrap refit, the law's natural parameters
+  (what ``plan`` needs for its intervals);
+- ``frontier.csv``: compute budgets from two decades below the runs' least compute to
+  two above their most, with SPEC §4's ``N_opt, D_opt`` and the predicted loss (fresh
+  data), and ``*_lo``/``*_hi`` 95 % bootstrap bands;
+- ``loss_vs_compute.png``, ``fitted_vs_observed.png``, ``iso_flop.png``;
+- ``fit.json`` last (so its presence means the rest is complete): point estimates
+  ``A, B, E, alpha, beta[, R_D_star, R_N_star]``, ``ci`` ``{name: [lo, hi]}``,
+  ``r2_linear``, ``r2_log``, ``loo_rmse_log``, ``loo_mape``, ``n_points``, ``form``,
+  ``bootstrap`` and the file names.
+
+Every file is written atomically (temporary name, then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from diver.atomic import write_csv_atomic, write_text_atomic
+from diver.errors import DiverError
+from diver.scaling import plots
+from diver.scaling.fit import DEFAULT_BOOTSTRAP, ScalingFitError, fit_law, make_runs
+from diver.scaling.frontier import flop_range, frontier_table, plan
+from diver.scaling.laws import FORMS, PARAM_NAMES, LawParams, predict
+
+log = logging.getLogger("diver.scaling")
+
+FIT_JSON = "fit.json"
+BOOTSTRAP_CSV = "bootstrap.csv"
+FRONTIER_CSV = "frontier.csv"
+FIGURES = ("loss_vs_compute.png", "fitted_vs_observed.png", "iso_flop.png")
+U_N_DEFINITION = (
+    "U_N = min(N_opt(U_D), N), N_opt(U_D) = (alpha A / (beta B))^(1/alpha) U_D^(beta/alpha): "
+    "the compute-optimal N (C = 6 N D, SPEC §4) whose compute-optimal D is U_D"
+)
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from exc
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``scaling {fit, plan}`` to an ``argparse`` subparsers object; returns it."""
+    p = subparsers.add_parser("scaling", help="fit scaling laws and plan compute (SPEC §4)")
+    sub = p.add_subparsers(dest="scaling_command", required=True)
+
+    f = sub.add_parser(
+        "fit",
+        help="Chinchilla approach-3 fit with bootstrap intervals",
+        description="Fit a scaling law to RUNS.csv (columns params, tokens, unique_tokens, "
+        "loss) and write fit.json, bootstrap.csv, frontier.csv and figures to --out.",
+    )
+    f.add_argument("--runs", required=True, help="CSV of runs: params, tokens, unique_tokens, loss")
+    f.add_argument("--out", required=True, help="output folder")
+    f.add_argument("--form", choices=FORMS, default="data-constrained", help="law to fit")
+    f.add_argument(
+        "--bootstrap",
+        type=_non_negative_int,
+        default=DEFAULT_BOOTSTRAP,
+        help=f"bootstrap resamples for the intervals (0: none; default {DEFAULT_BOOTSTRAP})",
+    )
+    f.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    f.add_argument(
+        "--jobs", type=int, default=1, help="processes for the bootstrap (results do not change)"
+    )
+    f.set_defaults(func=cmd_fit)
+
+    q = sub.add_parser(
+        "plan",
+        help="compute-optimal N and D for a FLOP budget, with intervals",
+        description="Compute-optimal parameters and tokens for a budget (C = 6 N D) from a "
+        "fit.json, the loss the law predicts, and bootstrap intervals.",
+    )
+    q.add_argument("--fit", required=True, help="fit.json written by `diver scaling fit`")
+    q.add_argument("--flops", required=True, type=_positive_float, help="compute budget C")
+    q.add_argument(
+        "--unique-tokens",
+        type=_positive_float,
+        default=None,
+        help="unique tokens U_D available: adds epochs = D/U_D and the U_D-aware optimum",
+    )
+    q.add_argument("--format", choices=["text", "json"], default="text")
+    q.set_defaults(func=cmd_plan)
+    return p
+
+
+def _finite_or_none(value: Any) -> Any:
+    """JSON without NaN/Infinity (not valid JSON): non-finite floats become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def read_runs_csv(path: Path) -> pd.DataFrame:
+    """The runs table, or a :class:`ScalingFitError` naming ``path`` and the problem."""
+    if not path.is_file():
+        raise ScalingFitError(f"{path}: no such runs file")
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ScalingFitError(f"{path}: not a readable CSV ({exc})") from exc
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    runs_path = Path(args.runs)
+    out = Path(args.out)
+    frame = read_runs_csv(runs_path)
+    runs = make_runs(frame, args.form, source=str(runs_path))
+    if args.jobs < 1:
+        raise DiverError(f"--jobs must be at least 1, got {args.jobs}")
+    log.info("fitting %s law to %d runs from %s", args.form, runs.n, runs_path)
+    result = fit_law(runs, args.form, bootstrap=args.bootstrap, seed=args.seed, jobs=args.jobs)
+    names = PARAM_NAMES[args.form]
+
+    out.mkdir(parents=True, exist_ok=True)
+    samples = result.bootstrap_samples if result.bootstrap else None
+    if samples is not None:
+        write_csv_atomic(out / BOOTSTRAP_CSV, pd.DataFrame(samples, columns=list(names)))
+    budgets = flop_range(6.0 * runs.params * runs.tokens)
+    frontier = frontier_table(result.params, budgets, samples)
+    write_csv_atomic(out / FRONTIER_CSV, frontier)
+
+    unique = runs.unique_tokens if args.form == "data-constrained" else None
+    fitted = predict(result.params, runs.params, runs.tokens, unique)
+    plots.loss_vs_compute(
+        out / FIGURES[0],
+        runs.params,
+        runs.tokens,
+        runs.loss,
+        frontier,
+        title=f"{args.form} law, {runs.n} runs",
+    )
+    plots.fitted_vs_observed(
+        out / FIGURES[1], runs.loss, fitted, r2_linear=result.r2_linear, r2_log=result.r2_log
+    )
+    run_flops = 6.0 * runs.params * runs.tokens
+    plots.iso_flop_curves(
+        out / FIGURES[2],
+        result.params,
+        np.logspace(np.log10(run_flops.min()), np.log10(run_flops.max()), 5),
+        (runs.params.min() / 10.0, runs.params.max() * 10.0),
+        unique_tokens=float(np.median(runs.unique_tokens)) if unique is not None else None,
+    )
+
+    summary = result.summary()
+    summary.update(
+        {
+            "runs": str(runs_path),
+            "files": {
+                "bootstrap": BOOTSTRAP_CSV if samples is not None else None,
+                "frontier": FRONTIER_CSV,
+                "figures": list(FIGURES),
+            },
+            "compute": "C = 6 N D",
+        }
+    )
+    if args.form == "data-constrained":
+        summary["U_N_definition"] = U_N_DEFINITION
+    write_text_atomic(out / FIT_JSON, json.dumps(_finite_or_none(summary), indent=2) + "\n")
+
+    print(f"{args.form} law fitted to {runs.n} runs ({runs_path})")
+    for name in names:
+        value = summary[name]
+        ci = result.ci.get(name)
+        band = f"  [{ci[0]:.5g}, {ci[1]:.5g}]" if ci else ""
+        print(f"  {name:9s} {value:.5g}{band}")
+    print(
+        f"  R^2 linear {result.r2_linear:.4f}, log {result.r2_log:.4f}; "
+        f"leave-one-out RMSE(log loss) {result.loo_rmse_log:.4g}"
+    )
+    if result.bootstrap_failed:
+        log.warning("%d of %d bootstrap refits failed", result.bootstrap_failed, args.bootstrap)
+    print(f"-> {out / FIT_JSON}")
+    return 0
+
+
+def load_fit(path: Path) -> tuple[LawParams, dict[str, Any], np.ndarray | None]:
+    """``(params, fit.json content, bootstrap samples or None)`` from a fit.json."""
+    if not path.is_file():
+        raise DiverError(f"{path}: no such fit file")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DiverError(f"{path}: not valid JSON ({exc})") from exc
+    form = data.get("form") if isinstance(data, dict) else None
+    if form not in FORMS:
+        raise DiverError(f"{path}: 'form' must be one of {FORMS}, got {form!r}")
+    try:
+        params = LawParams.from_mapping(data, form)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DiverError(f"{path}: {exc}") from exc
+    samples = None
+    name = (data.get("files") or {}).get("bootstrap")
+    if name:
+        sample_path = path.parent / name
+        if not sample_path.is_file():
+            raise DiverError(f"{path}: its bootstrap samples {sample_path} are missing")
+        table = pd.read_csv(sample_path)
+        missing = [c for c in PARAM_NAMES[form] if c not in table.columns]
+        if missing:
+            raise DiverError(f"{sample_path}: missing column(s) {missing}")
+        samples = table[list(PARAM_NAMES[form])].to_numpy(dtype=float)
+    return params, data, samples
+
+
+def _line(label: str, entry: dict[str, Any], fmt: str = ".4g") -> str:
+    text = f"  {label:8s} {entry['value']:{fmt}}"
+    if "ci" in entry:
+        lo, hi = entry["ci"]
+        text += f"  [{lo:{fmt}}, {hi:{fmt}}]"
+    return text
+
+
+def format_plan(result: dict[str, Any]) -> str:
+    """Human-readable plan (the ``text`` output of ``diver scaling plan``)."""
+    u = result["unique_tokens"]
+    n_samples = result.get("bootstrap_samples")
+    bands = f", 95 % intervals from {n_samples} bootstrap fits" if n_samples else ""
+    lines = [f"budget C = {result['flops']:.4g} FLOP ({result['form']} law{bands})"]
+    lines.append("compute-optimal allocation (SPEC §4, C = 6 N D):")
+    lines.append(_line("N", result["N_opt"]))
+    lines.append(_line("D", result["D_opt"]))
+    if u is not None:
+        lines.append(_line("epochs", result["epochs"]))
+    where = "fresh data" if u is None else f"U_D = {u:.4g} unique tokens"
+    lines.append(_line("loss", result["loss"]) + f"   ({where})")
+    if "constrained" in result:
+        c = result["constrained"]
+        lines.append(f"best allocation with U_D = {u:.4g} unique tokens (repetition counted):")
+        lines += [_line(k, c[k]) for k in ("N", "D", "epochs", "loss")]
+    return "\n".join(lines)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    path = Path(args.fit)
+    params, _, samples = load_fit(path)
+    result = plan(params, args.flops, args.unique_tokens, samples)
+    if args.format == "json":
+        print(json.dumps(_finite_or_none(result), indent=2))
+    else:
+        print(format_plan(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A standalone parser with just the ``scaling`` command (as ``diver`` wires it)."""
+    parser = argparse.ArgumentParser(prog="diver")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    register(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``diver scaling ...`` without the rest of ``diver`` (errors as ``diver`` reports them)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except DiverError as exc:
+        print(f"diver {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Figures of a scaling-law fit (PNG, matplotlib's Agg renderer).
+
+Figures are built on :class:`matplotlib.figure.Figure` directly, not through
+``pyplot``: no global figure state, no GUI backend to select, safe in worker
+processes and on headless nodes.  Each is written atomically (a temporary name in
+the same folder, then ``os.replace``), so a reader never sees half a PNG.
+
+- ``loss_vs_compute.png``: observed runs at ``C = 6 N D``, coloured by ``N``, with
+  the fitted compute-optimal frontier and its bootstrap band;
+- ``fitted_vs_observed.png``: predicted against observed loss, with ``y = x`` and R^2;
+- ``iso_flop.png``: the law's loss along iso-FLOP curves over ``N`` (``U_D`` fixed
+  at the runs' median unique tokens for the data-constrained form), each curve's
+  minimum marked.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps, colors
+from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
+
+from diver.scaling.frontier import iso_flop
+from diver.scaling.laws import LawParams
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
+
+
+def loss_vs_compute(
+    path: Path,
+    params_col: ArrayLike,
+    tokens: ArrayLike,
+    loss: ArrayLike,
+    frontier: pd.DataFrame,
+    *,
+    title: str = "",
+) -> Path:
+    """Observed loss against compute with the fitted frontier (and band if present)."""
+    n = np.asarray(params_col, dtype=float)
+    c = 6.0 * n * np.asarray(tokens, dtype=float)
+    fig = Figure(figsize=(6.4, 4.6))
+    ax = fig.add_subplot()
+    points = ax.scatter(
+        c, loss, c=n, cmap="viridis", norm=colors.LogNorm(), s=22, zorder=3, label="runs"
+    )
+    fig.colorbar(points, ax=ax, label="parameters N")
+    ax.plot(frontier["C"], frontier["loss"], color="crimson", lw=1.6, label="compute-optimal")
+    if {"loss_lo", "loss_hi"} <= set(frontier.columns):
+        ax.fill_between(
+            frontier["C"],
+            frontier["loss_lo"],
+            frontier["loss_hi"],
+            color="crimson",
+            alpha=0.18,
+            lw=0,
+            label="95 % bootstrap band",
+        )
+    ax.set(xscale="log", yscale="log", xlabel="compute C = 6ND (FLOP)", ylabel="loss")
+    ax.set_title(title or "loss vs compute")
+    ax.legend(loc="best", fontsize=8)
+    return _save(fig, path)
+
+
+def fitted_vs_observed(
+    path: Path, observed: ArrayLike, predicted: ArrayLike, *, r2_linear: float, r2_log: float
+) -> Path:
+    """Predicted against observed loss on log axes, with the identity line."""
+    obs = np.asarray(observed, dtype=float)
+    pred = np.asarray(predicted, dtype=float)
+    lo = min(obs.min(), pred.min()) / 1.05
+    hi = max(obs.max(), pred.max()) * 1.05
+    fig = Figure(figsize=(4.8, 4.6))
+    ax = fig.add_subplot()
+    ax.plot([lo, hi], [lo, hi], color="0.5", lw=1, ls="--")
+    ax.scatter(obs, pred, s=20, color="tab:blue", zorder=3)
+    ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi))
+    ax.set(xlabel="observed loss", ylabel="fitted loss")
+    ax.set_title(f"R² linear {r2_linear:.3f}, log {r2_log:.3f}")
+    return _save(fig, path)
+
+
+def iso_flop_curves(
+    path: Path,
+    params: LawParams,
+    budgets: ArrayLike,
+    n_range: tuple[float, float],
+    *,
+    unique_tokens: float | None = None,
+) -> Path:
+    """Loss over ``N`` at fixed budgets, each minimum marked."""
+    c = np.asarray(budgets, dtype=float)
+    n_grid = np.logspace(np.log10(n_range[0]), np.log10(n_range[1]), 200)
+    curves = iso_flop(params, c, n_grid, unique_tokens)
+    fig = Figure(figsize=(6.4, 4.6))
+    ax = fig.add_subplot()
+    cmap = colormaps["plasma"]
+    for i, (budget, curve) in enumerate(zip(c, curves, strict=True)):
+        colour = cmap(i / max(1, len(c) - 1))
+        ax.plot(n_grid, curve, color=colour, lw=1.3, label=f"C = {budget:.1e}")
+        j = int(np.nanargmin(curve))
+        ax.plot(n_grid[j], curve[j], "o", color=colour, ms=4)
+    where = "fresh data" if unique_tokens is None else f"U_D = {unique_tokens:.3g} tokens"
+    ax.set(xscale="log", yscale="log", xlabel="parameters N", ylabel="loss")
+    ax.set_title(f"iso-FLOP curves ({where})")
+    ax.legend(fontsize=7, loc="best")
+    return _save(fig, path)
