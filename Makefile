@@ -30,7 +30,7 @@ test: setup lint
 	pytest -n 2
 
 test-slow: setup
-	pytest -m slow
+	pytest -m slow -n 2
 
 bench: setup
 	python benchmarks/bench_corpus.py
