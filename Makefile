@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROFILE ?= cluster_profiles/local
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup run test test-slow lint bench
+.PHONY: setup run test test-slow lint bench system-deps
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,10 +27,18 @@ lint: setup
 	ruff check diver tests benchmarks
 
 test: setup lint
-	pytest -n 2
+	pytest -n 2 --dist loadgroup
 
 test-slow: setup
-	pytest -m slow -n 2
+	pytest -m slow -n 2 --dist loadgroup
 
 bench: setup
 	python benchmarks/bench_corpus.py
+
+# Debian packages the SLURM tests (a real local cluster: `diver localslurm start`) and
+# the report's headless-browser test need.  Root only; CI runs it before the tests.
+SYSTEM_PACKAGES := slurmctld slurmd slurm-client munge slurmdbd mariadb-server chromium
+system-deps:
+	@if [ "$$(id -u)" != 0 ]; then echo "system-deps: run as root (apt-get)"; exit 1; fi
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSTEM_PACKAGES) >/dev/null \
+	  || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSTEM_PACKAGES))

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 from diver.config import ConfigError, DatasetConfig, StudyConfig, load_config
 from diver.errors import DiverError
@@ -139,6 +140,28 @@ def cmd_track_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_track_server(args: argparse.Namespace) -> int:
+    from diver.tracking_server import serve
+
+    serve(Path(args.store), args.host, args.port, args.workers, args.allowed_host)
+    return 0  # not reached: serve() replaces this process
+
+
+def cmd_localslurm(args: argparse.Namespace) -> int:
+    from diver import localslurm
+
+    if args.action == "start":
+        paths = localslurm.start()
+        print(f"local SLURM cluster up (config {localslurm.SYSTEM_CONF} -> {paths.conf})")
+    elif args.action == "stop":
+        stopped = localslurm.stop()
+        print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+    else:
+        for daemon, running in localslurm.status().items():
+            print(f"{daemon}: {'running' if running else 'stopped'}")
+    return 0
+
+
 def cmd_model_params(args: argparse.Namespace) -> int:
     from diver.model.config import PUBLISHED_SIZES, SIZES, model_config
     from diver.model.mup_setup import count_parameters
@@ -159,17 +182,20 @@ def cmd_model_params(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_pretrain(args: argparse.Namespace) -> int:
-    from diver.train.pretrain import (
-        PretrainSettings,
-        TrackingTarget,
-        pretrain,
-        settings_with_overrides,
-    )
+def pretrain_settings(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The (PretrainSettings, TrackingTarget | None) that `diver pretrain` flags describe."""
+    from diver.train.pretrain import PretrainSettings, TrackingTarget, settings_with_overrides
 
     study = _study(args.config)
+    family_name = args.family or next(iter(study.families))
+    family = study.families.get(family_name)
+    if family is None:
+        raise ConfigError(
+            f"--family {family_name!r} is not in the config's families: {sorted(study.families)}"
+        )
+    family_lr, family_wd = family.optimiser(args.patch, study.pretrain)
     config = settings_with_overrides(
-        study.pretrain,
+        replace(study.pretrain, lr=family_lr, weight_decay=family_wd),
         zero_stage=args.zero_stage,
         global_batch=args.global_batch,
         micro_batch=args.micro_batch,
@@ -184,10 +210,14 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         corpus=args.corpus,
         out=args.out,
         size=args.size,
-        patch=args.patch or study.grid.patch,
+        patch=args.patch,
         data_fraction=args.data_fraction,
         epochs=args.epochs,
         config=config,
+        family=family_name,
+        modalities=family.modalities,
+        datasets=family.datasets,
+        subjects=args.subjects,
     )
     tracking = None
     if args.parent_run:
@@ -199,6 +229,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             parent_run_id=read_run_id(Path(args.parent_run)),
             manifest=manifest if manifest.exists() else None,
         )
+    return settings, tracking
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from diver.train.pretrain import pretrain
+
+    settings, tracking = pretrain_settings(args)
     logging.getLogger("diver.train").setLevel(logging.INFO)
     return pretrain(settings, tracking=tracking)
 
@@ -278,7 +315,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", required=True, help="corpus folder (output of `diver corpus`)")
     p.add_argument("--size", required=True, help="model size (debug, tiny, small, ... xxl)")
     p.add_argument(
-        "--patch", choices=["1s", "0.1s"], help="patch length (default: the config's grid.patch)"
+        "--patch", choices=["1s", "0.1s"], default="1s", help="patch length (default 1s)"
+    )
+    p.add_argument(
+        "--family",
+        help="corpus family from the config's families: its datasets, lr and weight decay "
+        "(default: the first family)",
+    )
+    p.add_argument(
+        "--subjects",
+        type=_positive_int,
+        help="train on this many training subjects (a nested subset; SPEC §3 subject sweep)",
     )
     p.add_argument(
         "--data-fraction",
@@ -311,12 +358,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_scaling(sub)
 
+    from diver.launch.cli import register as register_launch
+
+    register_launch(sub)
+
     p = sub.add_parser("track", help="MLflow tracking")
     track = p.add_subparsers(dest="track_command", required=True)
     t = track.add_parser("init", help="create (once) the study's experiment and parent run")
     t.add_argument("--config", required=True, help="study config")
     t.add_argument("--out", required=True, help="file to write the parent run id to")
     t.set_defaults(func=cmd_track_init)
+    t = track.add_parser(
+        "server",
+        help="run the study's MLflow server (on a cluster's login node; jobs log to it)",
+    )
+    t.add_argument("--store", required=True, help="folder for the runs database and artifacts")
+    t.add_argument("--host", default="0.0.0.0", help="interface to bind (default: all)")
+    t.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    t.add_argument("--workers", type=int, default=2, help="server worker processes")
+    t.add_argument(
+        "--allowed-host", action="append", default=[], help="extra Host header to accept"
+    )
+    t.set_defaults(func=cmd_track_server)
+
+    p = sub.add_parser(
+        "localslurm",
+        help="start/stop a real one-node SLURM cluster on localhost (tests, demos; root only)",
+        description="A real SLURM (slurmctld, slurmd, slurmdbd on a private MariaDB, munge) "
+        "with two fake GPUs, for tests and demos. Root only; refuses to run where "
+        "/etc/slurm/slurm.conf belongs to a real site. Needs the Debian packages "
+        "slurmctld slurmd slurm-client munge slurmdbd mariadb-server.",
+    )
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.set_defaults(func=cmd_localslurm)
     return parser
 
 

@@ -110,13 +110,48 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
-class GridConfig:
-    """Pretraining grid: data fraction x epochs x model size (SPEC §3)."""
+class FamilyConfig:
+    """A corpus family (SPEC §3: iEEG, EEG, iEEG+EEG) and the optimiser it was tuned with.
 
-    sizes: tuple[str, ...] = ("debug",)
-    patch: str = "1s"
-    epochs: tuple[int, ...] = (1,)
-    data_fractions: tuple[float, ...] = (1.0,)
+    ``lr``/``weight_decay`` of None keep ``pretrain.lr``/``pretrain.weight_decay``;
+    ``by_patch`` overrides both per patch length (SPEC §3 tunes iEEG 0.1 s apart).
+    """
+
+    modalities: tuple[str, ...] = ("eeg", "ieeg")
+    datasets: tuple[str, ...] | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    by_patch: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    def optimiser(self, patch: str, pretrain: PretrainConfig) -> tuple[float, float]:
+        """(lr, weight_decay) for a cell of this family at ``patch``."""
+        lr = self.lr if self.lr is not None else pretrain.lr
+        wd = self.weight_decay if self.weight_decay is not None else pretrain.weight_decay
+        override = self.by_patch.get(patch, {})
+        return float(override.get("lr", lr)), float(override.get("weight_decay", wd))
+
+
+@dataclass(frozen=True)
+class GridBlock:
+    """One block of the grid: the product of its value lists (see ``diver.grid``)."""
+
+    family: tuple[str, ...]
+    size: tuple[str, ...]
+    epochs: tuple[int, ...]
+    patch: tuple[str, ...] = ("1s",)
+    fraction: tuple[float, ...] = (1.0,)
+    subjects: tuple[int | None, ...] = (None,)
+    read_epochs: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class LauncherConfig:
+    """How training jobs run: a local process or a submitit SLURM job."""
+
+    backend: str = "local"
+    site: str | None = None
+    local_ranks: int = 1
+    poll_seconds: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -156,6 +191,15 @@ class PretrainConfig:
 
 
 @dataclass(frozen=True)
+class ScalingConfig:
+    """Scaling-law fit of the grid (SPEC §4); ``form`` ``auto`` picks what the grid supports."""
+
+    form: str = "auto"
+    bootstrap: int = 4000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """A whole study, as one validated config file describes it."""
 
@@ -164,8 +208,15 @@ class StudyConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    grid: GridConfig = field(default_factory=GridConfig)
+    families: Mapping[str, FamilyConfig] = field(
+        default_factory=lambda: {"mixed": FamilyConfig()}
+    )
+    grid: tuple[GridBlock, ...] = (
+        GridBlock(family=("mixed",), size=("debug",), epochs=(1,)),
+    )
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
 
     @property
     def results_path(self) -> Path:
@@ -242,7 +293,18 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "<config>") -> St
             f"invalid config {source}:\n  corpus.datasets: duplicate names {duplicated}"
         )
     qc = QCConfig(**corpus.pop("qc"))
-    grid = data["grid"]
+    families = {
+        name: FamilyConfig(
+            modalities=tuple(fam["modalities"]),
+            datasets=None if fam["datasets"] is None else tuple(fam["datasets"]),
+            lr=fam["lr"],
+            weight_decay=fam["weight_decay"],
+            by_patch={k: dict(v) for k, v in fam["by_patch"].items()},
+        )
+        for name, fam in data["families"].items()
+    }
+    grid = tuple(_grid_block(block) for block in data["grid"])
+    _check_grid(grid, families, {ds.name for ds in datasets}, source)
     pretrain = dict(data["pretrain"])
     pretrain["betas"] = tuple(pretrain["betas"])
     return StudyConfig(
@@ -251,14 +313,55 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "<config>") -> St
         synth=SynthConfig(**data["synth"]),
         corpus=CorpusConfig(**corpus, qc=qc, datasets=datasets),
         tracking=TrackingConfig(**data["tracking"]),
-        grid=GridConfig(
-            sizes=tuple(grid["sizes"]),
-            patch=grid["patch"],
-            epochs=tuple(grid["epochs"]),
-            data_fractions=tuple(grid["data_fractions"]),
-        ),
+        families=families,
+        grid=grid,
         pretrain=PretrainConfig(**pretrain),
+        launcher=LauncherConfig(**data["launcher"]),
+        scaling=ScalingConfig(**data["scaling"]),
     )
+
+
+def _values(value: Any) -> tuple[Any, ...]:
+    return tuple(value) if isinstance(value, list) else (value,)
+
+
+def _grid_block(block: Mapping[str, Any]) -> GridBlock:
+    return GridBlock(
+        family=_values(block["family"]),
+        size=_values(block["size"]),
+        epochs=_values(block["epochs"]),
+        patch=_values(block["patch"]),
+        fraction=tuple(float(f) for f in _values(block["fraction"])),
+        subjects=_values(block["subjects"]),
+        read_epochs=tuple(block["read_epochs"]),
+    )
+
+
+def _check_grid(
+    grid: tuple[GridBlock, ...],
+    families: Mapping[str, FamilyConfig],
+    dataset_names: set[str],
+    source: str,
+) -> None:
+    """Cross-references the schema cannot express: family names, datasets, read epochs."""
+    problems = []
+    for i, block in enumerate(grid):
+        for name in block.family:
+            if name not in families:
+                problems.append(
+                    f"  grid.{i}.family: unknown family {name!r}; families: {sorted(families)}"
+                )
+        late = [e for e in block.read_epochs if e > max(block.epochs)]
+        if late:
+            problems.append(
+                f"  grid.{i}.read_epochs: {late} exceed the block's epochs {list(block.epochs)}"
+            )
+    for name, family in families.items():
+        unknown = sorted(set(family.datasets or ()) - dataset_names)
+        if unknown and dataset_names:
+            problems.append(f"  families.{name}.datasets: unknown corpus datasets {unknown}")
+    if problems:
+        raise ConfigError(f"invalid config {source}:\n" + "\n".join(problems))
 
 
 def load_config(path: str | Path) -> StudyConfig:

@@ -48,7 +48,11 @@ def test_every_schema_key_has_description_and_default() -> None:
         ({"corpus": {"qc": {"max_clipped_fraction": 2}}}, "corpus.qc.max_clipped_fraction"),
         ({"corpus": {"sfreq": "fast"}}, "corpus.sfreq"),
         ({"corpus": {"datasets": [{"name": "x"}]}}, "corpus.datasets.0"),
-        ({"grid": {"sizes": ["huge"]}}, "grid.sizes.0"),
+        ({"grid": [{"family": "mixed", "size": "huge", "epochs": 1}]}, "grid.0.size"),
+        ({"grid": [{"family": "nope", "size": "debug", "epochs": 1}]}, "grid.0.family"),
+        ({"grid": [{"family": "mixed", "size": "debug", "epochs": 2, "read_epochs": [4]}]},
+         "grid.0.read_epochs"),
+        ({"families": {"ieeg": {"modalities": ["meg"]}}}, "families.ieeg.modalities.0"),
         ({"studdy": "typo"}, "(top level)"),
         (
             {"corpus": {"datasets": [{"name": "a", "inputs": ["p"], "line_freq": 55}]}},

@@ -33,6 +33,7 @@ from diver.data import (
     split_subjects,
     stable_hash64,
     take_fraction,
+    take_subjects,
 )
 from diver.data.dataset import NO_SUBTYPE_ID
 
@@ -330,6 +331,30 @@ def test_fraction_nested_deterministic_and_sized() -> None:
     for bad in (0.0, -0.1, 1.5):
         with pytest.raises(ValueError, match="fraction"):
             take_fraction(big, bad)
+
+
+def test_subjects_nested_and_sweep_at_fixed_data() -> None:
+    big = synthetic_index(40, 25)  # 1,000 windows
+    previous: set[tuple[str, str]] = set()
+    for n in (2, 4, 8, 16):
+        part = take_subjects(big, n, seed=3)
+        subjects = subject_set(part)
+        assert len(subjects) == n and previous <= subjects
+        assert len(part) == n * 25  # every window of the chosen subjects
+        previous = subjects
+    with pytest.raises(ValueError, match="41 subjects requested"):
+        take_subjects(big, 41)
+    # SPEC §3 subject sweep through make_splits: the same data size at every subject count.
+    from diver.config import PretrainConfig
+    from diver.train.pretrain import PretrainError, make_splits
+
+    config = PretrainConfig(val_fraction=0.1, val_stratify=False)
+    sizes = {
+        n: len(make_splits("mem", 0.04, config, index=big, subjects=n).train) for n in (2, 4, 8)
+    }
+    assert len(set(sizes.values())) == 1, sizes
+    with pytest.raises(PretrainError, match="fewer than"):
+        make_splits("mem", 0.5, config, index=big, subjects=2)
 
 
 def test_fraction_on_real_index(index: CorpusIndex) -> None:

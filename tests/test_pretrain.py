@@ -435,7 +435,7 @@ def test_mlflow_child_run_has_params_curves_and_artifacts(
     run = children[0]
     assert run.info.status == "FINISHED"
     assert run.data.tags["diver.stage"] == "pretrain"
-    assert run.data.tags["diver.cell"] == "debug/1s/f1/e2"
+    assert run.data.tags["diver.cell"] == "mixed/1s/debug/f1.0_e2"
     assert run.data.tags["diver.corpus_manifest_sha256"]
     assert run.data.params["size"] == "debug" and run.data.params["zero_stage"] == "2"
     history = client.get_metric_history(run.info.run_id, "train_loss")

@@ -109,7 +109,7 @@ def test_default_dag_corpus_part_runs_for_real_and_is_idempotent(tmp_path: Path)
 
     # Editing the grid (a later stage's section) reruns neither the parent nor the corpus.
     edited = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
-    edited["grid"]["epochs"] = [1, 2, 4]
+    edited["grid"][0]["epochs"] = [1, 2, 4]
     config = tmp_path / "edited.yaml"
     config.write_text(yaml.safe_dump(edited))
     # --configfile takes every following word as a file: a one-value option ends it
@@ -160,19 +160,21 @@ def test_whole_default_dag_trains_every_grid_cell(tmp_path: Path) -> None:
     """The embedded default end to end: synth, corpus and the 12-cell debug grid."""
     proc = _snakemake(tmp_path, "--profile", "cluster_profiles/local")
     assert proc.returncode == 0, proc.stderr[-4000:]
-    config = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
-    grid = config["grid"]
+    (block,) = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())["grid"]
     results = tmp_path / "results"
     cells = [
-        results / "pretrain" / size / grid["patch"] / f"f{fraction}_e{epochs}"
-        for size in grid["sizes"]
-        for fraction in grid["data_fractions"]
-        for epochs in grid["epochs"]
+        results / "pretrain" / block["family"] / block["patch"] / size / f"f{fraction}_e{epochs}"
+        for size in block["size"]
+        for fraction in block["fraction"]
+        for epochs in block["epochs"]
     ]
     assert len(cells) == 12
     for cell in cells:
         metrics = json.loads((cell / "metrics.json").read_text())
-        assert metrics["val_loss"] > 0 and metrics["epochs"] in grid["epochs"]
+        assert metrics["val_loss"] > 0 and metrics["epochs"] in block["epochs"]
+        assert [row["epoch"] for row in metrics["val_by_epoch"]] == list(
+            range(1, metrics["epochs"] + 1)
+        )
         assert (cell / "model.pt").exists()
     client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("diver-default")

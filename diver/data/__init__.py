@@ -23,6 +23,7 @@ from diver.data.index import (
     split_subjects,
     stable_hash64,
     take_fraction,
+    take_subjects,
     window_hashes,
 )
 from diver.data.resample import (
@@ -54,5 +55,6 @@ __all__ = [
     "split_subjects",
     "stable_hash64",
     "take_fraction",
+    "take_subjects",
     "window_hashes",
 ]

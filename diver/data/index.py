@@ -363,6 +363,25 @@ def split_subjects(
     return index.subset(~in_val), index.subset(in_val)
 
 
+def take_subjects(index: CorpusIndex, n_subjects: int, seed: int = 0) -> CorpusIndex:
+    """Every window of ``n_subjects`` subjects, a nested choice (SPEC §3 subject sweep).
+
+    Subjects ``(dataset, subject)`` are ranked by a stable hash keyed by ``seed`` and
+    the first ``n_subjects`` kept, so 4 subjects are a subset of 8.  Asking for more
+    subjects than the index has is an error, not a silent smaller run.
+    """
+    row_subject, pairs = factorize_rows(index.frame, ("dataset", "subject"))
+    if n_subjects > len(pairs):
+        raise ValueError(f"{n_subjects} subjects requested, the index has {len(pairs)}")
+    ranks = np.array(
+        [stable_hash64(f"{d}\x1f{s}", seed ^ 0x5B5B) for d, s in pairs], dtype=np.uint64
+    )
+    order = sorted(range(len(pairs)), key=lambda i: (ranks[i], str(pairs[i])))
+    keep_subject = np.zeros(len(pairs), dtype=bool)
+    keep_subject[order[:n_subjects]] = True
+    return index.subset(keep_subject[row_subject])
+
+
 def take_fraction(index: CorpusIndex, fraction: float, seed: int = 0) -> CorpusIndex:
     """A deterministic, nested sample of ``round(fraction * n)`` windows (at least one).
 

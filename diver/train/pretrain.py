@@ -75,6 +75,7 @@ from diver.data import (
     collate_windows,
     split_subjects,
     take_fraction,
+    take_subjects,
 )
 from diver.errors import DiverError
 from diver.model import DiverPretrainModel, ModelConfig, model_config
@@ -163,6 +164,10 @@ class PretrainSettings:
     data_fraction: float
     epochs: int
     config: PretrainConfig = field(default_factory=PretrainConfig)
+    family: str = "mixed"
+    modalities: tuple[str, ...] = ("eeg", "ieeg")
+    datasets: tuple[str, ...] | None = None
+    subjects: int | None = None
 
     def __post_init__(self) -> None:
         from diver.model.config import PATCH_SAMPLES, SIZES
@@ -177,11 +182,16 @@ class PretrainSettings:
             raise ConfigError(f"--data-fraction must be in (0, 1], got {self.data_fraction}")
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.subjects is not None and self.subjects < 1:
+            raise ConfigError(f"--subjects must be at least 1, got {self.subjects}")
 
     @property
     def cell(self) -> str:
-        """The grid cell as a readable key, e.g. ``debug/1s/f0.5/e2``."""
-        return f"{self.size}/{self.patch}/f{self.data_fraction:g}/e{self.epochs}"
+        """The grid cell's key, as ``diver.grid.Cell.key`` spells it: ``mixed/1s/debug/f0.5_e2``."""
+        data = f"f{float(self.data_fraction)!r}"
+        if self.subjects is not None:
+            data = f"s{self.subjects}_{data}"
+        return f"{self.family}/{self.patch}/{self.size}/{data}_e{self.epochs}"
 
     def identity(self) -> dict[str, Any]:
         """What must match for a rerun to be a no-op or a resume."""
@@ -193,6 +203,10 @@ class PretrainSettings:
             "patch": self.patch,
             "data_fraction": self.data_fraction,
             "epochs": self.epochs,
+            "family": self.family,
+            "modalities": sorted(self.modalities),
+            "datasets": None if self.datasets is None else sorted(self.datasets),
+            "subjects": self.subjects,
             **config,
         }
 
@@ -222,13 +236,34 @@ def make_splits(
     data_fraction: float,
     config: PretrainConfig,
     index: CorpusIndex | None = None,
+    *,
+    modalities: tuple[str, ...] | None = None,
+    datasets: tuple[str, ...] | None = None,
+    subjects: int | None = None,
 ) -> Splits:
-    """Validation subjects first, then the nested training fraction of the rest."""
+    """The family's windows; validation subjects first, then the nested training data.
+
+    ``modalities``/``datasets`` select a corpus family (SPEC §3: iEEG, EEG, both);
+    ``subjects`` keeps a nested subset of the training subjects before the fraction.
+    """
     if index is None:
         try:
             index = CorpusIndex.from_dir(corpus)
         except CorpusIndexError as exc:  # an OSError; the CLI reports DiverErrors cleanly
             raise PretrainError(str(exc)) from exc
+    if modalities is not None or datasets is not None:
+        keep = np.ones(len(index), dtype=bool)
+        if modalities is not None:
+            keep &= index.frame["modality"].isin(list(modalities)).to_numpy()
+        if datasets is not None:
+            keep &= index.frame["dataset"].isin(list(datasets)).to_numpy()
+        if not keep.any():
+            raise PretrainError(
+                f"corpus {corpus} has no windows of modalities {list(modalities or [])} "
+                f"in datasets {list(datasets) if datasets is not None else 'any'}; its datasets: "
+                f"{sorted(index.frame['dataset'].unique())}"
+            )
+        index = index.subset(keep)
     train_all, val = split_subjects(
         index, config.val_fraction, config.split_seed, stratify_by_dataset=config.val_stratify
     )
@@ -240,7 +275,23 @@ def make_splits(
         )
     if config.val_max_windows is not None and len(val) > config.val_max_windows:
         val = take_fraction(val, config.val_max_windows / len(val), config.split_seed)
-    train = take_fraction(train_all, data_fraction, config.split_seed)
+    if subjects is None:
+        train = take_fraction(train_all, data_fraction, config.split_seed)
+        return Splits(train=train, val=val)
+    # Subject sweep at fixed data (SPEC §3): the fraction still counts against *all*
+    # training windows, drawn from the chosen subjects only.
+    n_windows = max(1, round(data_fraction * len(train_all)))
+    try:
+        chosen = take_subjects(train_all, subjects, config.split_seed)
+    except ValueError as exc:
+        raise PretrainError(f"corpus {corpus}: --subjects {subjects}: {exc}") from exc
+    if n_windows > len(chosen):
+        raise PretrainError(
+            f"corpus {corpus}: {subjects} training subjects have {len(chosen)} windows, fewer "
+            f"than the {n_windows} that --data-fraction {data_fraction} asks for; lower the "
+            "fraction so every point of the subject sweep has the same data"
+        )
+    train = take_fraction(chosen, n_windows / len(chosen), config.split_seed)
     return Splits(train=train, val=val)
 
 
@@ -469,6 +520,12 @@ class PreemptionFlag:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        previous = self._previous.get(self.signum) if self.signum is not None else None
+        if callable(previous):
+            # Hand the signal on, now that the checkpoint is written, to whoever was
+            # listening before: under submitit that is its requeue handler (SLURM
+            # preemption / time limit), which resubmits the job to resume from here.
+            previous(self.signum, None)
 
     @property
     def raised(self) -> bool:
@@ -670,6 +727,21 @@ def _check_identity(out: Path, identity: Mapping[str, Any]) -> None:
         )
 
 
+def planned_flops(settings: PretrainSettings) -> float:
+    """Training FLOPs the cell will spend (SPEC §2 account x epochs x U_D).
+
+    Reads only the corpus index (Parquet metadata), so a launcher can size a job's wall
+    time before any GPU is allocated.
+    """
+    splits = make_splits(
+        settings.corpus, settings.data_fraction, settings.config,
+        modalities=settings.modalities, datasets=settings.datasets, subjects=settings.subjects,
+    )
+    cfg = model_config(settings.size, settings.patch)
+    tokens = settings.epochs * unique_tokens(splits.train, cfg.patch_samples)
+    return float(training_flops(cfg, tokens))
+
+
 def pretrain(settings: PretrainSettings, *, tracking: TrackingTarget | None = None) -> int:
     """Run (or resume, or confirm) one pretraining cell; returns the exit status.
 
@@ -759,7 +831,10 @@ class _Run:
         """Splits, the token budget, this rank's training stream and the epoch length."""
         s, c, env = self.s, self.c, self.env
         self.patch_samples = self.model_config.patch_samples
-        self.splits = make_splits(s.corpus, s.data_fraction, c)
+        self.splits = make_splits(
+            s.corpus, s.data_fraction, c,
+            modalities=s.modalities, datasets=s.datasets, subjects=s.subjects,
+        )
         self.unique_tokens = unique_tokens(self.splits.train, self.patch_samples)
         self.token_budget = s.epochs * self.unique_tokens
         self.dataset = WindowDataset(
@@ -1077,6 +1152,25 @@ class _Run:
 
     # ----------------------------------------------------------------- finish
 
+    def _val_by_epoch(self) -> list[dict[str, float]]:
+        """Validation loss at each epoch end (SPEC §3 reads one long run at several epochs).
+
+        Tokens are those of that many epochs over the cell's data, so each row is a
+        point (N, D = e x U_D, U_D, L) of the scaling grid.
+        """
+        rows: dict[int, dict[str, float]] = {}
+        for row in self.val_rows:
+            step = int(row["step"]) if row.get("step") else 0
+            if step <= 0 or step % self.steps_per_epoch or not row.get("val_loss"):
+                continue  # not an epoch end (the start, or a mid-epoch validation)
+            epoch = step // self.steps_per_epoch
+            rows[epoch] = {
+                "epoch": epoch,
+                "tokens": epoch * self.unique_tokens,
+                "val_loss": float(row["val_loss"]),
+            }
+        return [rows[e] for e in sorted(rows)]
+
     def _finish(self) -> None:
         st, s, env = self.state, self.s, self.env
         if st.last_val is None or st.last_val.get("step") != st.step:
@@ -1105,8 +1199,11 @@ class _Run:
                 "flops": training_flops(self.model_config, self.token_budget),
                 "flops_6nd": six_nd(self.model_config, self.token_budget),
                 "data_fraction": s.data_fraction,
+                "family": s.family,
+                "subjects": s.subjects,
                 "size": s.size,
                 "patch": s.patch,
+                "val_by_epoch": self._val_by_epoch(),
                 "d_model": self.model_config.d_model,
                 "train_windows": len(self.splits.train),
                 "val_windows": len(self.splits.val),

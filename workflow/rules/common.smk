@@ -2,11 +2,32 @@
 import hashlib
 import json
 import os
+import shlex
 from pathlib import Path
 
 import yaml
 
+from diver.config import config_from_dict
+from diver.grid import find_cell, grid_cells
+from diver.launch.site import load_site
+
 RESULTS = Path(config["results_dir"])
+
+# The SLURM profile names a site file (cluster_profiles/slurm/site.yaml): the one place
+# for partition, account, GPUs and the MLflow server.  Its server replaces the default
+# SQLite store, which many jobs on shared storage must not write at once.
+SITE = None
+if config["launcher"]["backend"] == "slurm":
+    if not config["launcher"]["site"]:
+        raise ValueError("launcher.backend is slurm but launcher.site names no site file")
+    site_path = Path(config["launcher"]["site"])
+    if not site_path.is_absolute() and not site_path.exists():
+        site_path = Path(workflow.basedir) / site_path  # a profile's path, repo-relative
+    config["launcher"]["site"] = str(site_path.resolve())
+    SITE = load_site(site_path)
+    if SITE.tracking_uri and not config["tracking"]["uri"]:
+        config["tracking"]["uri"] = SITE.tracking_uri
+STUDY = config_from_dict(config, source="the Snakemake config")
 
 
 def results(*parts):
@@ -60,38 +81,55 @@ def _alternatives(values):
     """A wildcard constraint matching exactly ``values`` (regex-escaped)."""
     import re
 
-    return "|".join(re.escape(str(v)) for v in values)
+    return "|".join(re.escape(str(v)) for v in sorted(set(map(str, values))))
 
 
-GRID = config["grid"]
-GRID_SIZES = _alternatives(GRID["sizes"])
-GRID_PATCH = _alternatives([GRID["patch"]])
-GRID_FRACTIONS = _alternatives(GRID["data_fractions"])
-GRID_EPOCHS = _alternatives(GRID["epochs"])
+# The pretraining grid (SPEC §3) and where each cell's run lives: diver.grid names them.
+CELLS = grid_cells(STUDY)
+CELL_WILDCARDS = {
+    name: _alternatives(c.wildcards()[name] for c in CELLS)
+    for name in ("family", "patch", "size", "data", "epochs")
+}
 
 
-def grid_cells():
-    """Every (size, patch, fraction, epochs) of the configured grid."""
-    return [
-        {"size": size, "patch": GRID["patch"], "fraction": fraction, "epochs": epochs}
-        for size in GRID["sizes"]
-        for fraction in GRID["data_fractions"]
-        for epochs in GRID["epochs"]
-    ]
+def cell_of(wildcards):
+    return find_cell(STUDY, dict(wildcards))
 
 
 def cell_dir(wildcards):
-    """The run folder of one cell (its checkpoints, logs and outputs)."""
-    return results(
-        "pretrain", wildcards.size, wildcards.patch, f"f{wildcards.fraction}_e{wildcards.epochs}"
-    )
+    """The run folder of one cell (its checkpoints, logs, job record and outputs)."""
+    return str(cell_of(wildcards).folder(config["results_dir"]))
+
+
+def cell_args(wildcards):
+    """The `diver pretrain` flags of one cell."""
+    return shlex.join(cell_of(wildcards).pretrain_args())
+
+
+def family_hash(wildcards):
+    """A cell reruns when its family's datasets or optimiser settings change."""
+    blob = json.dumps(config["families"][wildcards.family], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def pretrain_targets():
-    return [
-        results("pretrain", c["size"], c["patch"], f"f{c['fraction']}_e{c['epochs']}", "metrics.json")
-        for c in grid_cells()
-    ]
+    """Every cell's metrics.json (the scaling fit's input)."""
+    return [str(c.folder(config["results_dir"]) / "metrics.json") for c in CELLS]
+
+
+def light_resources():
+    """Partition / account / QoS / constraint of the site for the light rules on SLURM."""
+    if SITE is None:
+        return {}
+    extra = [f"--qos={SITE.qos}"] if SITE.qos else []
+    resources = {
+        "slurm_partition": SITE.partition,
+        "slurm_account": SITE.account,
+        "constraint": SITE.constraint,
+        "slurm_extra": " ".join(extra) or None,
+        **SITE.light_rules,
+    }
+    return {k: v for k, v in resources.items() if v is not None}
 
 
 def all_targets():

@@ -19,6 +19,7 @@ rule corpus:
     resources:
         mem_mb=corpus_mem_mb,
         runtime=24 * 60,
+        **light_resources(),
     log:
         results("logs", "corpus.log"),
     shell:

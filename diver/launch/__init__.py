@@ -1,0 +1,1 @@
+"""Launching training commands: here (a process, torchrun) or on SLURM (submitit)."""

@@ -1,0 +1,240 @@
+"""Run one ``diver`` command as a SLURM job through submitit, and wait for it.
+
+A Snakemake training rule is a *local* rule that calls ``diver launch``; with the
+slurm backend that process submits the job and polls its state until it ends:
+
+* **Re-attach.**  The job id is written beside the run's outputs
+  (``<out>/.slurm_job.json``, not a declared output, so ``--rerun-incomplete`` never
+  deletes it).  A restarted Snakemake finds the job still pending or running and waits
+  for it instead of submitting the cell twice.  A job submitted for a different
+  command (the cell's settings changed) is cancelled and replaced.
+* **Prompt failure.**  The state is polled with ``sacct`` (``squeue`` when accounting
+  is unavailable) every few seconds — submitit's own watcher backs off to minutes —
+  and a failed, cancelled or timed-out job fails the rule with the tail of its log.
+* **Requeue.**  Each task runs :class:`DiverTask`, a ``submitit.helpers.Checkpointable``:
+  on the preemption / time-limit signal (``SUBMITIT_PREEMPT_SIGNAL``, USR2 by default)
+  ``diver pretrain`` writes a checkpoint and hands the signal to submitit, which
+  requeues the job; the requeued job resumes from that checkpoint.  A job requeued
+  from outside (``scontrol requeue``, SIGTERM) checkpoints the same way.
+* **Ranks.**  One task per GPU; each exports ``TorchDistributedEnvironment`` (RANK,
+  WORLD_SIZE, MASTER_ADDR, ...) before ``deepspeed.init_distributed``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from diver.atomic import write_text_atomic
+from diver.errors import DiverError
+from diver.launch.site import Resources, Site
+
+JOB_FILE = ".slurm_job.json"
+PREEMPT_SIGNAL = "USR2"
+ACTIVE = {
+    "PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING",
+    "SUSPENDED", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING", "RESV_DEL_HOLD",
+}
+EXIT_PREEMPTED = 75
+
+
+class LaunchError(DiverError, RuntimeError):
+    """A launched job failed, was cancelled or could not be submitted."""
+
+
+class DiverTask(submitit.helpers.Checkpointable):
+    """The callable each SLURM task runs: one rank of a ``diver`` command.
+
+    ``Checkpointable``'s default ``checkpoint`` resubmits the same command, which is
+    right because the command itself resumes from the checkpoints in its folder.
+    """
+
+    def __call__(self, argv: Sequence[str]) -> int:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        from diver.cli import main
+
+        code = main(list(argv))
+        if code == EXIT_PREEMPTED:
+            # SIGTERM from SLURM (scontrol requeue, preemption): the checkpoint is written
+            # and SLURM puts the job back in the queue; this incarnation did not finish.
+            raise LaunchError("preempted after writing a checkpoint; the requeued job resumes")
+        if code != 0:
+            raise LaunchError(f"`diver {shlex.join(argv)}` exited with status {code}")
+        return code
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """What ``<out>/.slurm_job.json`` remembers about the submitted job."""
+
+    job_id: str
+    argv: list[str]
+    folder: str
+    submitted: float
+
+    def save(self, out: Path) -> None:
+        write_text_atomic(out / JOB_FILE, json.dumps(self.__dict__, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, out: Path) -> JobRecord | None:
+        path = out / JOB_FILE
+        if not path.exists():
+            return None
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise LaunchError(f"{path} is not a job record ({exc}); delete it to resubmit") from exc
+
+
+def job_state(job_id: str) -> str:
+    """The job's SLURM state (``PENDING``, ``RUNNING``, ``COMPLETED``, ``FAILED``, ...).
+
+    ``sacct`` knows finished jobs (needs accounting); ``squeue`` is the fallback for
+    queued/running ones.  ``UNKNOWN`` when neither knows the job yet (just submitted).
+    """
+    proc = subprocess.run(
+        ["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "JobID,State"],
+        capture_output=True, text=True, check=False,
+    )
+    if proc.returncode == 0:
+        for line in proc.stdout.splitlines():
+            jid, _, state = line.partition("|")
+            if jid == job_id and state:
+                return state.split()[0].rstrip("+")
+    proc = subprocess.run(
+        ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, check=False
+    )
+    if proc.returncode == 0 and proc.stdout.strip():
+        return proc.stdout.split()[0]
+    return "UNKNOWN"
+
+
+def cancel(job_id: str) -> None:
+    subprocess.run(["scancel", job_id], capture_output=True, check=False)
+
+
+def log_tail(folder: Path, job_id: str, lines: int = 30) -> str:
+    """The last lines of the job's submitit logs (stderr of every task, then stdout)."""
+    parts = []
+    for pattern in (f"{job_id}_*_log.err", f"{job_id}_*_log.out"):
+        for path in sorted(folder.glob(pattern)):
+            text = path.read_text(errors="replace").splitlines()[-lines:]
+            if text:
+                parts.append(f"--- {path} (last {len(text)} lines)\n" + "\n".join(text))
+    return "\n".join(parts) or f"(no log under {folder} for job {job_id})"
+
+
+def sbatch_parameters(site: Site, resources: Resources, minutes: int, name: str) -> dict[str, Any]:
+    """submitit ``SlurmExecutor.update_parameters`` for one training job."""
+    params: dict[str, Any] = {
+        "job_name": name,
+        "nodes": resources.nodes,
+        "ntasks_per_node": resources.ranks_per_node,
+        "cpus_per_task": resources.cpus_per_task,
+        "mem": f"{int(resources.mem_gb * 1024)}M",
+        "time": minutes,
+        "signal_delay_s": site.signal_delay_s,
+    }
+    if resources.gpus_per_node:
+        gpus = resources.gpus_per_node
+        params["gpus_per_node"] = f"{site.gpu_type}:{gpus}" if site.gpu_type else gpus
+    for key in ("partition", "account", "qos", "constraint"):
+        value = getattr(site, key)
+        if value:
+            params[key] = value
+    return params
+
+
+class SlurmLauncher:
+    """Submit (or re-attach to) the job of one output folder and wait for its end."""
+
+    def __init__(self, site: Site, poll_seconds: float = 5.0, grace_seconds: float = 60.0):
+        self.site = site
+        self.poll_seconds = poll_seconds
+        self.grace_seconds = grace_seconds
+
+    def run(
+        self, argv: Sequence[str], out: Path, resources: Resources, minutes: int, name: str
+    ) -> int:
+        out.mkdir(parents=True, exist_ok=True)
+        folder = out / "slurm"
+        record = JobRecord.load(out)
+        if record is not None:
+            state = job_state(record.job_id)
+            if state in ACTIVE or state == "UNKNOWN":
+                if list(record.argv) == list(argv):
+                    print(f"re-attaching to SLURM job {record.job_id} ({state})", flush=True)
+                    return self.wait(record, out)
+                print(
+                    f"SLURM job {record.job_id} ({state}) runs another command for {out}; "
+                    "cancelling it and submitting the current one",
+                    flush=True,
+                )
+                cancel(record.job_id)
+        record = self.submit(argv, folder, resources, minutes, name)
+        record.save(out)
+        print(
+            f"submitted SLURM job {record.job_id}: {resources.nodes} node(s) x "
+            f"{resources.ranks_per_node} rank(s), --time {minutes} min, logs {folder}",
+            flush=True,
+        )
+        return self.wait(record, out)
+
+    def submit(
+        self, argv: Sequence[str], folder: Path, resources: Resources, minutes: int, name: str
+    ) -> JobRecord:
+        os.environ.setdefault("SUBMITIT_PREEMPT_SIGNAL", PREEMPT_SIGNAL)
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=30)
+        executor.update_parameters(**sbatch_parameters(self.site, resources, minutes, name))
+        try:
+            job = executor.submit(DiverTask(), list(argv))
+        except Exception as exc:  # submitit raises bare errors with sbatch's message
+            raise LaunchError(f"sbatch refused the job for {folder.parent}: {exc}") from exc
+        return JobRecord(
+            job_id=str(job.job_id), argv=list(argv), folder=str(folder), submitted=time.time()
+        )
+
+    def wait(self, record: JobRecord, out: Path) -> int:
+        """Poll until the job ends; 0 when it completed, else a LaunchError with its log."""
+        folder = Path(record.folder)
+        last = None
+        start = time.monotonic()
+
+        def stop(signum: int, frame: Any) -> None:
+            cancel(record.job_id)
+            print(f"signal {signum}: cancelled SLURM job {record.job_id}", flush=True)
+            sys.exit(128 + signum)
+
+        previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while True:
+                state = job_state(record.job_id)
+                if state != last:
+                    print(f"SLURM job {record.job_id}: {state}", flush=True)
+                    last = state
+                if state == "COMPLETED":
+                    return 0
+                if state == "UNKNOWN" and time.monotonic() - start > self.grace_seconds:
+                    raise LaunchError(
+                        f"SLURM job {record.job_id} ({out}) is unknown to sacct and squeue"
+                    )
+                if state not in ACTIVE and state != "UNKNOWN":
+                    raise LaunchError(
+                        f"SLURM job {record.job_id} for {out} ended {state}\n"
+                        + log_tail(folder, record.job_id)
+                    )
+                time.sleep(self.poll_seconds)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

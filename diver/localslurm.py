@@ -1,0 +1,417 @@
+"""A real single-node SLURM cluster on localhost, for tests and demos.
+
+``diver localslurm start`` brings up munge, a private MariaDB, ``slurmdbd``,
+``slurmctld`` and ``slurmd`` (Debian's ``slurmctld slurmd slurm-client munge slurmdbd
+mariadb-server`` packages) with one node ``localhost`` that has this machine's cores,
+most of its memory and two fake GPUs (gres.conf ``File=/dev/null`` / ``/dev/zero``:
+enough for ``--gpus`` requests to schedule; no CUDA behind them).  Accounting is on
+because without it ``sacct`` fails and a cancelled job looks UNKNOWN forever
+(``../shared/notes/STACK.md``).  ``diver localslurm stop`` ends every daemon it started.
+
+Why so careful: the Snakemake SLURM jobstep strips ``SLURM_CONF`` before its nested
+``srun``, so the config has to live at ``/etc/slurm/slurm.conf``.  This module only
+ever writes that path as a symlink to its own state folder, refuses to run unless
+root, and refuses if a ``slurm.conf`` it did not write is present — a real site's
+``/etc/slurm`` is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from diver.errors import DiverError
+
+STATE_DIR = Path(os.environ.get("DIVER_LOCALSLURM_DIR", "/var/lib/diver-localslurm"))
+SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
+MARKER = "# written by diver localslurm"
+CLUSTER = "diverlocal"
+PARTITION = "debug"
+DB_PORT = 3307
+DB_USER = "slurm"
+DB_PASS = "diver-localslurm"
+PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge", "slurmdbd", "mariadb-server")
+DAEMONS = ("slurmd", "slurmctld", "slurmdbd", "mariadbd", "munged")
+
+
+class LocalSlurmError(DiverError, RuntimeError):
+    """The local test cluster cannot be started here; the message says why."""
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Every file of the local cluster, under one state folder."""
+
+    root: Path
+
+    @property
+    def conf(self) -> Path:
+        return self.root / "etc" / "slurm.conf"
+
+    @property
+    def gres(self) -> Path:
+        return self.root / "etc" / "gres.conf"
+
+    @property
+    def dbd_conf(self) -> Path:
+        return self.root / "etc" / "slurmdbd.conf"
+
+    @property
+    def db_dir(self) -> Path:
+        return self.root / "mysql"
+
+    @property
+    def db_socket(self) -> Path:
+        return self.root / "run" / "mysqld.sock"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "log"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    def pidfile(self, daemon: str) -> Path:
+        return self.run / f"{daemon}.pid"
+
+
+def missing_requirements() -> str | None:
+    """Why this machine cannot run the local cluster, or None when it can."""
+    if os.geteuid() != 0:
+        return "the local SLURM cluster runs only as root"
+    absent = [
+        exe
+        for exe in ("slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd", "sbatch", "sacct")
+        if shutil.which(exe) is None and not Path("/usr/sbin", exe).exists()
+    ]
+    if absent:
+        return (
+            f"missing {', '.join(absent)}; install the Debian packages: "
+            f"apt-get install -y {' '.join(PACKAGES)}"
+        )
+    foreign = foreign_config()
+    if foreign:
+        return foreign
+    return None
+
+
+def foreign_config() -> str | None:
+    """A message when /etc/slurm/slurm.conf belongs to someone else (a real site)."""
+    if not SYSTEM_CONF.exists() and not SYSTEM_CONF.is_symlink():
+        return None
+    try:
+        text = SYSTEM_CONF.read_text()
+    except OSError:
+        text = ""
+    if MARKER in text:
+        return None
+    return (
+        f"{SYSTEM_CONF} exists and was not written by diver localslurm: this machine has "
+        "SLURM configured; the local test cluster never touches a real site's config"
+    )
+
+
+def _memory_mb() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) // 1024
+    raise LocalSlurmError("cannot read MemTotal from /proc/meminfo")
+
+
+def slurm_conf(paths: Paths, cpus: int, memory_mb: int) -> str:
+    """slurm.conf of the one-node cluster (the settings STACK.md verified)."""
+    return f"""{MARKER} ({paths.root}); removed by `diver localslurm stop`
+ClusterName={CLUSTER}
+SlurmctldHost=localhost(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+EnforcePartLimits=ALL
+MinJobAge=600
+JobRequeue=1
+KillWait=30
+ReturnToService=2
+GresTypes=gpu
+MpiDefault=none
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=2
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/none
+StateSaveLocation={paths.root / "state"}
+SlurmdSpoolDir={paths.root / "spool"}
+SlurmctldPidFile={paths.pidfile("slurmctld")}
+SlurmdPidFile={paths.pidfile("slurmd")}
+SlurmctldLogFile={paths.logs / "slurmctld.log"}
+SlurmdLogFile={paths.logs / "slurmd.log"}
+SlurmctldTimeout=30
+SlurmdTimeout=30
+NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} Gres=gpu:2 State=UNKNOWN
+PartitionName={PARTITION} Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+def gres_conf() -> str:
+    # Two fake GPUs: `Count=2` without File= is refused, so point at two device nodes.
+    return f"""{MARKER}
+AutoDetect=off
+Name=gpu File=/dev/null
+Name=gpu File=/dev/zero
+"""
+
+
+def slurmdbd_conf(paths: Paths) -> str:
+    return f"""{MARKER}
+AuthType=auth/munge
+DbdHost=localhost
+DbdAddr=127.0.0.1
+SlurmUser=root
+PidFile={paths.pidfile("slurmdbd")}
+LogFile={paths.logs / "slurmdbd.log"}
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort={DB_PORT}
+StorageUser={DB_USER}
+StoragePass={DB_PASS}
+StorageLoc=slurm_acct_db
+"""
+
+
+def _run(cmd: list[str], *, what: str, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise LocalSlurmError(
+            f"{what} failed ({' '.join(cmd)}, exit {proc.returncode}):\n"
+            f"{(proc.stderr or proc.stdout).strip()[-2000:]}"
+        )
+    return proc.stdout
+
+
+def _wait(check: object, what: str, timeout: float, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.25)
+    tail = ""
+    if log is not None and log.exists():
+        tail = "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+    raise LocalSlurmError(f"{what} did not come up within {timeout:.0f} s{tail}")
+
+
+def _pid_alive(pidfile: Path) -> int | None:
+    try:
+        pid = int(pidfile.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+def _start_munge(paths: Paths) -> None:
+    if _munge_ok():
+        return
+    key = Path("/etc/munge/munge.key")
+    if not key.exists():
+        _run(["mungekey", "--create", "--keyfile", str(key)], what="creating the munge key")
+        shutil.chown(key, "munge", "munge")
+        key.chmod(0o600)
+    for folder in (Path("/run/munge"), Path("/var/log/munge"), Path("/var/lib/munge")):
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.chown(folder, "munge", "munge")
+    _run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], what="starting munged")
+    _wait(_munge_ok, "munged", 10)
+
+
+def _munge_ok() -> bool:
+    if shutil.which("munge") is None:
+        return False
+    proc = subprocess.run(
+        "munge -n | unmunge", shell=True, capture_output=True, text=True, check=False
+    )
+    return proc.returncode == 0
+
+
+def _start_mariadb(paths: Paths) -> None:
+    if _pid_alive(paths.pidfile("mariadbd")):
+        return
+    if not (paths.db_dir / "mysql").exists():
+        paths.db_dir.mkdir(parents=True, exist_ok=True)
+        _run(
+            [
+                "mariadb-install-db",
+                f"--datadir={paths.db_dir}",
+                "--user=root",
+                "--auth-root-authentication-method=socket",
+                "--skip-test-db",
+            ],
+            what="initialising the accounting database",
+        )
+    log = paths.logs / "mariadb.log"
+    with log.open("ab") as fh:
+        subprocess.Popen(
+            [
+                "mariadbd",
+                "--no-defaults",
+                f"--datadir={paths.db_dir}",
+                f"--socket={paths.db_socket}",
+                f"--pid-file={paths.pidfile('mariadbd')}",
+                f"--port={DB_PORT}",
+                "--bind-address=127.0.0.1",
+                "--user=root",
+                "--innodb-buffer-pool-size=64M",
+                "--skip-name-resolve",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    _wait(paths.db_socket.exists, "mariadbd", 60, log)
+    sql = (
+        f"CREATE USER IF NOT EXISTS '{DB_USER}'@'127.0.0.1' IDENTIFIED BY '{DB_PASS}';"
+        f"CREATE USER IF NOT EXISTS '{DB_USER}'@'localhost' IDENTIFIED BY '{DB_PASS}';"
+        "CREATE DATABASE IF NOT EXISTS slurm_acct_db;"
+        f"GRANT ALL ON slurm_acct_db.* TO '{DB_USER}'@'127.0.0.1';"
+        f"GRANT ALL ON slurm_acct_db.* TO '{DB_USER}'@'localhost';"
+        "FLUSH PRIVILEGES;"
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        proc = subprocess.run(
+            ["mariadb", f"--socket={paths.db_socket}", "-u", "root", "-e", sql],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise LocalSlurmError(f"cannot set up the accounting database: {proc.stderr.strip()}")
+        time.sleep(0.5)
+
+
+def _install_conf(paths: Paths) -> None:
+    for folder in (paths.root / "etc", paths.root / "state", paths.root / "spool", paths.logs,
+                   paths.run):
+        folder.mkdir(parents=True, exist_ok=True)
+    cpus = os.cpu_count() or 1
+    memory = max(1000, int(_memory_mb() * 0.8))
+    paths.conf.write_text(slurm_conf(paths, cpus, memory))
+    paths.gres.write_text(gres_conf())
+    paths.dbd_conf.write_text(slurmdbd_conf(paths))
+    paths.dbd_conf.chmod(0o600)  # slurmdbd refuses a world-readable config (password)
+    SYSTEM_CONF.parent.mkdir(parents=True, exist_ok=True)
+    for name, target in (("slurm.conf", paths.conf), ("gres.conf", paths.gres),
+                         ("slurmdbd.conf", paths.dbd_conf)):
+        link = SYSTEM_CONF.parent / name
+        if link.is_symlink() or link.exists():
+            if link.is_symlink() and Path(os.readlink(link)) == target:
+                continue
+            if MARKER not in link.read_text(errors="replace"):
+                raise LocalSlurmError(f"{link} exists and was not written by diver localslurm")
+            link.unlink()
+        link.symlink_to(target)
+
+
+def _start_daemon(paths: Paths, name: str, cmd: list[str]) -> None:
+    if _pid_alive(paths.pidfile(name)):
+        return
+    _run(cmd, what=f"starting {name}")
+    _wait(lambda: _pid_alive(paths.pidfile(name)) is not None, name, 20,
+          paths.logs / f"{name}.log")
+
+
+def _idle() -> bool:
+    proc = subprocess.run(
+        ["sinfo", "-h", "-N", "-o", "%t"], capture_output=True, text=True, check=False
+    )
+    return proc.returncode == 0 and proc.stdout.strip() in {"idle", "mix", "alloc"}
+
+
+def _accounting_ok() -> bool:
+    proc = subprocess.run(
+        ["sacctmgr", "-n", "-P", "list", "cluster", "format=cluster"],
+        capture_output=True, text=True, check=False,
+    )
+    return proc.returncode == 0 and CLUSTER in proc.stdout
+
+
+def start(root: Path = STATE_DIR) -> Paths:
+    """Start (or confirm) the local cluster; returns its paths once a node is idle."""
+    reason = missing_requirements()
+    if reason:
+        raise LocalSlurmError(reason)
+    paths = Paths(root)
+    _install_conf(paths)
+    _start_munge(paths)
+    _start_mariadb(paths)
+    _start_daemon(paths, "slurmdbd", ["slurmdbd"])
+    _wait(lambda: subprocess.run(["sacctmgr", "-n", "list", "cluster"], capture_output=True)
+          .returncode == 0, "slurmdbd", 30, paths.logs / "slurmdbd.log")
+    if not _accounting_ok():
+        _run(["sacctmgr", "-i", "add", "cluster", CLUSTER], what="registering the cluster")
+    _start_daemon(paths, "slurmctld", ["slurmctld", "-c"])
+    _start_daemon(paths, "slurmd", ["slurmd", "-N", "localhost"])
+    _wait(_idle, "the node", 30, paths.logs / "slurmd.log")
+    return paths
+
+
+def stop(root: Path = STATE_DIR) -> list[str]:
+    """Stop every daemon of the local cluster and remove its /etc/slurm links."""
+    paths = Paths(root)
+    stopped = []
+    for daemon in DAEMONS:
+        if daemon == "munged":
+            continue  # shared with anything else on the machine that uses munge
+        pid = _pid_alive(paths.pidfile(daemon))
+        if pid is None:
+            continue
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        stopped.append(daemon)
+    for name in ("slurm.conf", "gres.conf", "slurmdbd.conf"):
+        link = SYSTEM_CONF.parent / name
+        if link.is_symlink() and str(os.readlink(link)).startswith(str(paths.root)):
+            link.unlink()
+    return stopped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie of ours counts as gone.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def status(root: Path = STATE_DIR) -> dict[str, bool]:
+    """Which daemons of the local cluster are running."""
+    paths = Paths(root)
+    running = {d: _pid_alive(paths.pidfile(d)) is not None for d in DAEMONS if d != "munged"}
+    running["munged"] = _munge_ok()
+    return running
