@@ -24,8 +24,11 @@ include: "workflow/rules/tracking.smk"
 include: "workflow/rules/synth.smk"
 include: "workflow/rules/corpus.smk"
 include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/scaling.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
         all_targets(),
+        results("report", "index.html"),

@@ -358,6 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_scaling(sub)
 
+    from diver.report.cli import register as register_report
+
+    register_report(sub)
+
     from diver.launch.cli import register as register_launch
 
     register_launch(sub)

@@ -254,11 +254,18 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# The checkout the running `diver` package was imported from: the code actually
+# executing, wherever the job's working directory is (Snakemake --directory, a SLURM
+# job's cwd).  A package installed without its repository has no commit ('unknown').
+_CODE_DIR = Path(__file__).resolve().parent.parent
+
+
 def _git(*args: str) -> str | None:
-    """Output of a git command in the cwd, or None outside a repository / without git."""
+    """Output of a git command in the package's checkout, or None outside a repository."""
     try:
         proc = subprocess.run(
-            ["git", *args], capture_output=True, text=True, timeout=30, check=False
+            ["git", *args], capture_output=True, text=True, timeout=30, check=False,
+            cwd=_CODE_DIR,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -266,11 +273,7 @@ def _git(*args: str) -> str | None:
 
 
 def git_commit() -> str:
-    """``git rev-parse HEAD`` of the repository holding the cwd, or ``'unknown'``.
-
-    The cwd (not this file's location) because jobs run from the project checkout that
-    Snakemake was started in, which is the code actually executing.
-    """
+    """``git rev-parse HEAD`` of the checkout holding the running package, or ``'unknown'``."""
     return _git("rev-parse", "HEAD") or "unknown"
 
 

@@ -134,7 +134,7 @@ def study() -> str:
 
 @pytest.fixture
 def git_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """cwd set to a fresh one-commit git repository; returns its HEAD commit."""
+    """The code's checkout set to a fresh one-commit git repository; returns its HEAD."""
     repo = tmp_path / "repo"
     repo.mkdir()
     env = {
@@ -149,7 +149,7 @@ def git_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
     ).stdout.strip()
-    monkeypatch.chdir(repo)
+    monkeypatch.setattr(tracking, "_CODE_DIR", repo)
     return head
 
 
@@ -413,7 +413,7 @@ def test_child_run_outside_git_and_slurm(
         monkeypatch.delenv(var, raising=False)
     outside = tmp_path / "not-a-repo"
     outside.mkdir()
-    monkeypatch.chdir(outside)
+    monkeypatch.setattr(tracking, "_CODE_DIR", outside)
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # don't find a repo above
     parent = ensure_parent_run(store, study, study)
     with child_run(store, parent, stage="corpus", name="build") as run:

@@ -185,5 +185,15 @@ def test_whole_default_dag_trains_every_grid_cell(tmp_path: Path) -> None:
     stages = [c.data.tags["diver.stage"] for c in children]
     assert stages.count("pretrain") == 12 and stages.count("corpus") == 1
     assert {c.info.status for c in children} == {"FINISHED"}
+    # The DAG ends in a real fit (12 points: the auto form falls back to Chinchilla and
+    # says why) and the report, each logged to its own child run.
+    assert stages.count("scaling") == 1 and stages.count("report") == 1
+    fit_json = results / "scaling" / block["family"] / block["patch"] / "fit.json"
+    fit = json.loads(fit_json.read_text())
+    assert fit["status"] == "fitted" and fit["form_requested"] == "auto"
+    assert fit["form"] == "chinchilla" and "12 points < 14" in fit["form_reason"]
+    assert fit["n_points"] == 12
+    report = (results / "report" / "index.html").read_text()
+    assert f"Form: {fit['form']}" in report and 'src="data:image/png;base64,' in report
     again = _snakemake(tmp_path, "--profile", "cluster_profiles/local", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -1,12 +1,21 @@
-"""``diver scaling fit`` and ``diver scaling plan``: argument parsing and file I/O.
+"""``diver scaling collect``, ``fit`` and ``plan``: argument parsing and file I/O.
 
-Wiring: ``register(subparsers)`` adds the ``scaling`` command (with ``fit`` and
-``plan``) to the ``diver`` parser's subparsers; each subcommand sets ``func``, which
+Wiring: ``register(subparsers)`` adds the ``scaling`` command (with ``collect``,
+``fit`` and ``plan``) to the ``diver`` parser's subparsers; each subcommand sets ``func``, which
 returns the exit status and raises :class:`~diver.errors.DiverError` for input a
 user can fix (``diver``'s ``main`` prints those without a traceback).  :func:`main`
 runs the same commands standalone.
 
-``fit`` writes into ``--out``:
+``collect`` writes ``RUNS.csv`` (:mod:`diver.scaling.runs`) from the cells'
+``metrics.json`` files or from the study's MLflow children; with ``--config`` the
+grid's ``read_epochs`` make several points of one long run.
+
+``fit`` fits the rows selected by ``--where COLUMN=VALUE`` (subject-sweep rows never:
+the law has no variable for subjects).  ``--form auto`` fits the data-constrained law
+when the runs can determine it, else the Chinchilla law, else nothing
+(:func:`diver.scaling.runs.choose_form`); ``fit.json`` records the request, the form
+used and why.  With ``--parent-run`` the fit, its files and figures go to an MLflow
+child run (stage ``scaling``) of the study's parent.  ``fit`` writes into ``--out``:
 
 - ``bootstrap.csv``: one row per bootstrap refit, the law's natural parameters
   (what ``plan`` needs for its intervals);
@@ -17,7 +26,11 @@ runs the same commands standalone.
 - ``fit.json`` last (so its presence means the rest is complete): point estimates
   ``A, B, E, alpha, beta[, R_D_star, R_N_star]``, ``ci`` ``{name: [lo, hi]}``,
   ``r2_linear``, ``r2_log``, ``loo_rmse_log``, ``loo_mape``, ``n_points``, ``form``,
-  ``bootstrap`` and the file names.
+  ``bootstrap``, the file names, ``status`` (``fitted``), ``form_requested``,
+  ``form_reason``, ``design`` (the counts the auto rule looked at), ``selection``,
+  ``excluded`` and ``at_bound`` (parameters on the search box: not determined by the
+  runs).  When ``--form auto`` finds no law the runs can determine, ``fit.json`` alone
+  is written, with ``status`` ``skipped``, ``form`` null and the reason.
 
 Every file is written atomically (temporary name, then ``os.replace``).
 """
@@ -39,9 +52,24 @@ import pandas as pd
 from diver.atomic import write_csv_atomic, write_text_atomic
 from diver.errors import DiverError
 from diver.scaling import plots
-from diver.scaling.fit import DEFAULT_BOOTSTRAP, ScalingFitError, fit_law, make_runs
+from diver.scaling.fit import (
+    DEFAULT_BOOTSTRAP,
+    REQUIRED_COLUMNS,
+    ScalingFitError,
+    bounds,
+    fit_law,
+    make_runs,
+)
 from diver.scaling.frontier import flop_range, frontier_table, plan
 from diver.scaling.laws import FORMS, PARAM_NAMES, LawParams, predict
+from diver.scaling.runs import (
+    ReadEpochs,
+    choose_form,
+    collect_files,
+    collect_mlflow,
+    design_counts,
+    select_rows,
+)
 
 log = logging.getLogger("diver.scaling")
 
@@ -49,6 +77,8 @@ FIT_JSON = "fit.json"
 BOOTSTRAP_CSV = "bootstrap.csv"
 FRONTIER_CSV = "frontier.csv"
 FIGURES = ("loss_vs_compute.png", "fitted_vs_observed.png", "iso_flop.png")
+AUTO = "auto"
+SCALING_STAGE = "scaling"
 U_N_DEFINITION = (
     "U_N = min(N_opt(U_D), N), N_opt(U_D) = (alpha A / (beta B))^(1/alpha) U_D^(beta/alpha): "
     "the compute-optimal N (C = 6 N D, SPEC §4) whose compute-optimal D is U_D"
@@ -77,6 +107,29 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("scaling", help="fit scaling laws and plan compute (SPEC §4)")
     sub = p.add_subparsers(dest="scaling_command", required=True)
 
+    c = sub.add_parser(
+        "collect",
+        help="gather the grid's results into a runs table",
+        description="Write RUNS.csv (one row per scaling-law point: identity, params, "
+        "tokens, unique_tokens, loss, FLOPs) from the cells' metrics.json files or from "
+        "the pretraining child runs of the study's MLflow parent run.",
+    )
+    source = c.add_mutually_exclusive_group(required=True)
+    source.add_argument("--metrics", nargs="+", help="the cells' metrics.json files")
+    source.add_argument(
+        "--from-mlflow",
+        action="store_true",
+        help="read the FINISHED pretraining children of --parent-run (their metrics.json)",
+    )
+    c.add_argument("--parent-run", help="file holding the study's MLflow parent run id")
+    c.add_argument("--tracking-uri", help="MLflow tracking URI (default: --config's)")
+    c.add_argument(
+        "--config",
+        help="study config: the grid's read_epochs (a point per read epoch) and tracking URI",
+    )
+    c.add_argument("--out", required=True, help="runs table to write (CSV)")
+    c.set_defaults(func=cmd_collect)
+
     f = sub.add_parser(
         "fit",
         help="Chinchilla approach-3 fit with bootstrap intervals",
@@ -85,7 +138,19 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     f.add_argument("--runs", required=True, help="CSV of runs: params, tokens, unique_tokens, loss")
     f.add_argument("--out", required=True, help="output folder")
-    f.add_argument("--form", choices=FORMS, default="data-constrained", help="law to fit")
+    f.add_argument(
+        "--form",
+        choices=(*FORMS, AUTO),
+        default="data-constrained",
+        help="law to fit; auto: data-constrained when the runs determine it, else Chinchilla",
+    )
+    f.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="COLUMN=VALUE",
+        help="fit only the rows where COLUMN equals VALUE (repeatable), e.g. family=ieeg",
+    )
     f.add_argument(
         "--bootstrap",
         type=_non_negative_int,
@@ -96,6 +161,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     f.add_argument(
         "--jobs", type=int, default=1, help="processes for the bootstrap (results do not change)"
     )
+    f.add_argument(
+        "--parent-run",
+        help="file holding the MLflow parent run id: log the fit as a child run (stage scaling)",
+    )
+    f.add_argument("--tracking-uri", help="MLflow tracking URI (default: --config's)")
+    f.add_argument("--config", help="study config (its tracking URI)")
     f.set_defaults(func=cmd_fit)
 
     q = sub.add_parser(
@@ -138,16 +209,201 @@ def read_runs_csv(path: Path) -> pd.DataFrame:
         raise ScalingFitError(f"{path}: not a readable CSV ({exc})") from exc
 
 
+def _tracking_uri(args: argparse.Namespace) -> str:
+    if args.tracking_uri:
+        return str(args.tracking_uri)
+    if args.config:
+        from diver.config import load_config
+
+        return load_config(args.config).tracking_uri()
+    raise DiverError("MLflow needs --tracking-uri or --config (whose tracking URI is used)")
+
+
+def _tracking(args: argparse.Namespace) -> tuple[str, str] | None:
+    """``(tracking URI, parent run id)`` when ``--parent-run`` is given, checked up front."""
+    if not args.parent_run:
+        return None
+    from diver.tracking import read_run_id
+
+    return _tracking_uri(args), read_run_id(Path(args.parent_run))
+
+
+def _read_epochs_of_grid(config: str | None) -> ReadEpochs | None:
+    """Per cell, the epochs at which the config's grid reads the loss (SPEC §3's EEG runs)."""
+    if not config:
+        return None
+    from diver.config import load_config
+    from diver.grid import grid_cells
+
+    table = {
+        (c.family, c.patch, c.size, float(c.fraction), c.subjects, int(c.epochs)): c.read_epochs
+        for c in grid_cells(load_config(config))
+        if c.read_epochs
+    }
+
+    def lookup(metrics: dict[str, Any]) -> tuple[int, ...]:
+        try:
+            key = (
+                str(metrics.get("family") or ""),
+                str(metrics["patch"]),
+                str(metrics["size"]),
+                float(metrics["data_fraction"]),
+                metrics.get("subjects"),
+                int(metrics["epochs"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return ()  # cell_rows reports what is missing, naming the file
+        return tuple(table.get(key, ()))
+
+    return lookup
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    read_epochs = _read_epochs_of_grid(args.config)
+    if args.from_mlflow:
+        if not args.parent_run:
+            raise DiverError("--from-mlflow needs --parent-run (the study's parent run id file)")
+        uri, parent = _tracking(args) or ("", "")
+        frame = collect_mlflow(uri, parent, read_epochs=read_epochs)
+        where = f"MLflow parent run {parent}"
+    else:
+        frame = collect_files(args.metrics, read_epochs=read_epochs)
+        where = f"{len(args.metrics)} metrics.json files"
+    out = Path(args.out)
+    write_csv_atomic(out, frame)
+    print(f"{len(frame)} scaling-law points from {where} -> {out}")
+    return 0
+
+
+def _check_values(frame: pd.DataFrame, source: str) -> None:
+    """Missing columns and bad values fail before ``--form auto`` counts anything."""
+    missing = [c for c in REQUIRED_COLUMNS["chinchilla"] if c not in frame.columns]
+    if missing:
+        raise ScalingFitError(
+            f"{source}: missing column(s) {missing}; a fit needs "
+            f"{list(REQUIRED_COLUMNS['chinchilla'])} (and unique_tokens for the "
+            "data-constrained form)"
+        )
+    columns = [c for c in REQUIRED_COLUMNS["data-constrained"] if c in frame.columns]
+    values = frame[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    bad = np.flatnonzero(~np.all(np.isfinite(values) & (values > 0), axis=1))
+    if bad.size:
+        what = "NaN" if np.isnan(values[bad]).any() else "non-finite or non-positive"
+        raise ScalingFitError(
+            f"{source}: {what} values in {bad.size} row(s) of {columns} (0-based rows "
+            f"{bad[:10].tolist()}{' ...' if bad.size > 10 else ''}); every run needs finite "
+            "positive values"
+        )
+
+
+def _at_bound(x: np.ndarray, form: str) -> list[str]:
+    """Parameters the optimiser left on its search box: the runs do not determine them."""
+    names = PARAM_NAMES[form]
+    out = []
+    for i, (lo, hi) in enumerate(bounds(form)):
+        if min(abs(x[i] - lo), abs(x[i] - hi)) <= 1e-6 * (hi - lo):
+            out.append(names[i])
+    return out
+
+
+def _label(selection: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in selection.items()) or "all"
+
+
+def _publish(
+    out: Path,
+    summary: dict[str, Any],
+    files: list[str],
+    runs_path: Path,
+    tracking: tuple[str, str] | None,
+) -> None:
+    """Write fit.json last; with tracking, inside a child run holding the files and figures."""
+    text = json.dumps(_finite_or_none(summary), indent=2) + "\n"
+    if tracking is None:
+        write_text_atomic(out / FIT_JSON, text)
+        return
+    from diver.tracking import child_run
+
+    uri, parent = tracking
+    label = _label(summary.get("selection") or {})
+    with child_run(uri, parent, stage=SCALING_STAGE, cell=label, name=f"scaling:{label}") as run:
+        params = {
+            "form": summary.get("form"),
+            "form_requested": summary.get("form_requested"),
+            "form_reason": summary.get("form_reason"),
+            "status": summary.get("status"),
+            "n_points": summary.get("n_points"),
+            "bootstrap": summary.get("bootstrap"),
+            "seed": summary.get("seed"),
+            "runs": str(runs_path),
+            **{f"where.{k}": v for k, v in (summary.get("selection") or {}).items()},
+        }
+        run.log_params({k: v for k, v in params.items() if v is not None})
+        metrics: dict[str, float] = {}
+        form = summary.get("form")
+        if form in FORMS:
+            for name in PARAM_NAMES[form]:
+                metrics[name] = summary[name]
+                lo_hi = (summary.get("ci") or {}).get(name)
+                if lo_hi:
+                    metrics[f"{name}_ci_lo"], metrics[f"{name}_ci_hi"] = lo_hi
+            for key in ("r2_linear", "r2_log", "loo_rmse_log", "loo_mape", "objective"):
+                metrics[key] = summary[key]
+        metrics["n_points"] = summary.get("n_points") or 0
+        run.log_metrics(
+            {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
+        )
+        for name in files:
+            run.log_artifact(out / name, artifact_path=SCALING_STAGE)
+        if runs_path.is_file():
+            run.log_artifact(runs_path, artifact_path=SCALING_STAGE)
+        write_text_atomic(out / FIT_JSON, text)
+        run.log_artifact(out / FIT_JSON, artifact_path=SCALING_STAGE)
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     runs_path = Path(args.runs)
     out = Path(args.out)
-    frame = read_runs_csv(runs_path)
-    runs = make_runs(frame, args.form, source=str(runs_path))
     if args.jobs < 1:
         raise DiverError(f"--jobs must be at least 1, got {args.jobs}")
-    log.info("fitting %s law to %d runs from %s", args.form, runs.n, runs_path)
-    result = fit_law(runs, args.form, bootstrap=args.bootstrap, seed=args.seed, jobs=args.jobs)
-    names = PARAM_NAMES[args.form]
+    frame = read_runs_csv(runs_path)
+    tracking = _tracking(args)
+    source = str(runs_path)
+    selection: dict[str, str] = {}
+    excluded: dict[str, int] = {}
+    if args.where or "subjects" in frame.columns:
+        frame, selection, excluded = select_rows(frame, args.where, source=source)
+        if selection:
+            source = f"{runs_path} [{_label(selection)}]"
+    form = args.form
+    reason = f"{form} law requested"
+    if form == AUTO:
+        _check_values(frame, source)
+        choice = choose_form(frame)
+        reason = choice.reason
+        if choice.form is None:
+            summary = {
+                "status": "skipped",
+                "form": None,
+                "form_requested": AUTO,
+                "form_reason": reason,
+                "design": choice.counts,
+                "n_points": len(frame),
+                "selection": selection,
+                "excluded": excluded,
+                "runs": str(runs_path),
+                "files": {"bootstrap": None, "frontier": None, "figures": []},
+            }
+            out.mkdir(parents=True, exist_ok=True)
+            _publish(out, summary, [], runs_path, tracking)
+            print(f"{source}: {reason}")
+            print(f"-> {out / FIT_JSON}")
+            return 0
+        form = choice.form
+    runs = make_runs(frame, form, source=source)
+    log.info("fitting %s law to %d runs from %s", form, runs.n, source)
+    result = fit_law(runs, form, bootstrap=args.bootstrap, seed=args.seed, jobs=args.jobs)
+    names = PARAM_NAMES[form]
 
     out.mkdir(parents=True, exist_ok=True)
     samples = result.bootstrap_samples if result.bootstrap else None
@@ -157,7 +413,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     frontier = frontier_table(result.params, budgets, samples)
     write_csv_atomic(out / FRONTIER_CSV, frontier)
 
-    unique = runs.unique_tokens if args.form == "data-constrained" else None
+    unique = runs.unique_tokens if form == "data-constrained" else None
     fitted = predict(result.params, runs.params, runs.tokens, unique)
     plots.loss_vs_compute(
         out / FIGURES[0],
@@ -165,7 +421,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         runs.tokens,
         runs.loss,
         frontier,
-        title=f"{args.form} law, {runs.n} runs",
+        title=f"{form} law, {runs.n} runs",
     )
     plots.fitted_vs_observed(
         out / FIGURES[1], runs.loss, fitted, r2_linear=result.r2_linear, r2_log=result.r2_log
@@ -182,6 +438,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
     summary = result.summary()
     summary.update(
         {
+            "status": "fitted",
+            "form_requested": args.form,
+            "form_reason": reason,
+            "design": design_counts(frame),
+            "selection": selection,
+            "excluded": excluded,
+            "at_bound": _at_bound(result.x, form),
             "runs": str(runs_path),
             "files": {
                 "bootstrap": BOOTSTRAP_CSV if samples is not None else None,
@@ -191,11 +454,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
             "compute": "C = 6 N D",
         }
     )
-    if args.form == "data-constrained":
+    if form == "data-constrained":
         summary["U_N_definition"] = U_N_DEFINITION
-    write_text_atomic(out / FIT_JSON, json.dumps(_finite_or_none(summary), indent=2) + "\n")
+    files = [*([BOOTSTRAP_CSV] if samples is not None else []), FRONTIER_CSV, *FIGURES]
+    _publish(out, summary, files, runs_path, tracking)
 
-    print(f"{args.form} law fitted to {runs.n} runs ({runs_path})")
+    print(f"{form} law fitted to {runs.n} runs ({source})")
+    if args.form == AUTO:
+        print(f"  auto: {reason}")
     for name in names:
         value = summary[name]
         ci = result.ci.get(name)
@@ -205,6 +471,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         f"  R^2 linear {result.r2_linear:.4f}, log {result.r2_log:.4f}; "
         f"leave-one-out RMSE(log loss) {result.loo_rmse_log:.4g}"
     )
+    if summary["at_bound"]:
+        log.warning("on the search bounds (not determined by the runs): %s", summary["at_bound"])
     if result.bootstrap_failed:
         log.warning("%d of %d bootstrap refits failed", result.bootstrap_failed, args.bootstrap)
     print(f"-> {out / FIT_JSON}")
@@ -220,6 +488,8 @@ def load_fit(path: Path) -> tuple[LawParams, dict[str, Any], np.ndarray | None]:
     except json.JSONDecodeError as exc:
         raise DiverError(f"{path}: not valid JSON ({exc})") from exc
     form = data.get("form") if isinstance(data, dict) else None
+    if isinstance(data, dict) and data.get("status") == "skipped":
+        raise DiverError(f"{path}: no law was fitted ({data.get('form_reason')})")
     if form not in FORMS:
         raise DiverError(f"{path}: 'form' must be one of {FORMS}, got {form!r}")
     try:

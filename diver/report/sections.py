@@ -1,0 +1,499 @@
+"""The report's sections, each a function from its inputs to an HTML fragment.
+
+A section whose input is absent says so in the page instead of failing: a report of a
+partly finished study is still useful.  Inputs that exist but cannot be read are
+errors naming the file (:class:`ReportError`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from diver.errors import DiverError
+from diver.report import figures
+from diver.report.finetune import metric_names, read_finetune
+from diver.report.html import esc, figure, fmt_number, note, table
+from diver.report.paper import DOWNSTREAM, TABLE_8
+from diver.scaling.laws import PARAM_NAMES
+
+#: Rendered names of the law's parameters.
+PARAM_LABELS = {
+    "A": "A",
+    "B": "B",
+    "E": "E",
+    "alpha": "α",
+    "beta": "β",
+    "R_D_star": "R_D*",
+    "R_N_star": "R_N*",
+}
+ALL_PARAMS = PARAM_NAMES["data-constrained"]
+
+
+class ReportError(DiverError, ValueError):
+    """An input of the report exists but cannot be used; the message names it."""
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except (OSError, pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ReportError(f"{path}: not a readable CSV ({exc})") from exc
+
+
+def _need(frame: pd.DataFrame, columns: Sequence[str], path: Path) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ReportError(f"{path}: missing column(s) {missing}")
+
+
+# --------------------------------------------------------------------- corpus
+
+
+def corpus_section(corpus_dir: Path | None) -> str:
+    """Manifest (SPEC §1's per-dataset statistics) and the QA/QC summary."""
+    if corpus_dir is None or not (Path(corpus_dir) / "manifest.csv").is_file():
+        where = "no corpus folder given" if corpus_dir is None else f"no {corpus_dir}/manifest.csv"
+        return note(f"Corpus not available ({where}).")
+    corpus_dir = Path(corpus_dir)
+    manifest_path = corpus_dir / "manifest.csv"
+    manifest = read_csv(manifest_path)
+    _need(manifest, ["dataset", "subjects", "hours", "windows", "tokens"], manifest_path)
+    rows = manifest.to_dict("records")
+    if len(rows) > 1:
+        total: dict[str, Any] = {"dataset": "total"}
+        for key in manifest.columns:
+            if key not in ("dataset", "retention_vs_cbramod") and pd.api.types.is_numeric_dtype(
+                manifest[key]
+            ):
+                total[key] = float(manifest[key].sum())
+        cbramod = total.get("cbramod_channel_hours")
+        if cbramod:
+            total["retention_vs_cbramod"] = total.get("channel_hours", math.nan) / cbramod
+        rows.append(total)
+    columns = [
+        ("dataset", "dataset"),
+        ("subjects", "subjects"),
+        ("recordings", "recordings"),
+        ("recordings_kept", "kept"),
+        ("recordings_too_short", "too short"),
+        ("recordings_quarantined", "quarantined"),
+        ("hours", "hours"),
+        ("hours_kept", "hours kept"),
+        ("channel_hours", "channel-hours"),
+        ("windows", "30 s windows"),
+        ("tokens", "tokens U_D"),
+        ("retention_vs_cbramod", "channel-hours vs CBraMod rule"),
+    ]
+    columns = [(k, label) for k, label in columns if k in manifest.columns]
+    parts = [
+        "<h3>Manifest</h3>",
+        '<p class="muted">Per dataset (SPEC §1): tokens U_D = Σ over kept windows of '
+        "min(C, 32) × 30 × 0.75 × 0.75; the last column is the channel-hours kept by the "
+        "QA/QC rule over those CBraMod's rule (drop a window when any sample exceeds "
+        "100 µV) keeps (the paper reports 2.4× on TUEG).</p>",
+        table(rows, columns, text_columns=["dataset"]),
+    ]
+    qc_path = corpus_dir / "qc.csv"
+    if qc_path.is_file():
+        parts.append(_qc_part(read_csv(qc_path), qc_path))
+    else:
+        parts.append(note(f"No QC table ({qc_path} missing)."))
+    channels_path = corpus_dir / "channels.csv"
+    if channels_path.is_file():
+        parts.append(_channels_part(read_csv(channels_path), channels_path))
+    return "\n".join(parts)
+
+
+def _qc_part(qc: pd.DataFrame, path: Path) -> str:
+    _need(qc, ["dataset", "recording", "status", "windows_kept", "windows_dropped"], path)
+    rows = []
+    for dataset, part in qc.groupby("dataset", sort=False):
+        windows = float(part["windows_kept"].sum() + part["windows_dropped"].sum())
+        rows.append(
+            {
+                "dataset": dataset,
+                "recordings": len(part),
+                **{
+                    status: int((part["status"] == status).sum())
+                    for status in ("kept", "too_short", "quarantined")
+                },
+                "channels_kept": part.get("channels_kept", pd.Series(dtype=float)).sum(),
+                "channels_dropped": part.get("channels_dropped", pd.Series(dtype=float)).sum(),
+                "windows_kept": int(part["windows_kept"].sum()),
+                "windows_dropped": int(part["windows_dropped"].sum()),
+                "kept_pct": 100.0 * part["windows_kept"].sum() / windows if windows else math.nan,
+            }
+        )
+    summary = table(
+        rows,
+        [
+            ("dataset", "dataset"),
+            ("recordings", "recordings"),
+            ("kept", "kept"),
+            ("too_short", "too short"),
+            ("quarantined", "quarantined"),
+            ("channels_kept", "channels kept"),
+            ("channels_dropped", "channels dropped"),
+            ("windows_kept", "windows kept"),
+            ("windows_dropped", "windows dropped"),
+            ("kept_pct", "windows kept %"),
+        ],
+        formats={"kept_pct": lambda v: fmt_number(v, 3)},
+        text_columns=["dataset"],
+    )
+    out = [
+        "<h3>QA/QC</h3>",
+        '<p class="muted">SPEC §1 / Appendix F.3: an electrode leaves a window when more '
+        "than 3.33 % of its samples clip at ±1 after scaling (EEG 1/100 µV, iEEG 1/200 µV); "
+        "a window is dropped when more than half its channels are compromised; flat and NaN "
+        "channels are dropped.</p>",
+        summary,
+    ]
+    other = qc[qc["status"] != "kept"]
+    if len(other):
+        shown = other.head(100)
+        out.append(f"<p>Recordings not kept ({len(other)}):</p>")
+        out.append(
+            table(
+                shown.to_dict("records"),
+                [
+                    ("dataset", "dataset"),
+                    ("recording", "recording"),
+                    ("status", "status"),
+                    ("reason", "reason"),
+                ],
+                text_columns=["dataset", "recording", "status", "reason"],
+            )
+        )
+        if len(other) > len(shown):
+            out.append(f'<p class="muted">… {len(other) - len(shown)} more in {esc(path)}.</p>')
+    else:
+        out.append(note("Every recording was kept.", kind="ok"))
+    return "\n".join(out)
+
+
+def _channels_part(channels: pd.DataFrame, path: Path) -> str:
+    _need(channels, ["dataset", "type", "status"], path)
+    rows = []
+    for (dataset, kind), part in channels.groupby(["dataset", "type"], sort=True):
+        kept = part["status"] == "kept"
+        reasons = part.loc[~kept, "status"].value_counts()
+        rows.append(
+            {
+                "dataset": dataset,
+                "type": kind,
+                "kept": int(kept.sum()),
+                "dropped": int((~kept).sum()),
+                "why": ", ".join(f"{r} {n}" for r, n in reasons.items()),
+            }
+        )
+    return "<h3>Channels by type</h3>" + table(
+        rows,
+        [
+            ("dataset", "dataset"),
+            ("type", "type"),
+            ("kept", "kept"),
+            ("dropped", "dropped"),
+            ("why", "dropped because"),
+        ],
+        text_columns=["dataset", "type", "why"],
+    )
+
+
+# ----------------------------------------------------------------------- grid
+
+
+def read_runs(path: Path | None) -> pd.DataFrame | None:
+    if path is None or not Path(path).is_file():
+        return None
+    frame = read_csv(Path(path))
+    _need(frame, ["params", "tokens", "loss"], Path(path))
+    return frame
+
+
+def grid_section(runs: pd.DataFrame | None, runs_path: Path | None) -> str:
+    """The grid's points: size, parameters, data, epochs, tokens, compute, loss."""
+    if runs is None:
+        return note(f"No runs table ({runs_path or 'not given'}): the grid has not been collected.")
+    rows = runs.to_dict("records")
+    for row in rows:
+        if "flops" not in row or not _finite(row.get("flops")):
+            row["flops"] = row.get("flops_6nd")
+        row["flops_6nd_check"] = 6.0 * float(row["params"]) * float(row["tokens"])
+    columns = [
+        ("family", "family"),
+        ("patch", "patch"),
+        ("size", "size"),
+        ("params", "params N"),
+        ("fraction", "data fraction"),
+        ("subjects", "subjects"),
+        ("epochs", "epochs"),
+        ("unique_tokens", "unique tokens U_D"),
+        ("tokens", "tokens D"),
+        ("flops", "FLOPs (model)"),
+        ("flops_6nd_check", "6ND"),
+        ("loss", "val loss"),
+    ]
+    columns = [(k, h) for k, h in columns if k in runs.columns or k == "flops_6nd_check"]
+    if "subjects" in runs.columns and runs["subjects"].isna().all():
+        columns = [(k, h) for k, h in columns if k != "subjects"]
+    n_cells = len(runs.drop_duplicates("run_dir")) if "run_dir" in runs.columns else len(runs)
+    return (
+        f'<p class="muted">{len(runs)} scaling-law points from {n_cells} pretraining runs '
+        "(a run read at several epochs gives several points, SPEC §3). Loss is the "
+        "validation loss on held-out subjects; FLOPs are the model's own count "
+        "(forward and backward) beside 6ND.</p>"
+        + table(
+            rows,
+            columns,
+            formats={"loss": lambda v: f"{float(v):.5f}", "fraction": lambda v: f"{v:g}"},
+            text_columns=["family", "patch", "size"],
+        )
+    )
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _groups(runs: pd.DataFrame) -> list[tuple[dict[str, str], pd.DataFrame]]:
+    keys = [k for k in ("family", "patch") if k in runs.columns]
+    if not keys:
+        return [({}, runs)]
+    out = []
+    for values, part in runs.groupby(keys, sort=True, dropna=False):
+        values = values if isinstance(values, tuple) else (values,)
+        out.append(({k: str(v) for k, v in zip(keys, values, strict=True)}, part))
+    return out
+
+
+def _curve(row: Mapping[str, Any]) -> figures.Curve | None:
+    run_dir = row.get("run_dir")
+    if not isinstance(run_dir, str) or not run_dir:
+        return None
+    train_path, val_path = Path(run_dir) / "train_log.csv", Path(run_dir) / "val_log.csv"
+    if not train_path.is_file() and not val_path.is_file():
+        return None
+    train = read_csv(train_path) if train_path.is_file() else pd.DataFrame()
+    val = read_csv(val_path) if val_path.is_file() else pd.DataFrame()
+    if len(train):
+        _need(train, ["tokens", "loss"], train_path)
+    if len(val):
+        _need(val, ["tokens", "val_loss"], val_path)
+    label = f"{row.get('size')} f{float(row.get('fraction', math.nan)):g} e{row.get('run_epochs')}"
+    if _finite(row.get("subjects")):
+        label += f" s{int(row['subjects'])}"
+    return figures.Curve(
+        label=label,
+        params=float(row["params"]),
+        fraction=float(row.get("fraction", math.nan)),
+        train=train if len(train) else pd.DataFrame({"tokens": [], "loss": []}),
+        val=val if len(val) else pd.DataFrame({"tokens": [], "val_loss": []}),
+    )
+
+
+def curves_section(runs: pd.DataFrame | None) -> str:
+    """Training and validation loss of every cell, one figure per family and patch."""
+    if runs is None:
+        return note("No runs table: no loss curves.")
+    if "run_dir" not in runs.columns:
+        return note("The runs table names no run folders (collected from MLflow): no curves.")
+    parts = []
+    for selection, part in _groups(runs):
+        cells = part.drop_duplicates("run_dir").to_dict("records")
+        curves = [c for c in (_curve(r) for r in cells) if c is not None]
+        title = " ".join(selection.values()) or "all runs"
+        if not curves:
+            parts.append(note(f"{title}: no train_log.csv / val_log.csv in the run folders."))
+            continue
+        parts.append(
+            figure(
+                figures.loss_curves(curves, title),
+                f"{title}: {len(curves)} runs. Colour: model size; line style: data fraction.",
+                alt=f"loss curves {title}",
+            )
+        )
+    return "\n".join(parts)
+
+
+# -------------------------------------------------------------------- scaling
+
+
+def read_fit(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise ReportError(f"{path}: no such fit file") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReportError(f"{path}: not readable JSON ({exc})") from exc
+    if not isinstance(data, dict) or "form" not in data:
+        raise ReportError(f"{path}: not a fit.json of `diver scaling fit` (no 'form')")
+    return data
+
+
+def _ci_text(ci: Any) -> str:
+    if isinstance(ci, list) and len(ci) == 2 and all(_finite(v) for v in ci):
+        return f"[{fmt_number(ci[0])}, {fmt_number(ci[1])}]"
+    return "–"
+
+
+def fit_block(fit: Mapping[str, Any], path: Path) -> str:
+    """One fit: the form and why, parameters with intervals beside Table 8, figures."""
+    selection = fit.get("selection") or {}
+    title = " ".join(str(v) for v in selection.values()) or "all runs"
+    form = fit.get("form")
+    requested = fit.get("form_requested", form)
+    reason = fit.get("form_reason") or ""
+    parts = [f"<h3>{esc(title)}</h3>"]
+    excluded = fit.get("excluded") or {}
+    if excluded.get("subject_sweep"):
+        parts.append(
+            f'<p class="muted">{excluded["subject_sweep"]} subject-sweep point(s) left out '
+            "(the law has no variable for the number of subjects).</p>"
+        )
+    if form is None:
+        parts.append(note(f"No scaling law fitted: {reason}"))
+        return "\n".join(parts)
+    if requested == "auto" and form != "data-constrained":
+        parts.append(note(f"Form: {form}. {reason}"))
+    else:
+        parts.append(note(f"Form: {form}. {reason}", kind="ok"))
+    names = PARAM_NAMES.get(form, ())
+    ci = fit.get("ci") or {}
+    rows = []
+    for name in ALL_PARAMS:
+        row: dict[str, Any] = {"param": PARAM_LABELS[name]}
+        row["value"] = fmt_number(fit.get(name)) if name in names else "not in this form"
+        row["ci"] = _ci_text(ci.get(name)) if name in names else "–"
+        for published in TABLE_8:
+            row[published.family] = fmt_number(getattr(published.params, name))
+        rows.append(row)
+    for key, label in (("r2_linear", "R² linear"), ("r2_log", "R² log")):
+        row = {"param": label, "value": fmt_number(fit.get(key)), "ci": "–"}
+        for published in TABLE_8:
+            row[published.family] = fmt_number(getattr(published, key))
+        rows.append(row)
+    rows.append(
+        {
+            "param": "points",
+            "value": fmt_number(fit.get("n_points")),
+            "ci": "–",
+            **{p.family: "–" for p in TABLE_8},
+        }
+    )
+    level = fit.get("ci_level", 0.95)
+    boot = fit.get("bootstrap") or 0
+    columns = [
+        ("param", "parameter"),
+        ("value", "this study"),
+        ("ci", f"{100 * float(level):g} % CI ({boot} bootstrap fits)" if boot else "CI (none)"),
+        *[(p.family, f"DIVER-1 {p.family}") for p in TABLE_8],
+    ]
+    parts.append(
+        '<p class="muted">Beside DIVER-1\'s Table 8 (SPEC §4; the paper fits the '
+        "data-constrained form and does not describe its procedure). Fit: Chinchilla "
+        "approach 3, summed Huber loss (δ = 10⁻³) of log loss, L-BFGS from a grid of "
+        "starts, percentile bootstrap intervals (Besiroglu et al. 2024).</p>"
+    )
+    parts.append(table(rows, columns, text_columns=["param"]))
+    at_bound = fit.get("at_bound") or []
+    if at_bound:
+        labels = ", ".join(PARAM_LABELS.get(n, n) for n in at_bound)
+        parts.append(
+            note(
+                f"The optimiser stopped on its search bounds for: {labels}. The runs do not "
+                "pin these down: their values are limits of the search box, not estimates."
+            )
+        )
+    extra = []
+    if _finite(fit.get("loo_rmse_log")):
+        extra.append(f"leave-one-out RMSE of log loss {fmt_number(fit['loo_rmse_log'])}")
+    if _finite(fit.get("loo_mape")):
+        extra.append(f"leave-one-out mean absolute error {100 * float(fit['loo_mape']):.2f} %")
+    if extra:
+        parts.append(f'<p class="muted">{esc("; ".join(extra))}.</p>')
+    captions = {
+        "loss_vs_compute.png": "Loss against compute C = 6ND, runs coloured by parameters, with "
+        "the fitted compute-optimal frontier and its 95 % bootstrap band.",
+        "fitted_vs_observed.png": "Fitted against observed loss (log axes, y = x dashed).",
+        "iso_flop.png": "The fitted law along iso-FLOP curves; dots mark each curve's optimum.",
+    }
+    shown = []
+    for name in (fit.get("files") or {}).get("figures") or []:
+        png = Path(path).parent / name
+        if not png.is_file():
+            raise ReportError(f"{path}: its figure {png} is missing")
+        shown.append(
+            figure(
+                png.read_bytes(), captions.get(name, name), alt=f"{title} {name}", source=str(png)
+            )
+        )
+    if shown:
+        parts.append('<div class="row">' + "".join(shown) + "</div>")
+    return "\n".join(parts)
+
+
+def scaling_section(fit_paths: Sequence[Path]) -> str:
+    if not fit_paths:
+        return note("No scaling-law fit given.")
+    return "\n".join(fit_block(read_fit(p), Path(p)) for p in fit_paths)
+
+
+# ------------------------------------------------------------------- finetune
+
+
+def finetune_section(paths: Sequence[Path]) -> str:
+    """Per task: every model and baseline, metrics as mean ± SEM over seeds/folds."""
+    reference = "<h3>The paper's numbers (SPEC §5)</h3>" + table(
+        [{"task": t, "model": m, "score": s} for t, m, s in DOWNSTREAM],
+        [("task", "benchmark"), ("model", "model"), ("score", "score")],
+        text_columns=["task", "model"],
+    )
+    if not paths:
+        return note("No fine-tuning configured.") + reference
+    rows = [row for path in paths for row in read_finetune(Path(path))]
+    metrics = metric_names(rows)
+    out = []
+    by_task: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        by_task.setdefault((row["task"], row["mode"]), []).append(row)
+    for (task, mode), task_rows in by_task.items():
+        task_rows.sort(key=lambda r: (r["baseline"], r["pretrained"], r["model"]))
+        shown = []
+        for r in task_rows:
+            entry = {
+                "model": r["model"],
+                "kind": "baseline" if r["baseline"] else "model",
+                "pretrained": r["pretrained"],
+            }
+            for m in metrics:
+                est = r["metrics"].get(m)
+                entry[m] = est.text() if est is not None else "–"
+            shown.append(entry)
+        heading = f"{task}" + (f" ({mode})" if mode else "")
+        columns = [("model", "model"), ("kind", "kind"), ("pretrained", "pretrained")]
+        if not any(r["pretrained"] for r in task_rows):
+            columns = columns[:2]
+        out.append(f"<h3>{esc(heading)}</h3>")
+        out.append(
+            table(
+                shown,
+                [*columns, *[(m, m) for m in metrics]],
+                text_columns=["model", "kind", "pretrained", *metrics],
+            )
+        )
+    return (
+        '<p class="muted">Mean ± SEM over seeds/folds (SPEC §5); baselines: the Linear model '
+        "on (Laplacian-referenced) STFT features and the same architecture from scratch.</p>"
+        + "\n".join(out)
+        + reference
+    )

@@ -1,0 +1,36 @@
+# The study report (results/report/index.html): corpus manifest and QA/QC, the grid, loss
+# curves, each fitted law beside the paper's Table 8, loss vs compute with the frontier,
+# fitted vs observed, and fine-tuning results with baselines.  One self-contained file,
+# the final target of the DAG; also stored in an MLflow child run.
+
+
+def report_finetune_inputs(wildcards):
+    """Fine-tuning metrics.json files shown in the report: `finetune_targets()` of the
+    fine-tuning rules when the DAG has them (looked up when the DAG is built, so the
+    include order does not matter), else none ("no fine-tuning configured")."""
+    targets = globals().get("finetune_targets")
+    return list(targets()) if targets is not None else []
+
+
+rule report:
+    input:
+        parent=parent_run_file(),
+        manifest=results("corpus", "manifest.csv"),
+        qc=results("corpus", "qc.csv"),
+        channels=results("corpus", "channels.csv"),
+        runs=results("scaling", "runs.csv"),
+        fits=scaling_fit_targets(),
+        finetune=report_finetune_inputs,
+    output:
+        results("report", "index.html"),
+    params:
+        config=STUDY_CONFIG,
+        corpus=results("corpus"),
+    resources:
+        **light_resources(),
+    log:
+        results("logs", "report.log"),
+    shell:
+        "diver report --config {params.config} --corpus {params.corpus} --runs {input.runs} "
+        "--fits {input.fits} --finetune {input.finetune} --parent-run {input.parent} "
+        "--out {output} > {log} 2>&1"

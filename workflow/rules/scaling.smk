@@ -1,0 +1,60 @@
+# SPEC §4: the grid's results -> one scaling-law fit per corpus family and patch length.
+# `scaling_collect` gathers every cell's metrics.json into runs.csv (a point per read
+# epoch where the grid reads one long run at several epochs); each `scaling_fit` fits one
+# family and patch (`scaling.form: auto` fits the Chinchilla law when the grid cannot
+# determine the data-constrained one, and fit.json says so) and logs the fit and its
+# figures to an MLflow child run of the study's parent.
+
+
+def scaling_groups():
+    """(family, patch) of every fit: the paper fits one law per family and patch (Table 8)."""
+    return sorted({(cell.family, cell.patch) for cell in grid_cells(STUDY)})
+
+
+def scaling_fit_targets():
+    return [results("scaling", family, patch, "fit.json") for family, patch in scaling_groups()]
+
+
+def scaling_fit_dir(wildcards):
+    return results("scaling", wildcards.family, wildcards.patch)
+
+
+rule scaling_collect:
+    input:
+        metrics=pretrain_targets(),
+    output:
+        results("scaling", "runs.csv"),
+    params:
+        config=STUDY_CONFIG,
+        grid=section_hash("grid"),
+    resources:
+        **light_resources(),
+    log:
+        results("logs", "scaling_collect.log"),
+    shell:
+        "diver scaling collect --config {params.config} --metrics {input.metrics} "
+        "--out {output} > {log} 2>&1"
+
+
+rule scaling_fit:
+    input:
+        parent=parent_run_file(),
+        runs=results("scaling", "runs.csv"),
+    output:
+        results("scaling", "{family}", "{patch}", "fit.json"),
+    params:
+        config=STUDY_CONFIG,
+        out=scaling_fit_dir,
+        form=config["scaling"]["form"],
+        bootstrap=config["scaling"]["bootstrap"],
+        seed=config["scaling"]["seed"],
+    threads: 2
+    resources:
+        **light_resources(),
+    log:
+        results("logs", "scaling_fit_{family}_{patch}.log"),
+    shell:
+        "diver scaling fit --runs {input.runs} --out {params.out} --form {params.form} "
+        "--where family={wildcards.family} --where patch={wildcards.patch} "
+        "--bootstrap {params.bootstrap} --seed {params.seed} --jobs {threads} "
+        "--config {params.config} --parent-run {input.parent} > {log} 2>&1"
