@@ -24,6 +24,7 @@ include: "workflow/rules/tracking.smk"
 include: "workflow/rules/synth.smk"
 include: "workflow/rules/corpus.smk"
 include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/finetune.smk"
 include: "workflow/rules/scaling.smk"
 include: "workflow/rules/report.smk"
 
@@ -31,4 +32,5 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         all_targets(),
+        finetune_targets(),
         results("report", "index.html"),

@@ -357,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     from diver.scaling.cli import register as register_scaling
 
     register_scaling(sub)
+    from diver.finetune.cli import register as register_finetune
+
+    register_finetune(sub)
 
     from diver.report.cli import register as register_report
 

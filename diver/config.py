@@ -145,6 +145,18 @@ class GridBlock:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    """Which pretrained cells are fine-tuned on which tasks, how (SPEC §5)."""
+
+    synth_task: bool = False
+    tasks: tuple[str, ...] = ()
+    cells: tuple[str, ...] = ()
+    modes: tuple[str, ...] = ("full",)
+    seeds: tuple[int, ...] | None = None
+    epochs: int | None = None
+
+
+@dataclass(frozen=True)
 class LauncherConfig:
     """How training jobs run: a local process or a submitit SLURM job."""
 
@@ -216,6 +228,7 @@ class StudyConfig:
     )
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
 
     @property
@@ -317,6 +330,17 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "<config>") -> St
         grid=grid,
         pretrain=PretrainConfig(**pretrain),
         launcher=LauncherConfig(**data["launcher"]),
+        finetune=FinetuneConfig(
+            **{
+                **data["finetune"],
+                "tasks": tuple(data["finetune"]["tasks"]),
+                "cells": tuple(data["finetune"]["cells"]),
+                "modes": tuple(data["finetune"]["modes"]),
+                "seeds": None
+                if data["finetune"]["seeds"] is None
+                else tuple(data["finetune"]["seeds"]),
+            }
+        ),
         scaling=ScalingConfig(**data["scaling"]),
     )
 

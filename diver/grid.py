@@ -105,3 +105,21 @@ def find_cell(study: StudyConfig, wildcards: dict[str, str]) -> Cell:
         if cell.wildcards() == {k: str(wildcards[k]) for k in cell.wildcards()}:
             return cell
     raise KeyError(f"no grid cell matches {dict(wildcards)}")
+
+
+def finetune_cells(study: StudyConfig) -> list[Cell]:
+    """The pretrained cells the study fine-tunes (``finetune.cells``; ``all`` = the grid)."""
+    from diver.config import ConfigError
+
+    cells = grid_cells(study)
+    wanted = study.finetune.cells
+    if "all" in wanted:
+        return cells
+    by_key = {c.key: c for c in cells}
+    unknown = [key for key in wanted if key not in by_key]
+    if unknown:
+        raise ConfigError(
+            f"finetune.cells: {unknown} are not cells of the grid; cells look like "
+            f"{cells[0].key!r}"
+        )
+    return [by_key[key] for key in wanted]

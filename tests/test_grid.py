@@ -69,3 +69,16 @@ def test_unknown_family_flag_names_the_families(tmp_path) -> None:
     )
     with pytest.raises(Exception, match="ieeg_eeg"):
         pretrain_settings(args)
+
+
+def test_finetune_cells_must_be_grid_cells() -> None:
+    from diver.config import ConfigError
+    from diver.grid import finetune_cells
+
+    study = load_config(REPO_ROOT / "config" / "config.yaml")
+    assert [c.key for c in finetune_cells(study)] == ["mixed/1s/debug-4x/f1.0_e2"]
+    typo = config_from_dict({"finetune": {"cells": ["mixed/1s/debug/f1_e2"]}})
+    with pytest.raises(ConfigError, match="not cells of the grid"):
+        finetune_cells(typo)
+    every = config_from_dict({"finetune": {"cells": ["all"]}})
+    assert finetune_cells(every) == grid_cells(every)

@@ -43,8 +43,10 @@ def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     ("profile", "jobs"),
     [
-        ("local", {"synth", "track_init", "corpus", "all"}),
-        ("slurm", {"track_init", "corpus", "all"}),
+        ("local", {"synth", "track_init", "corpus", "pretrain", "synth_task", "task_build",
+                   "finetune", "scaling_fit", "report", "all"}),
+        ("slurm", {"track_init", "corpus", "pretrain", "task_build", "finetune", "scaling_fit",
+                   "report", "all"}),
     ],
 )
 def test_dry_run(profile: str, jobs: set[str], tmp_path: Path) -> None:

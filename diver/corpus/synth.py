@@ -26,6 +26,10 @@ arrays:
   One scalp recording is sampled at 64 Hz (below the 100 Hz minimum) and one iEEG
   recording lasts 20 s (shorter than a window): both must be quarantined.
 
+:func:`write_synthetic_task` writes, into a folder of its own, a labelled downstream
+task for fine-tuning (SPEC §5): trials annotated ``baseline`` / ``oscillation``, the
+latter carrying an injected 18 Hz rhythm on a few channels.
+
 Everything is deterministic by ``(hours, seed)``: the same call writes byte-identical
 files on any machine (fixed measurement dates, FIF machine ids zeroed, one random
 stream per recording).  ``<out>/manifest.json`` records the ground truth (faults,
@@ -59,8 +63,10 @@ __all__ = [
     "MANIFEST_NAME",
     "SynthRecording",
     "SynthSummary",
+    "SynthTaskSummary",
     "plan_synthetic_corpus",
     "write_synthetic_corpus",
+    "write_synthetic_task",
 ]
 
 EEG_FOLDER = "eeg"
@@ -1062,6 +1068,243 @@ def write_synthetic_corpus(out: Path, *, hours: float, seed: int, jobs: int = 1)
         subjects=n_subjects,
         hours=hours_by,
         paths=tuple(sorted(out / r.path for r in items)),
+        manifest=out / MANIFEST_NAME,
+        items=items,
+    )
+
+
+# --------------------------------------------------------------------- labelled task
+
+TASK_CLASSES = ("baseline", "oscillation")  # annotation descriptions of the two trial kinds
+TASK_OSCILLATION_HZ = 18.0
+TASK_SECONDS = 150
+TASK_EEG_SUBJECTS = 4
+TASK_EEG_RUNS = 2
+TASK_IEEG_RUNS = 3
+# Amplitude (µV, std of the narrow-band burst) of the injected oscillation at its centre:
+# about twice the broadband background there, strong enough that the small debug models
+# of the embedded default learn it from ~100 trials, while channels away from the
+# centre see little of it.
+TASK_EEG_OSC_UV = 30.0
+TASK_IEEG_OSC_UV = 50.0
+_TASK_MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SynthTaskSummary:
+    """What ``write_synthetic_task`` wrote: recordings, trials per class, ground truth."""
+
+    root: Path
+    paths: tuple[Path, ...]
+    trials: Mapping[str, Mapping[str, int]]  # modality -> annotation description -> count
+    manifest: Path
+    items: tuple[SynthRecording, ...] = field(repr=False)
+
+
+def _task_trials(rng: np.random.Generator, duration: float) -> tuple[list[float], list[str]]:
+    """4 s trials every 5.5-6.5 s, the two classes balanced and shuffled."""
+    onsets: list[float] = []
+    t = float(rng.uniform(2.0, 3.0))
+    while t + TRIAL_SECONDS < duration - 1.0:
+        onsets.append(round(t, 3))
+        t += float(rng.uniform(5.5, 6.5))
+    labels = [TASK_CLASSES[i % 2] for i in range(len(onsets))]
+    order = rng.permutation(len(labels))
+    return onsets, [labels[i] for i in order]
+
+
+def _task_plan(seed: int, seconds: int) -> list[_Job]:
+    """Scalp subjects (several, one montage) and one sEEG subject, several runs each."""
+    jobs: list[_Job] = []
+    for modality, n_subjects, n_runs in (
+        ("eeg", TASK_EEG_SUBJECTS, TASK_EEG_RUNS),
+        ("ieeg", 1, TASK_IEEG_RUNS),
+    ):
+        code = 10 if modality == "eeg" else 11
+        make = _eeg_subject if modality == "eeg" else _ieeg_subject
+        rates = EEG_RATES if modality == "eeg" else IEEG_RATES
+        for s in range(n_subjects):
+            # Index 0 is an sEEG subject for iEEG (shafts: adjacent-contact Laplacian).
+            subject = make(
+                s, _subject_label(s, n_subjects), np.random.default_rng([seed, code, 1, s]), rates
+            )
+            if modality == "eeg":
+                label_of = dict(zip(subject.canonical, subject.channels, strict=True))
+                responsive: tuple[str, ...] = tuple(label_of[c] for c in ("C3", "Cz", "C4", "Pz"))
+            else:
+                responsive = subject.left_channels  # three mid-shaft contacts of one shaft
+            for r in range(n_runs):
+                run = r + 1
+                stem = f"sub-{subject.label}"
+                if modality == "eeg":
+                    path = f"{EEG_FOLDER}/{stem}_task-osc_run-{run:02d}.edf"
+                    sidecars: tuple[str, ...] = ()
+                else:
+                    base = f"{IEEG_FOLDER}/{stem}/ieeg/{stem}_task-osc_run-{run:02d}"
+                    path = f"{base}_ieeg.edf"
+                    sidecars = (f"{base}_channels.tsv", f"{base}_ieeg.json")
+                recording = SynthRecording(
+                    path=path,
+                    modality=modality,
+                    subject=subject.label,
+                    run=run,
+                    fmt="edf",
+                    sfreq=subject.sfreq,
+                    duration_s=seconds,
+                    channels=subject.channels,
+                    faults=(),
+                    effect=f"oscillation_{TASK_OSCILLATION_HZ:g}hz",
+                    left_channels=(),
+                    right_channels=responsive,
+                    sidecars=sidecars,
+                )
+                jobs.append(
+                    _Job(
+                        recording=recording,
+                        subject=subject,
+                        seed=(seed, code, 2, s, run),
+                        meas_date=MEAS_DATE + timedelta(days=s, hours=r, minutes=30 * code),
+                    )
+                )
+    return jobs
+
+
+def _oscillation_weights(job: _Job) -> np.ndarray:
+    """Per-channel amplitude (µV) of the injected oscillation.
+
+    Scalp: a central source (Gaussian fall-off around Cz, the way volume conduction
+    spreads it).  sEEG: three adjacent contacts of one shaft, (0.5, 1, 0.5) x the peak,
+    a local field the adjacent-contact Laplacian keeps rather than cancels.
+    """
+    subject = job.subject
+    weights = np.zeros(len(subject.channels), dtype=np.float32)
+    if subject.modality == "eeg":
+        for i, xy in enumerate(subject.positions[: len(_SCALP)]):
+            weights[i] = TASK_EEG_OSC_UV * math.exp(-(xy[0] ** 2 + xy[1] ** 2) / (2 * 0.35**2))
+    else:
+        for name, w in zip(job.recording.right_channels, (0.5, 1.0, 0.5), strict=True):
+            weights[subject.channels.index(name)] = TASK_IEEG_OSC_UV * w
+    return weights
+
+
+def _write_task_recording(job: _Job, out: Path, tmp_dir: Path) -> dict[str, int]:
+    """One labelled recording: the corpus' background plus the oscillation in its trials."""
+    rec, subject = job.recording, job.subject
+    rng = np.random.default_rng(list(job.seed))
+    n = round(rec.duration_s * rec.sfreq)
+    onsets, labels = _task_trials(rng, rec.duration_s)
+    # The corpus generators' own class effects key on left/right trials; these labels
+    # are neither, so the background carries no class information.
+    if rec.modality == "eeg":
+        data, rail = _eeg_data(job, rng, n, onsets, labels), EEG_RAIL_UV
+    else:
+        data, rail = _ieeg_data(job, rng, n, onsets, labels), IEEG_RAIL_UV
+    present = [o for o, c in zip(onsets, labels, strict=True) if c == TASK_CLASSES[1]]
+    burst = _shaped_noise(rng, 1, n, rec.sfreq, _bump(TASK_OSCILLATION_HZ, 0.5))[0]
+    data += _oscillation_weights(job)[:, None] * (_trial_mask(n, rec.sfreq, present) * burst)
+    limit = rail * (1.0 - 1e-9)
+    np.clip(data, -limit, limit, out=data)
+
+    info = mne.create_info(list(rec.channels), rec.sfreq, list(subject.ch_types), verbose="error")
+    info.set_meas_date(job.meas_date)
+    info["line_freq"] = LINE_FREQ
+    info["subject_info"] = {"his_id": f"sub-{subject.label}"}
+    raw = mne.io.RawArray(data.astype(np.float64) * 1e-6, info, verbose="error")
+    raw.set_annotations(
+        mne.Annotations(onsets, [TRIAL_SECONDS] * len(onsets), labels, orig_time=job.meas_date)
+    )
+    target = out / rec.path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_dir / target.name
+    mne.export.export_raw(
+        tmp, raw, fmt="edf", physical_range=(-rail, rail), overwrite=True, verbose="error"
+    )
+    os.replace(tmp, target)
+    if rec.modality == "ieeg":
+        _write_ieeg_run_sidecars(job, out, tmp_dir)
+    return {c: labels.count(c) for c in TASK_CLASSES}
+
+
+def write_synthetic_task(
+    out: Path, *, seed: int = 0, seconds: int = TASK_SECONDS
+) -> SynthTaskSummary:
+    """Write a labelled downstream task (SPEC §5) into ``out``, in real file formats.
+
+    ``out/eeg/``: four scalp subjects x two runs (EDF, the corpus' four spelling styles
+    and sampling rates); ``out/ieeg/``: one sEEG subject x three runs in a BIDS tree
+    with electrodes.  Every recording carries 4 s trials annotated ``baseline`` or
+    ``oscillation`` (balanced); in ``oscillation`` trials an 18 Hz rhythm, waxing and
+    waning like a real one, is added on a few channels (:func:`_oscillation_weights`)
+    on top of the same realistic background as the pretraining corpus.  The task
+    files ``config/tasks/synth_*_oscillation.yaml`` read it.  Deterministic in
+    ``seed``; ``out/manifest.json`` (ground truth) is written last.
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not isinstance(seconds, int) or seconds < 2 * TRIAL_SECONDS + 10:
+        raise ValueError(f"seconds must be an integer of at least 18, got {seconds!r}")
+    out = Path(out)
+    plan = _task_plan(seed, seconds)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp_dir = out / _TMP_FOLDER
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir()
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    subjects = {job.subject.label: job.subject for job in plan if job.subject.modality == "ieeg"}
+    (out / IEEG_FOLDER).mkdir(exist_ok=True)
+    _atomic_text(
+        out / IEEG_FOLDER / "dataset_description.json",
+        tmp_dir,
+        _json(
+            {
+                "Name": "diver synthetic labelled iEEG task",
+                "BIDSVersion": "1.9.0",
+                "DatasetType": "raw",
+                "GeneratedBy": [{"Name": "diver.corpus.synth"}],
+            }
+        ),
+    )
+    for label in sorted(subjects):
+        _write_ieeg_subject_sidecars(subjects[label], out, tmp_dir)
+    counts = [_write_task_recording(job, out, tmp_dir) for job in plan]
+    trials: dict[str, dict[str, int]] = {}
+    for job, count in zip(plan, counts, strict=True):
+        per = trials.setdefault(job.recording.modality, dict.fromkeys(TASK_CLASSES, 0))
+        for c, k in count.items():
+            per[c] += k
+    items = tuple(job.recording for job in plan)
+    _atomic_text(
+        out / MANIFEST_NAME,
+        tmp_dir,
+        _json(
+            {
+                "version": _TASK_MANIFEST_VERSION,
+                "seed": seed,
+                "oscillation_hz": TASK_OSCILLATION_HZ,
+                "classes": list(TASK_CLASSES),
+                "trials": trials,
+                "recordings": [
+                    {
+                        "path": r.path,
+                        "modality": r.modality,
+                        "subject": r.subject,
+                        "run": r.run,
+                        "sfreq": r.sfreq,
+                        "duration_s": r.duration_s,
+                        "channels": list(r.channels),
+                        "oscillation_channels": list(r.right_channels),
+                        "trials": count,
+                    }
+                    for r, count in zip(items, counts, strict=True)
+                ],
+            }
+        ),
+    )
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    return SynthTaskSummary(
+        root=out,
+        paths=tuple(sorted(out / r.path for r in items)),
+        trials=trials,
         manifest=out / MANIFEST_NAME,
         items=items,
     )

@@ -3,10 +3,12 @@
     diver launch --config STUDY.yaml --out DIR --size SIZE [--name NAME] -- pretrain ...
 
 The command after ``--`` is any ``diver`` subcommand (``pretrain``, ``finetune``).  With
-the config's ``launcher.backend: local`` it runs here (``torchrun`` when
-``launcher.local_ranks`` > 1); with ``slurm`` it is submitted through submitit with the
-resources of ``--size`` from the site file, its wall time estimated from the cell's
-FLOPs (``pretrain``), and this process waits for it (see :mod:`diver.launch.slurm`).
+the config's ``launcher.backend: local`` it runs here (``pretrain`` under ``torchrun``
+when ``launcher.local_ranks`` > 1); with ``slurm`` it is submitted through submitit with
+the resources of ``--size`` from the site file (one node and at most one GPU for
+anything but ``pretrain``, which is the only distributed command), its wall time
+estimated from the cell's FLOPs (``pretrain``), and this process waits for it (see
+:mod:`diver.launch.slurm`).
 Snakemake's training rules call this command, and so can a user.
 """
 
@@ -16,6 +18,7 @@ import argparse
 import os
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +58,11 @@ def cmd_launch(args: argparse.Namespace) -> int:
         raise ConfigError("diver launch: give the command to run after `--`")
     study = load_config(args.config) if args.config else StudyConfig()
     backend = args.backend or study.launcher.backend
+    # Only pretraining is distributed; other commands (finetune) run as one process.
+    distributed = argv[0] == "pretrain"
     if backend == "local":
-        return run_local(argv, args.local_ranks or study.launcher.local_ranks)
+        ranks = (args.local_ranks or study.launcher.local_ranks) if distributed else 1
+        return run_local(argv, ranks)
 
     from diver.launch.site import load_site
     from diver.launch.slurm import SlurmLauncher
@@ -69,6 +75,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
         )
     site = load_site(site_path)
     resources = site.resources(args.size)
+    if not distributed:
+        resources = replace(
+            resources, nodes=1, tasks_per_node=1, gpus_per_node=min(1, resources.gpus_per_node)
+        )
     flops = _launch_flops(argv)
     minutes = site.wall_time_minutes(flops, resources) if flops is not None else (
         resources.time_minutes or site.max_time_minutes

@@ -8,15 +8,20 @@ from diver.model.config import (
     model_config,
 )
 from diver.model.encoder import DiverEncoder
+from diver.model.load import CheckpointError, load_encoder, load_pretrained, pool_tokens
 from diver.model.pretrain import DiverPretrainModel, PretrainOutput
 
 __all__ = [
     "PUBLISHED_PARAMS",
     "PUBLISHED_SIZES",
     "SIZES",
+    "CheckpointError",
     "DiverEncoder",
     "DiverPretrainModel",
     "ModelConfig",
     "PretrainOutput",
+    "load_encoder",
+    "load_pretrained",
     "model_config",
+    "pool_tokens",
 ]

@@ -2,13 +2,15 @@
 import hashlib
 import json
 import os
+import re
 import shlex
 from pathlib import Path
 
 import yaml
 
 from diver.config import config_from_dict
-from diver.grid import find_cell, grid_cells
+from diver.finetune.tasks import load_task
+from diver.grid import find_cell, finetune_cells, grid_cells
 from diver.launch.site import load_site
 
 RESULTS = Path(config["results_dir"])

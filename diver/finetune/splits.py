@@ -1,0 +1,148 @@
+"""Train / validation / test splits of a task set's trials (a task file's ``split``).
+
+The test side keeps whole *units* (recordings, subjects, or single trials) out of
+training, so a score measures transfer to unseen runs or people, not memory of
+neighbouring trials.  ``folds = k > 1`` is k-fold cross-validation over units: units
+are shuffled (seeded) and dealt round-robin into k folds, each fold the test set once.
+``folds = 1`` holds out the units named in ``test`` (glob patterns), or a seeded
+random ``test_fraction`` of them.  Validation is then drawn from the training side,
+by ``val_by`` units (default: the same unit), ``val_fraction`` of them and at least
+one.  Trial-level draws are stratified by class so every split keeps the class mix.
+
+Everything is a function of the task set and ``split.seed``: training seeds do not
+move trials between splits, so scores of different seeds and models are comparable.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from diver.finetune.tasks import SplitConfig, TaskError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Trial positions of one split; ``index`` numbers the folds from 0."""
+
+    index: int
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def _deal(
+    units: np.ndarray, labels: np.ndarray, k: int, rng: np.random.Generator, stratify: bool
+) -> list[list[str]]:
+    """Distinct units shuffled and dealt round-robin into k groups.
+
+    Stratified (trial units): each class is shuffled and dealt in turn, continuing
+    the round-robin, so group sizes differ by at most one and classes are spread.
+    """
+    groups: list[list[str]] = [[] for _ in range(k)]
+    if stratify:
+        slot = 0
+        for cls in np.unique(labels):
+            members = units[labels == cls]
+            for unit in members[rng.permutation(len(members))]:
+                groups[slot % k].append(str(unit))
+                slot += 1
+        return groups
+    distinct = np.array(sorted({str(u) for u in units}), dtype=object)
+    for i, unit in enumerate(distinct[rng.permutation(len(distinct))]):
+        groups[i % k].append(str(unit))
+    return groups
+
+
+def _take(
+    units: np.ndarray, labels: np.ndarray, fraction: float, rng: np.random.Generator, what: str
+) -> set[str]:
+    """A random ``fraction`` of the distinct units (at least one, never all)."""
+    distinct = sorted({str(u) for u in units})
+    if len(distinct) < 2:
+        raise TaskError(f"{what}: needs at least two units to split, found {distinct}")
+    n = min(len(distinct) - 1, max(1, round(fraction * len(distinct))))
+    if len(distinct) == len(units):  # one trial per unit: stratified by class
+        return {str(u) for u in _stratified(units, labels, n, rng)}
+    return {str(u) for u in np.array(distinct, dtype=object)[rng.permutation(len(distinct))[:n]]}
+
+
+def _stratified(
+    units: np.ndarray, labels: np.ndarray, n: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``n`` trials with the classes in proportion (largest remainders)."""
+    classes, counts = np.unique(labels, return_counts=True)
+    share = counts / counts.sum() * n
+    take = np.floor(share).astype(int)
+    for i in np.argsort(-(share - take))[: n - int(take.sum())]:
+        take[i] += 1
+    chosen = []
+    for cls, k in zip(classes, take, strict=True):
+        members = units[labels == cls]
+        chosen.extend(members[rng.permutation(len(members))[:k]])
+    return np.asarray(chosen, dtype=object)
+
+
+def make_folds(
+    test_units: np.ndarray,
+    val_units: np.ndarray,
+    labels: np.ndarray,
+    split: SplitConfig,
+    *,
+    source: str = "task",
+) -> list[Fold]:
+    """The folds of ``split`` over trials with the given units (one entry per trial)."""
+    test_units = np.asarray(test_units, dtype=object)
+    val_units = np.asarray(val_units, dtype=object)
+    labels = np.asarray(labels)
+    per_trial = split.by == "trial"
+    distinct = sorted({str(u) for u in test_units})
+    if split.folds > 1:
+        if split.folds > len(distinct):
+            raise TaskError(
+                f"{source}: split.folds {split.folds} exceeds the {len(distinct)} "
+                f"{split.by} unit(s) {distinct if len(distinct) < 10 else ''}"
+            )
+        rng = np.random.default_rng([split.seed, 0])
+        tests = _deal(test_units, labels, split.folds, rng, per_trial)
+    elif split.test:
+        chosen = {u for u in distinct if any(fnmatch.fnmatchcase(u, p) for p in split.test)}
+        unmatched = [p for p in split.test if not any(fnmatch.fnmatchcase(u, p) for u in distinct)]
+        if unmatched:
+            raise TaskError(
+                f"{source}: split.test patterns {unmatched} match no {split.by}; "
+                f"{split.by}s: {distinct}"
+            )
+        if len(chosen) == len(distinct):
+            raise TaskError(f"{source}: split.test takes every {split.by}; nothing is left")
+        tests = [sorted(chosen)]
+    else:
+        rng = np.random.default_rng([split.seed, 0])
+        tests = [sorted(_take(test_units, labels, split.test_fraction, rng, f"{source} test"))]
+    folds = []
+    for i, test in enumerate(tests):
+        is_test = np.isin(test_units.astype(str), np.asarray(test, dtype=str))
+        rest = np.flatnonzero(~is_test)
+        rng = np.random.default_rng([split.seed, 1, i])
+        try:
+            val_set = _take(
+                val_units[rest], labels[rest], split.val_fraction, rng, f"{source} fold {i} val"
+            )
+        except TaskError as exc:
+            raise TaskError(
+                f"{exc} (the training side of fold {i} has too few {split.val_unit} units; "
+                "use a finer split.val_by)"
+            ) from None
+        is_val = np.isin(val_units[rest].astype(str), np.asarray(sorted(val_set), dtype=str))
+        fold = Fold(i, train=rest[~is_val], val=rest[is_val], test=np.flatnonzero(is_test))
+        for name in ("train", "val", "test"):
+            present = np.unique(labels[getattr(fold, name)])
+            if len(present) < len(np.unique(labels)):
+                log.warning("%s fold %d: %s split lacks some classes", source, i, name)
+        folds.append(fold)
+    return folds

@@ -1,0 +1,469 @@
+"""A task's recordings -> one Parquet *task set*: a row per labelled trial (SPEC §5).
+
+Each recording goes through the corpus' own steps (SPEC §1) so fine-tuning sees what
+pretraining saw: channel typing and positions (``diver.corpus.channels``), dead
+(all-NaN or flat) channels removed, high-pass and notch filters and resampling to
+500 Hz (``diver.corpus.preprocess``), then, for iEEG tasks, Laplacian re-referencing
+(``diver.finetune.laplacian``), and the paper's scaling: 1/100 µV for EEG, 1/200 µV for
+iEEG, clipped to ±1.  Trials are then cut from ``onset + tmin`` to ``onset + tmax``;
+a trial reaching outside the recording is skipped and counted.  Unlike the corpus, no
+trial or channel is dropped for clipping: a benchmark's trials stay the benchmark's.
+
+Recordings are filtered whole (loaded into memory), which suits trial-based tasks of
+minutes to an hour; the corpus stage's block-wise reader is for the long recordings
+of pretraining.
+
+The file is the corpus' window layout (``diver.corpus.shards``: signal bytes,
+``coords_mm`` list, channel names/types/subtypes; ``window_index`` is the trial's
+number in its recording, ``start_seconds`` its first sample) plus ``event``,
+``label``, ``label_index`` and ``onset_seconds`` columns, one float32 row per trial.
+The Parquet footer holds the task's settings (``diver.task``) and a fingerprint of
+them, so a fine-tuning run can tell a stale task set from a current one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mne
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from diver.config import CorpusConfig, QCConfig
+from diver.corpus.channels import IEEG_TYPES, describe_channels
+from diver.corpus.discovery import RecordingSource, discover_recordings
+from diver.corpus.preprocess import apply_chain, build_chain
+from diver.corpus.recording import (
+    Quarantine,
+    channel_health,
+    in_file_positions,
+    read_raw,
+)
+from diver.corpus.shards import Window, coords_of, signals_of, window_schema, windows_to_table
+from diver.finetune.laplacian import laplacian
+from diver.finetune.tasks import TaskConfig, TaskError, resolve_recordings
+
+log = logging.getLogger(__name__)
+
+SFREQ = CorpusConfig().sfreq  # SPEC §1: 500 Hz
+TASK_METADATA_KEY = b"diver.task"
+FINGERPRINT_KEY = b"diver.task_fingerprint"
+EXTRA_FIELDS = (
+    pa.field("event", pa.string()),
+    pa.field("label", pa.string()),
+    pa.field("label_index", pa.int32()),
+    pa.field("onset_seconds", pa.float64()),
+)
+
+
+def task_fingerprint(task: TaskConfig, recordings: Sequence[str]) -> str:
+    """Changes when a setting that shapes the task set, or a recording file, changes."""
+    files = []
+    for path in recordings:
+        stat = Path(path).stat()
+        files.append([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
+    payload = {"task": task.fingerprint_payload(), "files": files, "sfreq": SFREQ}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class _Trial:
+    window: Window
+    event: str
+    onset: float
+
+
+def _events(
+    raw: mne.io.BaseRaw, task: TaskConfig, source: RecordingSource
+) -> tuple[list[tuple[float, str]], set[str]]:
+    """(onset seconds from the first sample, event key) of labelled events; keys seen."""
+    sfreq = float(raw.info["sfreq"])
+    if task.events_from == "annotations":
+        seen = {str(d) for d in raw.annotations.description}
+        wanted = {key: i + 1 for i, key in enumerate(task.labels) if key in seen}
+        if not wanted:
+            return [], seen
+        events, _ = mne.events_from_annotations(raw, event_id=wanted, verbose="error")
+        by_code = {code: key for key, code in wanted.items()}
+    else:
+        try:
+            events = mne.find_events(
+                raw, stim_channel=task.stim_channel, shortest_event=1, verbose="error"
+            )
+        except ValueError as exc:
+            raise TaskError(f"{source.path}: cannot read stim events: {exc}") from exc
+        seen = {str(int(c)) for c in np.unique(events[:, 2])}
+        by_code = {int(key): key for key in task.labels}
+    out = [
+        ((int(sample) - raw.first_samp) / sfreq, by_code[int(code)])
+        for sample, _, code in events
+        if int(code) in by_code
+    ]
+    return out, seen
+
+
+def _recording_trials(
+    source: RecordingSource, task: TaskConfig, qc: QCConfig
+) -> tuple[list[_Trial], set[str], dict[str, Any]]:
+    """The labelled trials of one recording, the event keys it has, and a report row."""
+    if source.problem:
+        raise TaskError(f"task {task.name}: recording {source.path}: {source.problem}")
+    try:
+        raw = read_raw(source.path)
+    except Quarantine as exc:
+        raise TaskError(f"task {task.name}: recording {source.path}: {exc}") from exc
+    events, seen = _events(raw, task, source)
+    report: dict[str, Any] = {"recording": source.recording, "subject": source.subject}
+    if not events:
+        return [], seen, {**report, "trials": 0, "skipped": 0, "channels": 0}
+    dataset = task.dataset((str(source.path),))
+    positions_m, frame = in_file_positions(raw, dataset)
+    infos = describe_channels(
+        raw.ch_names, raw.get_channel_types(), source, dataset,
+        positions_m=positions_m, positions_frame=frame,
+    )  # fmt: skip
+    picks = [i for i, ch in enumerate(infos) if ch.neural]
+    if task.preprocessing.channels:
+        wanted = set(task.preprocessing.channels)
+        picks = [i for i in picks if infos[i].name in wanted]
+        missing = sorted(wanted - {infos[i].name for i in picks})
+        if missing:
+            log.warning("%s: channels %s of task %s are missing", source.path, missing, task.name)
+    if not picks:
+        raise TaskError(f"task {task.name}: recording {source.path} has no usable neural channel")
+    all_nan, flat = channel_health(raw, np.asarray(picks), qc.flat_std_uv)
+    picks = [i for i, dead in zip(picks, all_nan | flat, strict=True) if not dead]
+    if not picks:
+        raise TaskError(f"task {task.name}: every channel of {source.path} is flat or NaN")
+    kept = [infos[i] for i in picks]
+    sfreq_in = float(raw.info["sfreq"])
+    data = raw.get_data(picks=picks) * 1e6  # µV
+    data = np.where(np.isfinite(data), data, 0.0)
+    is_ieeg = np.array([ch.type in IEEG_TYPES for ch in kept])
+    chain = build_chain(
+        sfreq_in=sfreq_in,
+        sfreq_out=SFREQ,
+        highpass=task.preprocessing.highpass,
+        line_freq=task.preprocessing.line_freq,
+        harmonics=dataset.harmonics_for(bool(is_ieeg.any())),
+    )
+    info = mne.create_info([ch.name for ch in kept], sfreq_in, "eeg", verbose="error")
+    signal = apply_chain(mne.io.RawArray(data, info, verbose="error"), chain).get_data()
+    coords = np.array([ch.xyz_mm for ch in kept], dtype=np.float32).reshape(-1, 3)
+    names = [ch.name for ch in kept]
+    types = [ch.type for ch in kept]
+    subtypes = [ch.subtype for ch in kept]
+    isolated = 0
+    if task.preprocessing.laplacian:
+        lap = laplacian(names, types, subtypes, coords)
+        signal = lap.apply(signal)
+        isolated = len(lap.isolated)
+        if isolated:
+            log.info(
+                "%s: %d contact(s) without neighbours kept unreferenced", source.path, isolated
+            )
+    scale = np.where(is_ieeg, qc.ieeg_scale_uv, qc.eeg_scale_uv)[:, None]
+    scaled = np.clip(signal / scale, -qc.clip, qc.clip).astype(np.float32)
+    n = round((task.tmax - task.tmin) * SFREQ)
+    modality = "ieeg" if is_ieeg.any() else "eeg"
+    frames = sorted({ch.coord_frame for ch in kept if np.isfinite(ch.xyz_mm).all()})
+    trials, skipped = [], 0
+    for k, (onset, key) in enumerate(events):
+        first = round((onset + task.tmin) * SFREQ)
+        if first < 0 or first + n > scaled.shape[1]:
+            skipped += 1
+            continue
+        window = Window(
+            dataset=task.name,
+            subject=source.subject,
+            recording=source.recording,
+            window_index=k,
+            start_seconds=first / SFREQ,
+            modality=modality,
+            sfreq=SFREQ,
+            coord_frame="+".join(frames) if frames else "unknown",
+            channel_names=names,
+            channel_types=types,
+            channel_subtypes=subtypes,
+            coords_mm=coords,
+            signal=scaled[:, first : first + n],
+        )
+        trials.append(_Trial(window, key, onset))
+    if skipped:
+        log.warning("%s: %d trial(s) reach outside the recording; skipped", source.path, skipped)
+    return (
+        trials,
+        seen,
+        {
+            **report,
+            "trials": len(trials),
+            "skipped": skipped,
+            "channels": len(kept),
+            "laplacian_isolated": isolated,
+            "sfreq_in": sfreq_in,
+        },
+    )
+
+
+@dataclass(frozen=True)
+class TaskSetSummary:
+    """What ``build_taskset`` wrote."""
+
+    path: Path
+    trials: int
+    per_class: dict[str, int]
+    recordings: list[dict[str, Any]]
+    fingerprint: str
+    built: bool  # False when an up-to-date task set was already there
+
+
+def read_fingerprint(path: Path) -> str | None:
+    """The fingerprint stored in a task set's footer (None when absent or unreadable)."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowException):
+        return None
+    value = meta.get(FINGERPRINT_KEY)
+    return value.decode() if value else None
+
+
+def check_taskset(
+    task: TaskConfig,
+    path: Path | str,
+    *,
+    results_dir: str | Path = "results",
+    shared_data: str | Path | None = None,
+    base_dir: str | Path | None = None,
+) -> None:
+    """Raise TaskError unless ``path`` is the current task set of ``task`` (same
+    settings, same recording files): a stale set must be rebuilt, not used."""
+    path = Path(path)
+    if not path.exists():
+        raise TaskError(f"task set {path} does not exist (diver task build --task {task.source})")
+    inputs = resolve_recordings(
+        task, results_dir=results_dir, shared_data=shared_data, base_dir=base_dir
+    )
+    if read_fingerprint(path) != task_fingerprint(task, inputs):
+        raise TaskError(
+            f"task set {path} was not built from the current {task.source} and its "
+            f"recordings; rebuild it with diver task build"
+        )
+
+
+def build_taskset(
+    task: TaskConfig,
+    out: Path | str,
+    *,
+    results_dir: str | Path = "results",
+    shared_data: str | Path | None = None,
+    base_dir: str | Path | None = None,
+    qc: QCConfig | None = None,
+    force: bool = False,
+) -> TaskSetSummary:
+    """Write the task set of ``task`` to ``out`` (a ``.parquet`` file), atomically.
+
+    Nothing is redone when ``out`` exists with the same fingerprint (same settings,
+    same recording files) unless ``force``.  Raises TaskError when a label's event
+    occurs in no recording (the message names it and lists the events found), when a
+    recording cannot be read, or when no trial is left.
+    """
+    out = Path(out)
+    qc = qc or QCConfig()
+    inputs = resolve_recordings(
+        task, results_dir=results_dir, shared_data=shared_data, base_dir=base_dir
+    )
+    fingerprint = task_fingerprint(task, inputs)
+    if not force and out.exists() and read_fingerprint(out) == fingerprint:
+        meta = json.loads(pq.read_schema(out).metadata[TASK_METADATA_KEY])
+        return TaskSetSummary(
+            out, meta["trials"], meta["per_class"], meta["recordings"], fingerprint, False
+        )
+    try:
+        sources = discover_recordings(task.dataset(inputs))
+    except ValueError as exc:
+        raise TaskError(f"task file {task.source}: {exc}") from exc
+    if not sources:
+        raise TaskError(f"task file {task.source}: its recordings entries hold no recording")
+    trials: list[_Trial] = []
+    seen: set[str] = set()
+    reports = []
+    for source in sources:
+        found, keys, report = _recording_trials(source, task, qc)
+        trials += found
+        seen |= keys
+        reports.append(report)
+    unknown = [key for key in task.labels if key not in seen]
+    if unknown:
+        what = "event code(s)" if task.events_from == "stim" else "event name(s)"
+        raise TaskError(
+            f"task file {task.source}: {what} {unknown} of labels occur in none of its "
+            f"{len(sources)} recording(s); events found: {sorted(seen)}"
+        )
+    if not trials:
+        raise TaskError(f"task file {task.source}: no trial fits inside its recordings")
+    per_class = Counter(task.labels[t.event] for t in trials)
+    summary = {
+        "task": task.fingerprint_payload(),
+        "trials": len(trials),
+        "per_class": {c: per_class.get(c, 0) for c in task.classes},
+        "recordings": reports,
+    }
+    _write(out, trials, task, summary, fingerprint)
+    return TaskSetSummary(out, len(trials), summary["per_class"], reports, fingerprint, True)
+
+
+def _write(
+    out: Path, trials: list[_Trial], task: TaskConfig, summary: dict[str, Any], fingerprint: str
+) -> None:
+    base = window_schema("float32")
+    table = windows_to_table([t.window for t in trials], base)
+    columns = {
+        "event": pa.array([t.event for t in trials], pa.string()),
+        "label": pa.array([task.labels[t.event] for t in trials], pa.string()),
+        "label_index": pa.array([task.class_index(t.event) for t in trials], pa.int32()),
+        "onset_seconds": pa.array([t.onset for t in trials], pa.float64()),
+    }
+    for f in EXTRA_FIELDS:
+        table = table.append_column(f, columns[f.name])
+    metadata = {
+        **(base.metadata or {}),
+        TASK_METADATA_KEY: json.dumps(summary, allow_nan=True).encode(),
+        FINGERPRINT_KEY: fingerprint.encode(),
+    }
+    table = table.replace_schema_metadata(metadata)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------ reading
+
+
+@dataclass(frozen=True)
+class TaskSet:
+    """A task set in memory: per-trial arrays (signals keep their own channel lists).
+
+    ``layout`` is the union of channel names over trials, in first-seen order of the
+    recordings (sorted by id): every trial's channels are placed on it by name, so a
+    classifier head and the linear baseline see the same electrode at the same place
+    in every trial (a missing channel is masked and zero).
+    """
+
+    path: Path
+    classes: tuple[str, ...]
+    signals: list[np.ndarray]  # (C_i, S) float32
+    coords: list[np.ndarray]  # (C_i, 3)
+    channel_names: list[list[str]]
+    channel_types: list[list[str]]
+    channel_subtypes: list[list[str]]
+    labels: np.ndarray  # (T,) int
+    events: np.ndarray  # (T,) str
+    recordings: np.ndarray
+    subjects: np.ndarray
+    trial_in_recording: np.ndarray
+    onsets: np.ndarray
+    metadata: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.signals[0].shape[1])
+
+    @property
+    def trial_ids(self) -> list[str]:
+        return [
+            f"{r}#{int(k)}" for r, k in zip(self.recordings, self.trial_in_recording, strict=True)
+        ]
+
+    def units(self, by: str) -> np.ndarray:
+        """Split unit of every trial: its recording, subject, or its own id."""
+        if by == "recording":
+            return self.recordings
+        if by == "subject":
+            return self.subjects
+        if by == "trial":
+            return np.asarray(self.trial_ids, dtype=object)
+        raise ValueError(f"unknown split unit {by!r}")
+
+    def layout(self) -> list[str]:
+        order: dict[str, None] = {}
+        for names in self.channel_names:
+            order.update(dict.fromkeys(names))
+        return list(order)
+
+    def on_layout(
+        self, layout: Sequence[str] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(signal (T, C, S), channel mask (T, C), coords (T, C, 3), types, subtypes).
+
+        Channels are placed by name on ``layout`` (default :meth:`layout`); absent ones
+        are zero, masked, with zero coordinates and type/subtype ``""``.
+        """
+        layout = list(layout or self.layout())
+        where = {name: i for i, name in enumerate(layout)}
+        t, c = len(self), len(layout)
+        signal = np.zeros((t, c, self.n_samples), dtype=np.float32)
+        mask = np.zeros((t, c), dtype=bool)
+        coords = np.zeros((t, c, 3), dtype=np.float32)
+        types = np.full((t, c), "", dtype=object)
+        subtypes = np.full((t, c), "", dtype=object)
+        for k in range(t):
+            for j, name in enumerate(self.channel_names[k]):
+                i = where.get(name)
+                if i is None:
+                    continue
+                signal[k, i] = self.signals[k][j]
+                mask[k, i] = True
+                coords[k, i] = self.coords[k][j]
+                types[k, i] = self.channel_types[k][j]
+                subtypes[k, i] = self.channel_subtypes[k][j]
+        return signal, mask, coords, types, subtypes
+
+
+def load_taskset(path: Path | str) -> TaskSet:
+    """Read a task set written by :func:`build_taskset`."""
+    path = Path(path)
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise TaskError(f"task set {path} cannot be read: {exc}") from exc
+    meta_raw = (table.schema.metadata or {}).get(TASK_METADATA_KEY)
+    if meta_raw is None:
+        raise TaskError(f"{path} is not a task set (no {TASK_METADATA_KEY.decode()} metadata)")
+    metadata = json.loads(meta_raw)
+    signals = [np.asarray(s, dtype=np.float32) for s in signals_of(table)]
+    lengths = {s.shape[1] for s in signals}
+    if len(lengths) != 1:
+        raise TaskError(f"task set {path}: trials differ in length {sorted(lengths)}")
+    col = table.column
+    return TaskSet(
+        path=path,
+        classes=tuple(metadata["task"]["classes"]),
+        signals=signals,
+        coords=[np.asarray(c, dtype=np.float32) for c in coords_of(table)],
+        channel_names=col("channel_names").to_pylist(),
+        channel_types=col("channel_types").to_pylist(),
+        channel_subtypes=col("channel_subtypes").to_pylist(),
+        labels=col("label_index").to_numpy().astype(np.int64),
+        events=np.asarray(col("event").to_pylist(), dtype=object),
+        recordings=np.asarray(col("recording").to_pylist(), dtype=object),
+        subjects=np.asarray(col("subject").to_pylist(), dtype=object),
+        trial_in_recording=col("window_index").to_numpy().astype(np.int64),
+        onsets=col("onset_seconds").to_numpy(),
+        metadata=metadata,
+    )
