@@ -15,6 +15,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from diver.argtypes import non_negative_int, positive_int
 from diver.config import ConfigError, DatasetConfig, StudyConfig, load_config
 from diver.errors import DiverError
 
@@ -240,20 +241,6 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return pretrain(settings, tracking=tracking)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diver", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
@@ -324,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--subjects",
-        type=_positive_int,
+        type=positive_int,
         help="train on this many training subjects (a nested subset; SPEC §3 subject sweep)",
     )
     p.add_argument(
@@ -333,25 +320,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="fraction of the training subjects' windows (nested across fractions)",
     )
-    p.add_argument("--epochs", type=_positive_int, required=True, help="passes over the fraction")
+    p.add_argument("--epochs", type=positive_int, required=True, help="passes over the fraction")
     p.add_argument("--out", required=True, help="run folder (logs, checkpoints, model.pt)")
     p.add_argument("--config", help="study config (its pretrain and tracking sections)")
     p.add_argument("--parent-run", help="file holding the MLflow parent run id; log a child run")
     p.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], help="DeepSpeed ZeRO stage")
-    p.add_argument("--global-batch", type=_positive_int, help="windows per optimizer step")
-    p.add_argument("--micro-batch", type=_positive_int, help="windows per forward pass and rank")
+    p.add_argument("--global-batch", type=positive_int, help="windows per optimizer step")
+    p.add_argument("--micro-batch", type=positive_int, help="windows per forward pass and rank")
     p.add_argument("--lr", type=float, help="peak learning rate at the muP base width")
     p.add_argument("--weight-decay", type=float, help="MuAdamW weight decay")
-    p.add_argument("--seed", type=_non_negative_int, help="training seed")
+    p.add_argument("--seed", type=non_negative_int, help="training seed")
     p.add_argument(
         "--checkpoint-every",
-        type=_non_negative_int,
+        type=non_negative_int,
         help="checkpoint every K steps (0: only on preemption signals)",
     )
     p.add_argument(
-        "--val-every", type=_non_negative_int, help="validate every K steps (0: epoch ends only)"
+        "--val-every", type=non_negative_int, help="validate every K steps (0: epoch ends only)"
     )
-    p.add_argument("--keep-checkpoints", type=_positive_int, help="complete checkpoints kept")
+    p.add_argument("--keep-checkpoints", type=positive_int, help="complete checkpoints kept")
     p.set_defaults(func=cmd_pretrain)
 
     from diver.scaling.cli import register as register_scaling

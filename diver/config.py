@@ -250,7 +250,7 @@ def load_schema() -> dict[str, Any]:
         return yaml.safe_load(fh)
 
 
-def _fill_defaults(validator_class: type) -> type:
+def fill_defaults(validator_class: type) -> type:
     """A validator that writes schema defaults into the instance while validating."""
     validate_properties = validator_class.VALIDATORS["properties"]
 
@@ -271,7 +271,7 @@ def validate_config(raw: Mapping[str, Any], *, source: str = "<config>") -> dict
     """
     data = json.loads(json.dumps(dict(raw)))  # deep copy, plain types only
     schema = load_schema()
-    validator_cls = _fill_defaults(jsonschema.validators.validator_for(schema))
+    validator_cls = fill_defaults(jsonschema.validators.validator_for(schema))
     validator = validator_cls(schema)
     errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:

@@ -835,22 +835,15 @@ def _zero_fif_machine_ids(path: Path) -> None:
     path.write_bytes(bytes(buf))
 
 
-def _write_recording(job: _Job, out: Path, tmp_dir: Path) -> None:
-    """Synthesise one recording and write it (and its sidecars) atomically."""
+def _clipped_raw(
+    job: _Job, data: np.ndarray, rail: float, onsets: list[float], labels: list[str]
+) -> mne.io.RawArray:
+    """The recording as an MNE Raw (volts), clipped a hair inside the amplifier's input
+    range so V -> µV round-off in the exporter never reads as "beyond the physical
+    range", with its trials annotated."""
     rec, subject = job.recording, job.subject
-    rng = np.random.default_rng(list(job.seed))
-    n = round(rec.duration_s * rec.sfreq)
-    onsets, labels = _trials(rng, rec.duration_s)
-    if rec.modality == "eeg":
-        data, rail = _eeg_data(job, rng, n, onsets, labels), EEG_RAIL_UV
-    else:
-        data, rail = _ieeg_data(job, rng, n, onsets, labels), IEEG_RAIL_UV
-    _plant_faults(job, rng, data, rail)
-    # The amplifier's input range; a hair inside it so V -> µV round-off in the
-    # exporter never reads as "data beyond the physical range".
     limit = rail * (1.0 - 1e-9)
     np.clip(data, -limit, limit, out=data)
-
     info = mne.create_info(list(rec.channels), rec.sfreq, list(subject.ch_types), verbose="error")
     info.set_meas_date(job.meas_date)
     info["line_freq"] = LINE_FREQ
@@ -859,6 +852,21 @@ def _write_recording(job: _Job, out: Path, tmp_dir: Path) -> None:
     raw.set_annotations(
         mne.Annotations(onsets, [TRIAL_SECONDS] * len(onsets), labels, orig_time=job.meas_date)
     )
+    return raw
+
+
+def _write_recording(job: _Job, out: Path, tmp_dir: Path) -> None:
+    """Synthesise one recording and write it (and its sidecars) atomically."""
+    rec = job.recording
+    rng = np.random.default_rng(list(job.seed))
+    n = round(rec.duration_s * rec.sfreq)
+    onsets, labels = _trials(rng, rec.duration_s)
+    if rec.modality == "eeg":
+        data, rail = _eeg_data(job, rng, n, onsets, labels), EEG_RAIL_UV
+    else:
+        data, rail = _ieeg_data(job, rng, n, onsets, labels), IEEG_RAIL_UV
+    _plant_faults(job, rng, data, rail)
+    raw = _clipped_raw(job, data, rail, onsets, labels)
 
     target = out / rec.path
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -1189,7 +1197,7 @@ def _oscillation_weights(job: _Job) -> np.ndarray:
 
 def _write_task_recording(job: _Job, out: Path, tmp_dir: Path) -> dict[str, int]:
     """One labelled recording: the corpus' background plus the oscillation in its trials."""
-    rec, subject = job.recording, job.subject
+    rec = job.recording
     rng = np.random.default_rng(list(job.seed))
     n = round(rec.duration_s * rec.sfreq)
     onsets, labels = _task_trials(rng, rec.duration_s)
@@ -1202,17 +1210,7 @@ def _write_task_recording(job: _Job, out: Path, tmp_dir: Path) -> dict[str, int]
     present = [o for o, c in zip(onsets, labels, strict=True) if c == TASK_CLASSES[1]]
     burst = _shaped_noise(rng, 1, n, rec.sfreq, _bump(TASK_OSCILLATION_HZ, 0.5))[0]
     data += _oscillation_weights(job)[:, None] * (_trial_mask(n, rec.sfreq, present) * burst)
-    limit = rail * (1.0 - 1e-9)
-    np.clip(data, -limit, limit, out=data)
-
-    info = mne.create_info(list(rec.channels), rec.sfreq, list(subject.ch_types), verbose="error")
-    info.set_meas_date(job.meas_date)
-    info["line_freq"] = LINE_FREQ
-    info["subject_info"] = {"his_id": f"sub-{subject.label}"}
-    raw = mne.io.RawArray(data.astype(np.float64) * 1e-6, info, verbose="error")
-    raw.set_annotations(
-        mne.Annotations(onsets, [TRIAL_SECONDS] * len(onsets), labels, orig_time=job.meas_date)
-    )
+    raw = _clipped_raw(job, data, rail, onsets, labels)
     target = out / rec.path
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_dir / target.name

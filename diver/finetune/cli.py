@@ -10,21 +10,8 @@ import logging
 import os
 from pathlib import Path
 
+from diver.argtypes import non_negative_int, positive_int
 from diver.finetune.recipes import HEADS, MODES, PRESETS
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
-    return value
 
 
 def _set_threads(threads: int | None) -> None:
@@ -183,13 +170,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--recipe", choices=sorted(PRESETS), help="preset (default: the task's)")
     p.add_argument("--head", choices=HEADS, help="classification head (default: the recipe's)")
-    p.add_argument("--seeds", type=_non_negative_int, nargs="+", help="training seeds")
-    p.add_argument("--epochs", type=_positive_int, help="maximum epochs")
+    p.add_argument("--seeds", type=non_negative_int, nargs="+", help="training seeds")
+    p.add_argument("--epochs", type=positive_int, help="maximum epochs")
     p.add_argument("--lr", type=float, help="AdamW peak learning rate")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay")
-    p.add_argument("--batch-size", type=_positive_int, help="trials per step")
+    p.add_argument("--batch-size", type=positive_int, help="trials per step")
     p.add_argument(
-        "--patience", type=_non_negative_int, help="early-stopping patience in epochs (0: off)"
+        "--patience", type=non_negative_int, help="early-stopping patience in epochs (0: off)"
     )
     p.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing")
     p.add_argument("--grad-clip", type=float, help="gradient norm clip (0: off)")
@@ -203,7 +190,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--cell", help="pretrained cell label (default: from the model's metrics.json)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (the job's cores)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (the job's cores)")
     p.add_argument("--config", help="study config (tracking URI, results_dir)")
     p.add_argument("--parent-run", help="file holding the MLflow parent run id; log a child run")
     p.add_argument("--results-dir", help="value of {results_dir} in the task file")
@@ -222,9 +209,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default="embed", help="dataset name written in the rows")
     p.add_argument("--line-freq", type=float, default=60.0, help="mains frequency (Hz)")
     p.add_argument("--highpass", type=float, help="high-pass (Hz; default 0.5 iEEG, else 0.3)")
-    p.add_argument("--batch-size", type=_positive_int, default=16, help="windows per forward")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="windows per forward")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (the job's cores)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (the job's cores)")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("task", help="downstream task sets (SPEC §5)")
@@ -243,5 +230,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=cmd_task_build)
     t = task.add_parser("synth", help="write the synthetic labelled task's recordings")
     t.add_argument("--out", required=True, help="output folder (e.g. results/synth_task)")
-    t.add_argument("--seed", type=_non_negative_int, default=0, help="random seed")
+    t.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
     t.set_defaults(func=cmd_task_synth)

@@ -33,7 +33,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from diver.config import DatasetConfig
+from diver.config import DatasetConfig, fill_defaults
 from diver.errors import DiverError
 
 MODALITIES = ("eeg", "ieeg")
@@ -332,16 +332,7 @@ class TaskConfig:
 def _validator() -> Any:
     """A schema validator that fills defaults into the instance as it validates."""
     base = jsonschema.validators.validator_for(TASK_SCHEMA)
-    validate_properties = base.VALIDATORS["properties"]
-
-    def set_defaults(validator, properties, instance, schema):  # type: ignore[no-untyped-def]
-        if isinstance(instance, dict):
-            for key, sub in properties.items():
-                if "default" in sub and key not in instance:
-                    instance[key] = json.loads(json.dumps(sub["default"]))
-        yield from validate_properties(validator, properties, instance, schema)
-
-    return jsonschema.validators.extend(base, {"properties": set_defaults})(TASK_SCHEMA)
+    return fill_defaults(base)(TASK_SCHEMA)
 
 
 def task_from_dict(raw: Mapping[str, Any], *, source: str = "<task>") -> TaskConfig:

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from diver.argtypes import non_negative_int
 from diver.atomic import write_csv_atomic, write_text_atomic
 from diver.errors import DiverError
 from diver.scaling import plots
@@ -83,13 +84,6 @@ U_N_DEFINITION = (
     "U_N = min(N_opt(U_D), N), N_opt(U_D) = (alpha A / (beta B))^(1/alpha) U_D^(beta/alpha): "
     "the compute-optimal N (C = 6 N D, SPEC §4) whose compute-optimal D is U_D"
 )
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text}")
-    return value
 
 
 def _positive_float(text: str) -> float:
@@ -153,7 +147,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     f.add_argument(
         "--bootstrap",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=DEFAULT_BOOTSTRAP,
         help=f"bootstrap resamples for the intervals (0: none; default {DEFAULT_BOOTSTRAP})",
     )
