@@ -159,7 +159,8 @@ def test_track_init_command_is_idempotent(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_whole_default_dag_trains_every_grid_cell(tmp_path: Path) -> None:
-    """The embedded default end to end: synth, corpus and the 12-cell debug grid."""
+    """The embedded default end to end: synth, corpus, the 12-cell debug grid, fine-tuning,
+    the fit and the report."""
     proc = _snakemake(tmp_path, "--profile", "cluster_profiles/local")
     assert proc.returncode == 0, proc.stderr[-4000:]
     (block,) = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())["grid"]
@@ -197,5 +198,19 @@ def test_whole_default_dag_trains_every_grid_cell(tmp_path: Path) -> None:
     assert fit["n_points"] == 12
     report = (results / "report" / "index.html").read_text()
     assert f"Form: {fit['form']}" in report and 'src="data:image/png;base64,' in report
+    # Fine-tuning: the configured cell on the synthetic task, frozen and fully, each job
+    # with both baselines beside the model, tagged with the pretrained cell.
+    finetuned = [c for c in children if c.data.tags["diver.stage"] == "finetune"]
+    assert len(finetuned) == 2
+    assert {c.data.tags["diver.pretrained_cell"] for c in finetuned} == {
+        "mixed/1s/debug-4x/f1.0_e2"
+    }
+    for mode in ("linear-probe", "full"):
+        folder = results / "finetune/synth_eeg_oscillation" / mode / "mixed/1s/debug-4x/f1.0_e2"
+        ft = json.loads((folder / "metrics.json").read_text())
+        assert {"diver", "linear", "scratch"} <= set(ft["models"])
+        assert ft["models"]["linear"]["summary"]["auroc"]["mean"] > 0.9
+        assert (folder / "predictions.csv").exists()
+    assert "No fine-tuning configured" not in report
     again = _snakemake(tmp_path, "--profile", "cluster_profiles/local", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
