@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -214,3 +215,13 @@ def test_whole_default_dag_trains_every_grid_cell(tmp_path: Path) -> None:
     assert "No fine-tuning configured" not in report
     again = _snakemake(tmp_path, "--profile", "cluster_profiles/local", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_one_cell_target_plans_only_that_cell(tmp_path: Path) -> None:
+    target = "results/pretrain/mixed/1s/debug/f0.5_e1/model.pt"
+    proc = _snakemake(tmp_path, "--profile", "cluster_profiles/local", "-n", target)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (proc.stdout + proc.stderr).split("Job stats:")[1].split("\n\n")[0]
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", table, re.MULTILINE))
+    # the cell and what it needs (corpus, its synthetic input, the parent run), no more
+    assert jobs == {"synth": "1", "track_init": "1", "corpus": "1", "pretrain": "1", "total": "4"}
