@@ -34,6 +34,10 @@ test-slow: setup
 
 bench: setup
 	python benchmarks/bench_corpus.py
+	python benchmarks/bench_model.py
+	python benchmarks/bench_pretrain.py
+	python benchmarks/bench_scaling.py
+	python benchmarks/bench_dag.py
 
 # Debian packages the SLURM tests (a real local cluster: `diver localslurm start`) and
 # the report's headless-browser test need.  Root only; CI runs it before the tests.
