@@ -9,6 +9,8 @@ and fail under CI (``CI=true``), where its absence is a broken setup.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,17 @@ def shared_data() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def run_snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """The repo's Snakefile on ``workdir``, its rules' `diver` from this interpreter."""
+    bin_dir = Path(sys.executable).parent
+    return subprocess.run(
+        [str(bin_dir / "snakemake"), "--snakefile", str(REPO_ROOT / "Snakefile"),
+         "--directory", str(workdir), *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"},
+    )

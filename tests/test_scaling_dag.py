@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -23,10 +20,9 @@ from mlflow import MlflowClient
 from diver.scaling import cli as scaling_cli
 from diver.scaling.runs import choose_form
 from diver.tracking import child_run, ensure_parent_run, write_run_id
-from tests.conftest import REPO_ROOT
+from tests.conftest import run_snakemake
 from tests.grid_files import CORPUS_TOKENS, DEBUG_PARAMS, cell_metrics, write_cell, write_grid
 
-SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 SIZES = ["debug", "debug-2x", "debug-4x"]
 
 
@@ -358,23 +354,7 @@ def test_collect_from_mlflow_and_fit_logs_a_scaling_child_run(
 # ------------------------------------------------------------------------ DAG
 
 
-def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    env_path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
-    return subprocess.run(
-        [
-            SNAKEMAKE,
-            "--snakefile",
-            str(REPO_ROOT / "Snakefile"),
-            "--directory",
-            str(workdir),
-            *args,
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "PATH": env_path},
-    )
+_snakemake = run_snakemake
 
 
 @pytest.mark.parametrize(("profile", "fits"), [("local", 1), ("slurm", 3)])

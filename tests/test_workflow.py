@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -16,29 +15,9 @@ import yaml
 from mlflow import MlflowClient
 
 from diver.tracking import file_sha256
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, run_snakemake
 
-SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
-
-
-def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    # rules call `diver`: the interpreter running the tests must be first on PATH
-    env_path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
-    return subprocess.run(
-        [
-            SNAKEMAKE,
-            "--snakefile",
-            str(REPO_ROOT / "Snakefile"),
-            "--directory",
-            str(workdir),
-            *args,
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "PATH": env_path},
-    )
+_snakemake = run_snakemake
 
 
 @pytest.mark.parametrize(

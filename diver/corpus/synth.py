@@ -835,6 +835,22 @@ def _zero_fif_machine_ids(path: Path) -> None:
     path.write_bytes(bytes(buf))
 
 
+def _write_dataset_description(out: Path, tmp_dir: Path, name: str) -> None:
+    """The BIDS ``dataset_description.json`` of the iEEG tree."""
+    _atomic_text(
+        out / IEEG_FOLDER / "dataset_description.json",
+        tmp_dir,
+        _json(
+            {
+                "Name": name,
+                "BIDSVersion": "1.9.0",
+                "DatasetType": "raw",
+                "GeneratedBy": [{"Name": "diver.corpus.synth"}],
+            }
+        ),
+    )
+
+
 def _clipped_raw(
     job: _Job, data: np.ndarray, rail: float, onsets: list[float], labels: list[str]
 ) -> mne.io.RawArray:
@@ -1016,18 +1032,7 @@ def write_synthetic_corpus(out: Path, *, hours: float, seed: int, jobs: int = 1)
     (out / EEG_FOLDER).mkdir(exist_ok=True)
     (out / IEEG_FOLDER).mkdir(exist_ok=True)
 
-    _atomic_text(
-        out / IEEG_FOLDER / "dataset_description.json",
-        tmp_dir,
-        _json(
-            {
-                "Name": "diver synthetic iEEG",
-                "BIDSVersion": "1.9.0",
-                "DatasetType": "raw",
-                "GeneratedBy": [{"Name": "diver.corpus.synth"}],
-            }
-        ),
-    )
+    _write_dataset_description(out, tmp_dir, "diver synthetic iEEG")
     for label in sorted(subjects):
         _write_ieeg_subject_sidecars(subjects[label], out, tmp_dir)
     _run_jobs(plan, out, tmp_dir, jobs)
@@ -1250,18 +1255,7 @@ def write_synthetic_task(
     (out / MANIFEST_NAME).unlink(missing_ok=True)
     subjects = {job.subject.label: job.subject for job in plan if job.subject.modality == "ieeg"}
     (out / IEEG_FOLDER).mkdir(exist_ok=True)
-    _atomic_text(
-        out / IEEG_FOLDER / "dataset_description.json",
-        tmp_dir,
-        _json(
-            {
-                "Name": "diver synthetic labelled iEEG task",
-                "BIDSVersion": "1.9.0",
-                "DatasetType": "raw",
-                "GeneratedBy": [{"Name": "diver.corpus.synth"}],
-            }
-        ),
-    )
+    _write_dataset_description(out, tmp_dir, "diver synthetic labelled iEEG task")
     for label in sorted(subjects):
         _write_ieeg_subject_sidecars(subjects[label], out, tmp_dir)
     counts = [_write_task_recording(job, out, tmp_dir) for job in plan]
