@@ -8,8 +8,8 @@ slurm backend that process submits the job and polls its state until it ends:
   deletes it).  A restarted Snakemake finds the job still pending or running and waits
   for it instead of submitting the cell twice.  A job submitted for a different
   command (the cell's settings changed) is cancelled and replaced.
-* **Prompt failure.**  The state is polled with ``sacct`` (``squeue`` when accounting
-  is unavailable) every few seconds — submitit's own watcher backs off to minutes —
+* **Prompt failure.**  The state is polled with ``squeue`` (``sacct`` once slurmctld has
+  forgotten the job) every few seconds — submitit's own watcher backs off to minutes —
   and a failed, cancelled or timed-out job fails the rule with the tail of its log.
 * **Requeue.**  Each task runs :class:`DiverTask`, a ``submitit.helpers.Checkpointable``:
   on the preemption / time-limit signal (``SUBMITIT_PREEMPT_SIGNAL``, USR2 by default)
@@ -100,9 +100,17 @@ class JobRecord:
 def job_state(job_id: str) -> str:
     """The job's SLURM state (``PENDING``, ``RUNNING``, ``COMPLETED``, ``FAILED``, ...).
 
-    ``sacct`` knows finished jobs (needs accounting); ``squeue`` is the fallback for
-    queued/running ones.  ``UNKNOWN`` when neither knows the job yet (just submitted).
+    ``squeue`` first: slurmctld is the live truth, while accounting (``sacct``) can
+    lag it by seconds and report a running job as still PENDING.  ``sacct`` for jobs
+    slurmctld has already forgotten (older than ``MinJobAge``).  ``UNKNOWN`` when
+    neither knows the job (just submitted).
     """
+    proc = subprocess.run(
+        ["squeue", "-h", "-j", job_id, "--states=all", "-o", "%T"],
+        capture_output=True, text=True, check=False,
+    )
+    if proc.returncode == 0 and proc.stdout.strip():
+        return proc.stdout.split()[0]
     proc = subprocess.run(
         ["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "JobID,State"],
         capture_output=True, text=True, check=False,
@@ -112,11 +120,6 @@ def job_state(job_id: str) -> str:
             jid, _, state = line.partition("|")
             if jid == job_id and state:
                 return state.split()[0].rstrip("+")
-    proc = subprocess.run(
-        ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, check=False
-    )
-    if proc.returncode == 0 and proc.stdout.strip():
-        return proc.stdout.split()[0]
     return "UNKNOWN"
 
 
