@@ -175,7 +175,9 @@ class SlurmLauncher:
         record = JobRecord.load(out)
         if record is not None:
             state = job_state(record.job_id)
-            if state in ACTIVE or state == "UNKNOWN":
+            # A job SLURM no longer knows (UNKNOWN), or one that ended, is not waited for:
+            # a new one is submitted and resumes from the folder's checkpoints.
+            if state in ACTIVE:
                 if list(record.argv) == list(argv):
                     print(f"re-attaching to SLURM job {record.job_id} ({state})", flush=True)
                     return self.wait(record, out)
