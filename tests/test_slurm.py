@@ -151,9 +151,11 @@ def _train_steps(cell_dir: Path) -> int:
     return max(0, len(log.read_text().splitlines()) - 1) if log.exists() else 0
 
 
-def _jobs_named(name: str) -> list[str]:
+def _jobs_named(name: str, since: str) -> list[str]:
+    """Jobs of that name submitted since ``since`` (the accounting database outlives
+    the cluster's restarts)."""
     proc = subprocess.run(
-        ["sacct", "-n", "-X", "-P", "-o", "JobID,JobName", "--name", name],
+        ["sacct", "-n", "-X", "-P", "-o", "JobID,JobName", "--name", name, "-S", since],
         capture_output=True, text=True, check=True,
     )
     return [line.split("|")[0] for line in proc.stdout.splitlines() if line]
@@ -257,6 +259,7 @@ def test_cancelled_job_fails_its_rule_promptly_and_leaves_no_lock(
 def test_restarted_snakemake_reattaches_instead_of_resubmitting(
     finished_study: Path, tmp_path: Path
 ) -> None:
+    since = time.strftime("%Y-%m-%dT%H:%M:%S")
     entry, folder, log_name = _long_cell(30)
     workdir = _copy_study(finished_study, tmp_path / "study", [entry])
     proc = _snakemake(workdir, background=True)
@@ -271,6 +274,6 @@ def test_restarted_snakemake_reattaches_instead_of_resubmitting(
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     log = (workdir / log_name).read_text()
     assert f"re-attaching to SLURM job {job}" in log, log[-2000:]
-    assert _jobs_named("diver-eeg-1s-debug-f1.0-e30") == [job]
+    assert _jobs_named("diver-eeg-1s-debug-f1.0-e30", since) == [job]
     assert job_state(job) == "COMPLETED"
     assert (cell / "metrics.json").exists()
