@@ -46,6 +46,18 @@ METADATA_COLUMNS = (
 )
 
 
+# The columns naming a window (and its modality): the first columns of a corpus shard,
+# and of every per-window file derived from one (embeddings).
+WINDOW_KEY_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
+    ("dataset", pa.string()),
+    ("subject", pa.string()),
+    ("recording", pa.string()),
+    ("window_index", pa.int32()),
+    ("start_seconds", pa.float64()),
+    ("modality", pa.string()),
+)
+
+
 def window_schema(signal_dtype: str = "float16") -> pa.Schema:
     """Arrow schema of a window row; ``signal_dtype`` is ``float16`` or ``float32``."""
     if signal_dtype not in SIGNAL_DTYPES:
@@ -54,12 +66,7 @@ def window_schema(signal_dtype: str = "float16") -> pa.Schema:
         )
     return pa.schema(
         [
-            ("dataset", pa.string()),
-            ("subject", pa.string()),
-            ("recording", pa.string()),
-            ("window_index", pa.int32()),
-            ("start_seconds", pa.float64()),
-            ("modality", pa.string()),
+            *WINDOW_KEY_FIELDS,
             ("sfreq", pa.float32()),
             ("n_channels", pa.int32()),
             ("n_samples", pa.int32()),

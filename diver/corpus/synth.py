@@ -574,14 +574,22 @@ def _correlated(
     return mix @ _shaped_noise(rng, len(positions), n, sfreq, gain)
 
 
-def _trials(rng: np.random.Generator, duration: float) -> tuple[list[float], list[str]]:
-    """Trial onsets every ~10 s, classes balanced and shuffled."""
+def _trials(
+    rng: np.random.Generator,
+    duration: float,
+    *,
+    first: tuple[float, float] = (3.0, 6.0),
+    gap: tuple[float, float] = (9.0, 11.0),
+    classes: Sequence[str] = CLASSES,
+) -> tuple[list[float], list[str]]:
+    """Trial onsets (the first in ``first`` s, then every ``gap`` s: ~10 s for the
+    corpus), the two classes balanced and shuffled."""
     onsets: list[float] = []
-    t = float(rng.uniform(3.0, 6.0))
+    t = float(rng.uniform(*first))
     while t + TRIAL_SECONDS < duration - 1.0:
         onsets.append(round(t, 3))
-        t += float(rng.uniform(9.0, 11.0))
-    labels = [CLASSES[i % 2] for i in range(len(onsets))]
+        t += float(rng.uniform(*gap))
+    labels = [classes[i % 2] for i in range(len(onsets))]
     order = rng.permutation(len(labels))
     return onsets, [labels[i] for i in order]
 
@@ -1114,18 +1122,6 @@ class SynthTaskSummary:
     items: tuple[SynthRecording, ...] = field(repr=False)
 
 
-def _task_trials(rng: np.random.Generator, duration: float) -> tuple[list[float], list[str]]:
-    """4 s trials every 5.5-6.5 s, the two classes balanced and shuffled."""
-    onsets: list[float] = []
-    t = float(rng.uniform(2.0, 3.0))
-    while t + TRIAL_SECONDS < duration - 1.0:
-        onsets.append(round(t, 3))
-        t += float(rng.uniform(5.5, 6.5))
-    labels = [TASK_CLASSES[i % 2] for i in range(len(onsets))]
-    order = rng.permutation(len(labels))
-    return onsets, [labels[i] for i in order]
-
-
 def _task_plan(seed: int, seconds: int) -> list[_Job]:
     """Scalp subjects (several, one montage) and one sEEG subject, several runs each."""
     jobs: list[_Job] = []
@@ -1205,7 +1201,10 @@ def _write_task_recording(job: _Job, out: Path, tmp_dir: Path) -> dict[str, int]
     rec = job.recording
     rng = np.random.default_rng(list(job.seed))
     n = round(rec.duration_s * rec.sfreq)
-    onsets, labels = _task_trials(rng, rec.duration_s)
+    # 4 s trials every 5.5-6.5 s
+    onsets, labels = _trials(
+        rng, rec.duration_s, first=(2.0, 3.0), gap=(5.5, 6.5), classes=TASK_CLASSES
+    )
     # The corpus generators' own class effects key on left/right trials; these labels
     # are neither, so the background carries no class information.
     if rec.modality == "eeg":

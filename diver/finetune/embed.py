@@ -34,7 +34,7 @@ import torch
 from diver.config import CorpusConfig, DatasetConfig
 from diver.corpus.discovery import discover_recordings
 from diver.corpus.recording import process_recording
-from diver.corpus.shards import coords_of, shard_path, signals_of
+from diver.corpus.shards import WINDOW_KEY_FIELDS, coords_of, shard_path, signals_of
 from diver.data.dataset import (
     WindowSample,
     channel_subtype_id,
@@ -53,12 +53,7 @@ def embedding_schema(d_model: int) -> pa.Schema:
     """Columns of an embeddings file (``embedding``: d float32 per window)."""
     return pa.schema(
         [
-            ("dataset", pa.string()),
-            ("subject", pa.string()),
-            ("recording", pa.string()),
-            ("window_index", pa.int32()),
-            ("start_seconds", pa.float64()),
-            ("modality", pa.string()),
+            *WINDOW_KEY_FIELDS,
             ("n_channels", pa.int32()),
             ("n_patches", pa.int32()),
             ("embedding", pa.list_(pa.float32(), d_model)),
