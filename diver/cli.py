@@ -183,6 +183,17 @@ def cmd_model_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_import(args: argparse.Namespace) -> int:
+    from diver.model.official import import_checkpoint
+
+    config = import_checkpoint(args.source, args.out)
+    print(
+        f"imported {args.source}: d_model {config.d_model}, depth {config.depth}, "
+        f"{config.patch} patches -> {args.out}"
+    )
+    return 0
+
+
 def pretrain_settings(args: argparse.Namespace) -> tuple[Any, Any]:
     """The (PretrainSettings, TrackingTarget | None) that `diver pretrain` flags describe."""
     from diver.train.pretrain import PretrainSettings, TrackingTarget, settings_with_overrides
@@ -219,6 +230,7 @@ def pretrain_settings(args: argparse.Namespace) -> tuple[Any, Any]:
         modalities=family.modalities,
         datasets=family.datasets,
         subjects=args.subjects,
+        init_from=args.init_from,
     )
     tracking = None
     if args.parent_run:
@@ -290,6 +302,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--size", action="append", help="only this size (repeatable)")
     m.set_defaults(func=cmd_model_params)
+    m = model.add_parser(
+        "import",
+        help="the authors' DIVER-1 checkpoint -> a diver model.pt",
+        description="Convert a checkpoint of the authors' code (their released files: "
+        "{'model_state_dict': ...}; DeepSpeed's {'module': ...}; or a bare state dict; fp32 or "
+        "bf16; 1 s or 0.1 s patches; any depth) into a diver model.pt for diver finetune "
+        "--pretrained, diver embed and diver pretrain --init-from. Width, depth and patch are "
+        "read off the tensor shapes. Nothing is written when the file does not fit.",
+    )
+    m.add_argument("--from", dest="source", required=True, metavar="FILE", help="checkpoint")
+    m.add_argument("--out", required=True, help="the model.pt to write")
+    m.set_defaults(func=cmd_model_import)
 
     p = sub.add_parser(
         "pretrain",
@@ -313,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--subjects",
         type=positive_int,
         help="train on this many training subjects (a nested subset; SPEC §3 subject sweep)",
+    )
+    p.add_argument(
+        "--init-from",
+        metavar="MODEL",
+        help="warm start from these weights (a model.pt, or the authors' checkpoint); the "
+        "architecture must be the cell's size and patch",
     )
     p.add_argument(
         "--data-fraction",

@@ -1,9 +1,10 @@
 """Shared fixtures.
 
 Real recordings live outside the repo (``../shared/data`` beside the clone); one
-setting, the ``DIVER_SHARED_DATA`` environment variable, points elsewhere.  When the
-folder is missing, tests that need it skip with a clear message on a user's clone,
-and fail under CI (``CI=true``), where its absence is a broken setup.
+setting, the ``DIVER_SHARED_DATA`` environment variable, points elsewhere.  Likewise the
+authors' parity fixtures (``../shared/official_parity``, ``DIVER_PARITY_DATA``).  When
+such a folder is missing, tests that need it skip with a clear message on a user's
+clone, and fail under CI (``CI=true``), where its absence is a broken setup.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,19 +25,50 @@ def shared_data_dir() -> Path:
     return Path(os.environ.get("DIVER_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
+def missing_data(message: str) -> None:
+    """Skip on a user's clone, fail under CI (a broken setup there)."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The folder of real sample recordings (see its SOURCES.md)."""
     path = shared_data_dir()
     if not (path / "SOURCES.md").exists():
-        message = (
+        missing_data(
             f"real sample recordings not found at {path}; set DIVER_SHARED_DATA to the "
             "folder holding SOURCES.md"
         )
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
     return path
+
+
+def parity_data_dir() -> Path:
+    """The authors' parity fixtures (``NAME.ckpt.pt``, ``NAME.io.pt``, ``NAME.json``)."""
+    default = REPO_ROOT.parent / "shared" / "official_parity"
+    return Path(os.environ.get("DIVER_PARITY_DATA", default))
+
+
+@pytest.fixture(scope="session")
+def parity_data() -> Path:
+    path = parity_data_dir()
+    if not any(path.glob("*.ckpt.pt")):
+        missing_data(f"no parity fixtures (*.ckpt.pt) in {path}; set DIVER_PARITY_DATA")
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a test module (``pytestmark =
+    pytest.mark.usefixtures("one_thread")``): the CI runs ``pytest -n 2`` on 2 cores, and
+    two workers with two OpenMP threads each spin against each other (measured on a busy
+    2-core box: 40 debug steps took 9 s CPU with 2 threads, 0.5 s with 1).  These models
+    are too small to gain from a second thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def run_snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:

@@ -149,11 +149,11 @@ def test_spec_flops_per_epoch_sanity_ratio() -> None:
 
     The paper gives no formula, so this is a recorded ratio, not an equality.  iEEG
     corpus: 5,310 h = 637,200 windows of 30 s.  Full windows (32 channels x 30 patches,
-    960 tokens) under this account: Tiny 75.5 PFLOP (ratio 0.974), XXL 7.49 EFLOP
-    (0.981) - both figures within 3 % with one token count, i.e. the paper's numbers
+    960 tokens) under this account: Tiny 75.8 PFLOP (ratio 0.978), XXL 7.52 EFLOP
+    (0.984) - both figures within 3 % with one token count, i.e. the paper's numbers
     look like 6ND plus the bidirectional attention term over the 33 x 31 register grid,
     per epoch of un-resampled windows.  U_D's 540 tokens at the mean STR shape
-    (24 x 22.5) give about half (Tiny 37.3 PFLOP).  Printed with ``pytest -s``.
+    (24 x 22.5) give about half (Tiny 37.5 PFLOP).  Printed with ``pytest -s``.
     """
     windows = 5310 * 3600 // 30
     paper = {"tiny": 77.5e15, "xxl": 7.64e18}

@@ -335,7 +335,8 @@ def test_activation_checkpointing_recomputes_blocks_with_identical_results() -> 
         torch.manual_seed(2)  # dropout is on: the recomputation must replay it
         out = model(**batch, generator=torch.Generator().manual_seed(3))
         out.loss.backward()
-        return float(out.loss.detach()), [p.grad.clone() for p in model.parameters()], len(calls)
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        return float(out.loss.detach()), grads, len(calls)
 
     loss, grads, calls = run(False)
     loss_ckpt, grads_ckpt, calls_ckpt = run(True)
@@ -531,6 +532,35 @@ def test_sigterm_saves_a_checkpoint_exits_75_and_the_rerun_resumes(
     assert runs["FINISHED"].data.tags["diver.resumed_from_step"] == str(step)
     history = MlflowClient(uri).get_metric_history(runs["FINISHED"].info.run_id, "train_loss")
     assert sorted(m.step for m in history) == list(range(1, 13))
+
+
+def test_init_from_the_authors_checkpoint_warm_starts(
+    corpus: Path, parity_data: Path, tmp_path: Path
+) -> None:
+    """``--init-from`` loads the authors' weights (debug-4x is their 2-layer d = 256
+    fixture's shape): at a negligible lr the trained model stays on them; a cell of
+    another shape is refused before any training."""
+    from diver.model.load import load_checkpoint
+
+    source = parity_data / "official_d256_L2_p500.ckpt.pt"
+    out = tmp_path / "warm"
+    cmd = _command(corpus, out, "--size", "debug-4x", "--epochs", "1", "--lr", "1e-12")
+    _ok(_run([*cmd, "--init-from", str(source)]))
+    _, imported, _ = load_checkpoint(source)
+    trained = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    assert trained.keys() == imported.keys()
+    drift = max((trained[k] - imported[k]).abs().max().item() for k in imported)
+    assert drift < 1e-6
+    # control: the same run from scratch ends nowhere near the authors' weights
+    cold = _ok(_run(_command(corpus, tmp_path / "cold", "--size", "debug-4x", "--epochs", "1")))
+    assert cold.returncode == 0
+    scratch = torch.load(tmp_path / "cold" / "model.pt", weights_only=True)["state_dict"]
+    assert max((scratch[k] - imported[k]).abs().max().item() for k in imported) > 0.1
+
+    wrong = _run([*_command(corpus, tmp_path / "wrong"), "--init-from", str(source)])
+    assert wrong.returncode != 0
+    assert "--init-from" in wrong.stderr and "d_model" in wrong.stderr
+    assert not (tmp_path / "wrong" / "model.pt").exists()
 
 
 def test_incomplete_checkpoint_is_an_error_not_a_fresh_start(corpus: Path, tmp_path: Path) -> None:

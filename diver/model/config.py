@@ -8,9 +8,14 @@ embedded default grid can fit a law across sizes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 PATCH_SAMPLES = {"1s": 500, "0.1s": 50}  # at 500 Hz (SPEC §2)
+
+NORM_EPS = 1e-5
+"""RMSNorm (and QK-norm) epsilon of the authors' code everywhere (SPEC §2); torch's
+``nn.RMSNorm`` default would be float32's machine epsilon."""
 
 # Loss weights (time, FFT, STFT) per patch variant (SPEC §2).
 LOSS_WEIGHTS = {"1s": (1.0, 0.1, 1.0), "0.1s": (1.0, 1.0, 0.0)}
@@ -28,9 +33,13 @@ class ModelConfig:
     dropout: float = 0.1
     spectral_dropout: float = 0.1
     stcpe_window: int = 7
-    stcpe_fold: str = "mean"  # code: average of overlapping windows; paper Eq. 3: "sum"
+    # Where the paper's prose and the authors' code differ (SPEC §2), the code is the
+    # default and the prose an option; README "The authors' code and the paper" lists them.
+    stcpe_fold: str = "mean"  # code: overlapping windows summed / w; paper Eq. 3: "sum"
     spectral_input: str = "token"  # code: FFT of the CNN token; paper prose: "patch"
+    spectral_norm: str = "forward"  # code: rFFT / n; "ortho": rFFT / sqrt(n) (width-stable)
     stft_set: str = "code"  # "code": n_fft 200/50; "paper": n_fft 200/100
+    target_spectrum: str = "real-part"  # code: |Re X| (complex cast to real); paper: |X|
     mask_prob: float = 0.5
     position_temperature: float = 2000.0
     use_position: bool = True  # MNI position embedding (off: an ablation, and channel tests)
@@ -44,14 +53,19 @@ class ModelConfig:
             raise ValueError(
                 f"d_model={self.d_model} must be a multiple of head_dim={self.head_dim} and of 16"
             )
-        if self.stcpe_fold not in ("mean", "sum"):
-            raise ValueError(f"stcpe_fold must be 'mean' or 'sum', got {self.stcpe_fold!r}")
-        if self.spectral_input not in ("token", "patch"):
-            raise ValueError(
-                f"spectral_input must be 'token' or 'patch', got {self.spectral_input!r}"
-            )
-        if self.stft_set not in ("code", "paper"):
-            raise ValueError(f"stft_set must be 'code' or 'paper', got {self.stft_set!r}")
+        choices = {
+            "stcpe_fold": ("mean", "sum"),
+            "spectral_input": ("token", "patch"),
+            "spectral_norm": ("forward", "ortho"),
+            "stft_set": ("code", "paper"),
+            "target_spectrum": ("real-part", "magnitude"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name} must be one of {', '.join(map(repr, allowed))}, "
+                    f"got {getattr(self, name)!r}"
+                )
 
     @property
     def patch_samples(self) -> int:
@@ -72,7 +86,8 @@ class ModelConfig:
 
     @property
     def stcpe_heads(self) -> int:
-        """max(1, d/256) heads (SPEC §2), so widths below 256 still work."""
+        """(d/8)/32 = d/256 heads (SPEC §2; the code's head width 32), at least one, so
+        the debug widths below 256 still work."""
         return max(1, self.d_model // 256)
 
     @property
@@ -81,9 +96,22 @@ class ModelConfig:
         return self.d_model // 2
 
     @property
+    def cnn_positions(self) -> int:
+        """Output positions of the patch CNN: 8 for 1 s patches, 16 for 0.1 s (SPEC §2)."""
+        return 8 if self.patch == "1s" else 16
+
+    @property
     def cnn_channels(self) -> int:
-        """Per-patch CNN width: d/8 for 1 s patches (8 positions), d/16 for 0.1 s (16)."""
-        return self.d_model // 8 if self.patch == "1s" else self.d_model // 16
+        """Per-patch CNN width: d/8 for 1 s patches, d/16 for 0.1 s, so positions x
+        width = d."""
+        return self.d_model // self.cnn_positions
+
+    @property
+    def cnn_groups(self) -> int:
+        """GroupNorm groups of the patch CNN: one per output position in the code (8 for
+        1 s, 16 for 0.1 s, SPEC §2).  The debug widths have fewer CNN channels than that
+        at 0.1 s (d = 64: 4); they take the largest count that divides the width."""
+        return math.gcd(self.cnn_positions, self.cnn_channels)
 
     @property
     def loss_weights(self) -> tuple[float, float, float]:
@@ -104,22 +132,23 @@ SIZES: dict[str, dict[str, int]] = {
 }
 PUBLISHED_SIZES = ("tiny", "small", "base", "large", "xl", "xxl")
 
-# SPEC §2's table: parameters including reconstruction heads (and mask token).
-PUBLISHED_PARAMS: dict[tuple[str, str], float] = {
-    ("tiny", "0.1s"): 12.72e6,
-    ("tiny", "1s"): 13.03e6,
-    ("small", "0.1s"): 50.75e6,
-    ("small", "1s"): 51.36e6,
-    ("base", "0.1s"): 114.07e6,
-    ("base", "1s"): 115.00e6,
-    ("large", "0.1s"): 202.70e6,
-    ("large", "1s"): 203.95e6,
-    ("xl", "0.1s"): 810.19e6,
-    ("xl", "1s"): 812.85e6,
-    ("xxl", "0.1s"): 1.82e9,
-    ("xxl", "1s"): 1.83e9,
+# SPEC §2's table: parameters including reconstruction heads and the mask token, the
+# exact totals of the authors' code (the paper's Table 2 rounds these).
+PUBLISHED_PARAMS: dict[tuple[str, str], int] = {
+    ("tiny", "0.1s"): 12_724_846,
+    ("tiny", "1s"): 13_026_606,
+    ("small", "0.1s"): 50_748_528,
+    ("small", "1s"): 51_359_664,
+    ("base", "0.1s"): 114_072_178,
+    ("base", "1s"): 115_001_906,
+    ("large", "0.1s"): 202_695_796,
+    ("large", "1s"): 203_953_332,
+    ("xl", "0.1s"): 810_189_948,
+    ("xl", "1s"): 812_850_876,
+    ("xxl", "0.1s"): 1_822_483_588,
+    ("xxl", "1s"): 1_826_695_364,
 }
-TINY_1S_ENCODER_PARAMS = 12.67e6  # SPEC §2: encoder-only Tiny-1s
+TINY_1S_ENCODER_PARAMS = 12_666_306  # SPEC §2: encoder-only Tiny-1s (authors' code)
 
 
 def model_config(size: str, patch: str = "1s", **overrides: object) -> ModelConfig:

@@ -23,82 +23,102 @@ TYPE_EEG, TYPE_SEEG, TYPE_ECOG = 1, 2, 3
 SUBTYPE_FIRST = 2  # grid; strip = 3, depth = 4
 
 
-def _group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(4 if channels % 4 == 0 else 1, channels)
+def _group_norm_over_tokens(
+    x: torch.Tensor, norm: nn.GroupNorm, valid: torch.Tensor | None
+) -> torch.Tensor:
+    """GroupNorm of CNN features ``x`` (B, h, T, L) with statistics pooled over each
+    sample's T tokens (the code's layout: a sample's C x N patches are one image),
+    counting only ``valid`` (B, T) tokens, so padding never shifts a real token."""
+    if valid is None or bool(valid.all()):
+        return norm(x)
+    b, h, t, length = x.shape
+    g = norm.num_groups
+    weight = valid.to(x.dtype)[:, None, None, :, None]  # (B, 1, 1, T, 1)
+    grouped = x.view(b, g, h // g, t, length)
+    count = weight.sum(dim=(2, 3, 4), keepdim=True) * (h // g) * length
+    mean = (grouped * weight).sum(dim=(2, 3, 4), keepdim=True) / count
+    var = ((grouped - mean) ** 2 * weight).sum(dim=(2, 3, 4), keepdim=True) / count
+    out = ((grouped - mean) * torch.rsqrt(var + norm.eps)).view(b, h, t, length)
+    return out * norm.weight[:, None, None] + norm.bias[:, None, None]
 
 
 class PatchCNN(nn.Module):
     """Per-patch 3-layer CNN (SPEC §2), flattened to d.
 
-    1 s: pad 6 + 6 to 512 samples, Conv(k 63, stride 64, pad 31) to d/8 channels
-    -> 8 positions; 0.1 s: pad 7 + 7 to 64, Conv(k 7, stride 4, pad 3) to d/16 -> 16
-    positions (the kernel of the 0.1 s variant is not given by the paper; 7 keeps the
-    same overlap ratio as the 1 s layer).  Each conv is followed by GroupNorm and GELU;
-    two more Conv(k 3) layers keep the shape.
+    1 s: pad 6 + 6 to 512 samples, Conv(k 63, stride 64, pad 31) to d/8 channels -> 8
+    positions; 0.1 s: pad 7 + 7 to 64, Conv(k 63, stride 4, pad 31) to d/16 -> 16
+    positions.  Each conv is followed by GroupNorm (one group per output position: 8 or
+    16) and GELU; two more Conv(k 3) layers keep the shape.  As in the authors' code, a
+    sample's C x N patches form one image of height C N (the convolutions run along the
+    patch only), so GroupNorm's statistics pool over all of the sample's patches; the
+    weights have the code's Conv2d shapes (h, 1, 1, k), so its checkpoints load as they are.
     """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        h = config.cnn_channels
-        if config.patch == "1s":
-            self.pad, kernel, stride = 6, 63, 64
-        else:
-            self.pad, kernel, stride = 7, 7, 4
-        self.layers = nn.Sequential(
-            nn.Conv1d(1, h, kernel, stride=stride, padding=kernel // 2),
-            _group_norm(h),
-            nn.GELU(),
-            nn.Conv1d(h, h, 3, padding=1),
-            _group_norm(h),
-            nn.GELU(),
-            nn.Conv1d(h, h, 3, padding=1),
-            _group_norm(h),
-            nn.GELU(),
+        h, groups = config.cnn_channels, config.cnn_groups
+        self.pad = 6 if config.patch == "1s" else 7
+        stride = (config.patch_samples + 2 * self.pad) // config.cnn_positions
+        self.convs = nn.ModuleList(
+            [
+                nn.Conv2d(1, h, (1, 63), stride=(1, stride), padding=(0, 31)),
+                nn.Conv2d(h, h, (1, 3), padding=(0, 1)),
+                nn.Conv2d(h, h, (1, 3), padding=(0, 1)),
+            ]
         )
+        self.norms = nn.ModuleList(nn.GroupNorm(groups, h) for _ in range(3))
         self.d_model = config.d_model
 
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        """``patches`` (..., P) -> (..., d)."""
-        lead = patches.shape[:-1]
-        x = F.pad(patches.reshape(-1, 1, patches.shape[-1]), (self.pad, self.pad))
-        return self.layers(x).reshape(*lead, self.d_model)
+    def forward(self, patches: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """``patches`` (B, C, N, P), ``valid`` (B, C, N) bool or None -> (B, C, N, d)."""
+        b, c, n, _ = patches.shape
+        x = F.pad(patches.reshape(b, 1, c * n, -1), (self.pad, self.pad))
+        flat_valid = None if valid is None else valid.reshape(b, c * n)
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            x = F.gelu(_group_norm_over_tokens(conv(x), norm, flat_valid))
+        # (B, h, C N, L) -> (B, C, N, h L): channel-major, as the code flattens
+        return x.permute(0, 2, 1, 3).reshape(b, c, n, self.d_model)
 
 
 class SpectralEmbedding(nn.Module):
     """|rFFT| -> Linear -> Dropout (SPEC §2), of the CNN token (code) or the raw patch (paper).
 
-    The rFFT is orthonormal (``norm="ortho"``, Parseval: same RMS in and out).  Unnormalised,
-    the |rFFT| of the d-wide CNN token has coordinates of order sqrt(d) (its DC bin of
-    order d), so E_spectral - and with it every token - grew as sqrt(d) with width,
-    against muP's O(1) activations (tests/test_mup.py's coordinate check); at a fixed
-    width the scale is a constant absorbed by the Linear.
+    The code's rFFT is ``norm="forward"`` (divided by n): coordinates of order
+    1/sqrt(n), so at a fixed width the scale is absorbed by the Linear, but E_spectral
+    shrinks as 1/sqrt(d) with width (tests/test_mup.py measures it).  ``spectral_norm =
+    "ortho"`` (divided by sqrt(n), Parseval: same RMS in and out) keeps it width-flat;
+    a checkpoint ports between the two by scaling the Linear's weight by 1/sqrt(n).
     """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         n = config.d_model if config.spectral_input == "token" else config.patch_samples
+        self.norm = config.spectral_norm
         self.proj = nn.Linear(n // 2 + 1, config.d_model)
         self.drop = nn.Dropout(config.spectral_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.proj(torch.fft.rfft(x, dim=-1, norm="ortho").abs()))
+        magnitude = torch.fft.rfft(x.float(), dim=-1, norm=self.norm).abs().to(x.dtype)
+        return self.drop(self.proj(magnitude))
 
 
 def sinusoidal_position(coords_mm: torch.Tensor, dim: int, temperature: float) -> torch.Tensor:
-    """PopT-style encoding of MNI x, y, z in mm: ``dim`` values (dim/3 per axis).
+    """PopT-style encoding of MNI x, y, z in mm: ``dim`` values (dim/3 per axis, even).
 
-    Each axis is scaled by 2 pi / 256 and encoded with sin/cos at frequencies
-    ``temperature ** (-2i / (dim/3))``; a channel with any NaN coordinate gets zeros.
+    Each axis is scaled by 2 pi / 256 and encoded at frequencies
+    ``temperature ** (-2i / (dim/3))``, sin and cos interleaved per frequency
+    (``sin f0, cos f0, sin f1, ...``) as in the authors' code; axes x, y, z follow each
+    other, zeros pad to ``dim``.  A channel with any NaN coordinate gets zeros.
     """
-    per_axis = dim // 3
+    per_axis = dim // 3 // 2 * 2
     half = per_axis // 2
     freqs = temperature ** (
-        -torch.arange(half, device=coords_mm.device, dtype=torch.float32) / half
+        -2 * torch.arange(half, device=coords_mm.device, dtype=torch.float32) / per_axis
     )
     known = torch.isfinite(coords_mm).all(dim=-1, keepdim=True)
     scaled = torch.nan_to_num(coords_mm.float()) * (2 * math.pi / 256)
     angles = scaled[..., None] * freqs  # (..., 3, half)
-    enc = torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)  # (..., 3 * per_axis)
+    enc = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-3)  # (..., 3 * per_axis)
     enc = F.pad(enc, (0, dim - enc.shape[-1]))
     return enc * known
 
@@ -137,9 +157,14 @@ class TokenEmbedding(nn.Module):
         coords_mm: torch.Tensor,
         type_ids: torch.Tensor,
         subtype_ids: torch.Tensor,
+        valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``patches`` (B, C, N, P) (masked ones already zero) -> tokens (B, C, N, d)."""
-        tokens = self.cnn(patches)
+        """``patches`` (B, C, N, P) (masked ones already zero) -> tokens (B, C, N, d).
+
+        ``valid`` (B, C, N) marks real tokens (None: all), the ones the CNN's GroupNorm
+        pools its statistics over.
+        """
+        tokens = self.cnn(patches, valid)
         source = tokens if self.config.spectral_input == "token" else patches
         tokens = tokens + self.spectral(source)
         position = sinusoidal_position(

@@ -13,7 +13,7 @@ from torch import nn
 
 from diver.model.config import ModelConfig
 from diver.model.embedding import TokenEmbedding
-from diver.model.layers import Block
+from diver.model.layers import Block, rms_norm
 from diver.model.stcpe import STCPE
 
 
@@ -35,7 +35,7 @@ class DiverEncoder(nn.Module):
             Block(d, config.n_heads, config.d_ff, dropout=config.dropout)
             for _ in range(config.depth)
         )
-        self.norm = nn.RMSNorm(d)
+        self.norm = rms_norm(d)
 
     def forward(
         self,
@@ -49,7 +49,8 @@ class DiverEncoder(nn.Module):
         """``patches`` (B, C, N, P), masked patches already zero -> (B, C, N, d)."""
         b, c, n, _ = patches.shape
         d = self.config.d_model
-        x = self.embed(patches, coords_mm, type_ids, subtype_ids)
+        valid_tokens = channel_mask[:, :, None] & patch_mask[:, None, :]
+        x = self.embed(patches, coords_mm, type_ids, subtype_ids, valid_tokens)
         x = x + self.stcpe(x, channel_mask, patch_mask)
 
         grid = x.new_empty(b, c + 1, n + 1, d)

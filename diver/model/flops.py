@@ -23,13 +23,14 @@ Forward terms of one window of C channels x N patches (d = width, L = depth):
 
 1. ``cnn``: per patch, conv1 ``2 * l * h * k`` (1 input channel), conv2 and conv3
    ``2 * l * h * h * 3`` each; ``h`` = CNN width, ``l`` = output positions (8 for 1 s,
-   16 for 0.1 s, so ``l * h = d``), ``k`` = first kernel (63 or 7).
+   16 for 0.1 s, so ``l * h = d``), ``k`` = first kernel (63 for both patch lengths).
 2. ``spectral``: ``2 * (n/2 + 1) * d`` per token (the |rFFT| -> Linear projection;
    n = d for the code's FFT of the CNN token, P for the paper's FFT of the patch).
 3. ``stcpe_dense``: projections ``2 * d * e`` in and out per token (e = d/8), plus one
    transformer block per window token, ``2 * (4 e^2 + 3 e f)`` (qkv, out, SwiGLU with
-   f = d/2); windows of w = min(7, N) patches slide with stride 1, so there are
-   ``N - w + 1`` windows of ``C * w`` tokens and each token is processed about w times.
+   f = d/2); windows of w = 7 patches slide with stride 1 over the time axis
+   zero-padded by w - 1 on both sides (the authors' code), so there are ``N + w - 1``
+   windows of ``C * w`` tokens and each real token is processed w times.
 4. ``stcpe_attention``: ``4 * (C w)^2 * e`` per window: Q K^T and A V, each
    ``2 * n_ctx * e`` per query, with n_ctx = C w.
 5. ``encoder_dense``: ``L * 2 * (4 d^2 + 3 d d_ff)`` per grid token, over
@@ -41,7 +42,7 @@ Forward terms of one window of C channels x N patches (d = width, L = depth):
    average; DIVER-1's encoder is bidirectional, so each query sees all T keys and the
    term is twice Kaplan's.
 7. ``heads``: ``2 * d * (values per token)`` on *masked* tokens only, ``mask_prob * C N``
-   of them (1,424 values per 1 s token with the code's STFT set, 251 per 0.1 s token).
+   of them (1,400 values per 1 s token with the code's STFT set, 250 per 0.1 s token).
 
 Excluded (not matrix products, or not per-token work that scales with the model):
 norms (RMSNorm, QK-norm, GroupNorm), softmax, rotary, GELU/SiLU and other element-wise
@@ -138,11 +139,11 @@ def _cnn_geometry(config: ModelConfig) -> tuple[int, int, int]:
     device: no memory), so the account follows ``PatchCNN`` if its layers change."""
     with torch.device("meta"):
         cnn = PatchCNN(config)
-    first = cnn.layers[0]
-    assert isinstance(first, nn.Conv1d)
+    first = cnn.convs[0]
+    assert isinstance(first, nn.Conv2d)
     length = config.patch_samples + 2 * cnn.pad
-    positions = (length + 2 * first.padding[0] - first.kernel_size[0]) // first.stride[0] + 1
-    return positions, first.out_channels, first.kernel_size[0]
+    positions = (length + 2 * first.padding[1] - first.kernel_size[1]) // first.stride[1] + 1
+    return positions, first.out_channels, first.kernel_size[1]
 
 
 def forward_flops(
@@ -174,8 +175,8 @@ def forward_flops(
     no_input_grad = tokens * conv1 + (spectral if config.spectral_input == "patch" else 0.0)
 
     e, f = config.stcpe_dim, config.stcpe_ff
-    w = min(float(config.stcpe_window), n)
-    windows = n - w + 1
+    w = float(config.stcpe_window)
+    windows = n + w - 1
     window_tokens = c * w
     stcpe_dense = tokens * 2 * (2 * d * e) + windows * window_tokens * 2 * (4 * e * e + 3 * e * f)
     stcpe_attention = windows * 4 * window_tokens**2 * e
@@ -184,7 +185,11 @@ def forward_flops(
     encoder_dense = config.depth * grid * 2 * (4 * d * d + 3 * d * config.d_ff)
     encoder_attention = config.depth * 4 * grid**2 * d
 
-    spec = TargetSpec(patch_samples=config.patch_samples, stft_set=config.stft_set)
+    spec = TargetSpec(
+        patch_samples=config.patch_samples,
+        stft_set=config.stft_set,
+        spectrum=config.target_spectrum,
+    )
     weights = dict(zip(("time", "fft", "stft"), config.loss_weights, strict=True))
     head_values = sum(size for name, size in spec.sizes.items() if weights[name] > 0)
     heads = p * tokens * 2 * d * head_values

@@ -2,10 +2,12 @@
 
 Any-variate attention (MOIRAI) scores a query/key pair as
 ``q_i^T R_(i-j) k_j + u1 [same channel] + u2 [different channel]``: rotary position
-on the *patch* index only, and a learned binary bias per head and layer for whether
-the two tokens share a channel.  Channels get no identity of their own, so the layer
+on the *patch* index only (adjacent coordinates rotated as pairs, as in the authors'
+code), and a learned binary bias per head and layer for whether the two tokens share a
+channel.  Channels get no identity of their own, so the layer
 is equivariant to any permutation of the channels and accepts any channel count.
-Scores are scaled by 1/d_head (muP, SPEC §2), not 1/sqrt(d_head).
+Scores are scaled by 1/d_head (muP, SPEC §2), not 1/sqrt(d_head).  Every RMSNorm has
+the code's epsilon 1e-5.
 """
 
 from __future__ import annotations
@@ -14,32 +16,46 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diver.model.config import NORM_EPS
+
+
+def rms_norm(dim: int) -> nn.RMSNorm:
+    """RMSNorm with a gain and the code's epsilon (SPEC §2)."""
+    return nn.RMSNorm(dim, eps=NORM_EPS)
+
 
 class SwiGLU(nn.Module):
-    """Gated feed-forward ``W2 (silu(W1 x) * W3 x)`` without biases."""
+    """Gated feed-forward ``W2 drop(silu(W1 x) * W3 x)`` without biases.
 
-    def __init__(self, dim: int, hidden: int):
+    ``w1`` is the gate (the code's ``fc_gate``), ``w3`` the linear branch (``fc1``),
+    ``w2`` the output (``fc2``); the code drops out the gated hidden units too.
+    """
+
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
         super().__init__()
         self.w1 = nn.Linear(dim, hidden, bias=False)
         self.w3 = nn.Linear(dim, hidden, bias=False)
         self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.w2(self.drop(F.silu(self.w1(x)) * self.w3(x)))
 
 
 def rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
-    """Rotate pairs of ``x`` (..., T, D) by angles ``positions`` (..., T) x frequencies."""
+    """Rotate adjacent pairs ``(x[2i], x[2i+1])`` of ``x`` (..., T, D) by the angle
+    ``positions * base**(-2i/D)`` (``positions`` (..., T)): RoPE with interleaved pairs,
+    as the authors' code (MOIRAI's) rotates them."""
     d = x.shape[-1]
-    half = d // 2
-    freqs = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
-    angles = positions.to(torch.float32)[..., None] * freqs  # (..., T, half)
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    x1, x2 = x[..., :half], x[..., half : 2 * half]
-    rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
     if d % 2:
-        rotated = torch.cat([rotated, x[..., -1:]], dim=-1)
-    return rotated
+        raise ValueError(f"rotary needs an even width, got {d}")
+    freqs = base ** (-torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d)
+    angles = positions.to(torch.float32)[..., None] * freqs  # (..., T, D/2)
+    cos, sin = angles.cos(), angles.sin()
+    pairs = x.float().unflatten(-1, (d // 2, 2))
+    even, odd = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack([even * cos - odd * sin, odd * cos + even * sin], dim=-1)
+    return rotated.flatten(-2).to(x.dtype)
 
 
 class AnyVariateAttention(nn.Module):
@@ -53,9 +69,9 @@ class AnyVariateAttention(nn.Module):
         self.head_dim = dim // n_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
-        self.q_norm = nn.RMSNorm(self.head_dim)
-        self.k_norm = nn.RMSNorm(self.head_dim)
-        # [same-channel, cross-channel] bias per head (u1, u2 of SPEC §2)
+        self.q_norm = rms_norm(self.head_dim)
+        self.k_norm = rms_norm(self.head_dim)
+        # [cross-channel, same-channel] bias per head (u2, u1 of SPEC §2; the code's order)
         self.channel_bias = nn.Parameter(torch.zeros(2, n_heads))
         self.dropout = dropout
 
@@ -73,7 +89,7 @@ class AnyVariateAttention(nn.Module):
         k = rotary(self.k_norm(k).transpose(1, 2), patch_pos[:, None, :])
         v = v.transpose(1, 2)
         same = channel_id[:, :, None] == channel_id[:, None, :]  # (B, T, T)
-        u_same, u_cross = self.channel_bias[0], self.channel_bias[1]
+        u_cross, u_same = self.channel_bias[0], self.channel_bias[1]
         bias = torch.where(same[:, None], u_same[None, :, None, None], u_cross[None, :, None, None])
         bias = bias.masked_fill(~valid[:, None, None, :], float("-inf")).to(q.dtype)
         y = F.scaled_dot_product_attention(
@@ -92,10 +108,10 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, n_heads: int, ffn_hidden: int, dropout: float = 0.0):
         super().__init__()
-        self.norm1 = nn.RMSNorm(dim)
+        self.norm1 = rms_norm(dim)
         self.attn = AnyVariateAttention(dim, n_heads, dropout=dropout)
-        self.norm2 = nn.RMSNorm(dim)
-        self.ffn = SwiGLU(dim, ffn_hidden)
+        self.norm2 = rms_norm(dim)
+        self.ffn = SwiGLU(dim, ffn_hidden, dropout=dropout)
         self.drop = nn.Dropout(dropout)
 
     def forward(

@@ -1,9 +1,11 @@
 """Load a pretrained DIVER-1 model (``model.pt``) for features or fine-tuning.
 
-``diver pretrain`` writes ``model.pt``: a plain ``torch.save`` dict with
-``state_dict`` (consolidated fp32 weights), ``model_config`` (the
-:class:`~diver.model.config.ModelConfig` fields) and ``step``.  Loading needs neither
-DeepSpeed nor the corpus::
+``diver pretrain`` (and ``diver model import``) writes ``model.pt``: a plain
+``torch.save`` dict with ``state_dict`` (consolidated fp32 weights), ``model_config``
+(the :class:`~diver.model.config.ModelConfig` fields) and ``step``.  The authors'
+checkpoints (their released files, DeepSpeed's ``{"module": ...}``, a bare state dict;
+see :mod:`diver.model.official`) load the same way.  Loading needs neither DeepSpeed
+nor the corpus, and never unpickles objects (``weights_only=True``)::
 
     from diver.model import load_encoder, pool_tokens
 
@@ -23,12 +25,15 @@ recordings on disk.
 
 from __future__ import annotations
 
+import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from diver.errors import DiverError
+from diver.model import official
 from diver.model.config import ModelConfig
 from diver.model.encoder import DiverEncoder
 from diver.model.pretrain import DiverPretrainModel
@@ -38,7 +43,9 @@ __all__ = [
     "load_checkpoint",
     "load_encoder",
     "load_pretrained",
+    "load_weights",
     "pool_tokens",
+    "save_model_file",
 ]
 
 
@@ -49,24 +56,68 @@ class CheckpointError(DiverError, OSError):
 def load_checkpoint(
     path: Path | str,
 ) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, Any]]:
-    """(model config, state dict, other fields such as ``step``) of a ``model.pt``."""
+    """(model config, state dict, other fields such as ``step``) of a ``model.pt`` or of
+    one of the authors' checkpoints (then ``{"source": "authors"}`` is the other field)."""
     path = Path(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
         raise CheckpointError(f"model file {path} does not exist") from exc
     except Exception as exc:  # torch raises pickling/zip errors of many types
-        raise CheckpointError(f"model file {path} cannot be read: {exc}") from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"model file {path} cannot be read: {reason}") from exc
     if not isinstance(payload, dict) or not {"state_dict", "model_config"} <= set(payload):
-        raise CheckpointError(
-            f"model file {path} is not a diver model (needs state_dict and model_config)"
-        )
+        state = official.unwrap(payload)
+        source = "authors"
+        if state is not None and official.is_braindecode_state_dict(state):
+            state, source = official.from_braindecode(state), "braindecode"
+        if state is None or not official.is_official_state_dict(state):
+            raise CheckpointError(
+                f"model file {path} is not a diver model (state_dict and model_config) nor "
+                "a DIVER-1 checkpoint of the authors' code (a state dict with keys such as "
+                "'encoder.encoder.layers.0...', bare or under 'model_state_dict' or 'module')"
+            )
+        config = official.infer_config(state, path)
+        state = official.to_diver_state_dict(state, path)
+        extra: dict[str, Any] = {"source": source}
+        if source == "braindecode":  # encoder only: the pretraining heads start fresh
+            extra["initialised"] = _initialise_missing(config, state)
+        return config, state, extra
     try:
         config = ModelConfig(**payload["model_config"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"model file {path}: bad model_config: {exc}") from exc
     extra = {k: v for k, v in payload.items() if k not in ("state_dict", "model_config")}
     return config, payload["state_dict"], extra
+
+
+def _initialise_missing(config: ModelConfig, state: dict[str, torch.Tensor]) -> list[str]:
+    """Fill the pretraining model's tensors ``state`` lacks (heads, mask token) from a
+    freshly initialised muP model (seed 0); returns their names."""
+    from diver.model.mup_setup import build_model
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        fresh = build_model(config).state_dict()
+    missing = sorted(set(fresh) - set(state))
+    for key in missing:
+        state[key] = fresh[key]
+    return missing
+
+
+def save_model_file(
+    path: Path | str, config: ModelConfig, state_dict: dict[str, torch.Tensor], **extra: Any
+) -> None:
+    """Write a ``model.pt`` (the layout :func:`load_checkpoint` reads) atomically: a
+    temporary name in the same folder, then a rename, so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save({"state_dict": state_dict, "model_config": asdict(config), **extra}, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_pretrained(path: Path | str, *, device: torch.device | str = "cpu") -> DiverPretrainModel:
@@ -76,12 +127,44 @@ def load_pretrained(path: Path | str, *, device: torch.device | str = "cpu") -> 
 
     config, state, _ = load_checkpoint(path)
     model = DiverPretrainModel(config)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"model file {path}: weights do not fit its config: {exc}") from exc
+    load_weights(model, state, path)
     attach_base_shapes(model)
     return model.to(device).eval()
+
+
+def load_weights(
+    model: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    path: Path | str,
+    *,
+    check_only: bool = False,
+) -> None:
+    """``model.load_state_dict(state)``, refusing with the missing, unexpected and
+    mis-shaped keys named (and nothing loaded) when they do not fit; ``check_only``
+    checks without loading (``model`` may then live on the meta device)."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    )
+    if missing or unexpected or shapes:
+        problems = [
+            f"{label}: {items[:10]}{' ...' if len(items) > 10 else ''}"
+            for label, items in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("shapes that differ", shapes),
+            )
+            if items
+        ]
+        raise CheckpointError(
+            f"model file {path}: weights do not fit the model ({'; '.join(problems)})"
+        )
+    if not check_only:
+        model.load_state_dict(state)
 
 
 def load_encoder(path: Path | str, *, device: torch.device | str = "cpu") -> DiverEncoder:

@@ -55,8 +55,10 @@ def make_optimizer(
     weight_decay: float,
     betas: tuple[float, float] = (0.9, 0.95),
 ) -> torch.optim.Optimizer:
-    """MuAdamW over all parameters; per-group learning rates carry the muP scaling."""
-    return MuAdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
+    """MuAdamW over the trainable parameters (not the frozen mask token); per-group
+    learning rates carry the muP scaling."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return MuAdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
 
 
 def count_parameters(config: ModelConfig, *, part: str = "total") -> int:

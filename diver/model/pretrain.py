@@ -1,11 +1,12 @@
 """DIVER-1 pretraining model: masking, encoder, reconstruction heads, loss (SPEC §2).
 
 Each valid (channel, patch) token is masked independently with p = 0.5 and its
-patch replaced by zeros (fixed, not learned).  Linear heads (muP readouts) predict
-the time, FFT and (1 s only) STFT targets of the *unmasked* patch from the encoder
-output of masked tokens.  Per target the MSE is the mean over masked tokens and their
-elements; the loss is the lambda-weighted sum of those (1, 0.1, 1) for 1 s patches and
-(1, 1, 0) for 0.1 s, so values are comparable with the paper's.
+patch replaced by the mask token: zeros, fixed, stored as a frozen parameter of patch
+length as in the authors' checkpoints (so parameter totals match theirs).  Linear heads
+(muP readouts) predict the time, FFT and (1 s only) STFT targets of the *unmasked* patch
+from the encoder output of masked tokens.  Per target the MSE is the mean over masked
+tokens and their elements; the loss is the lambda-weighted sum of those (1, 0.1, 1) for
+1 s patches and (1, 1, 0) for 0.1 s, so values are comparable with the paper's.
 """
 
 from __future__ import annotations
@@ -37,7 +38,12 @@ class DiverPretrainModel(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = DiverEncoder(config)
-        self.target_spec = TargetSpec(patch_samples=config.patch_samples, stft_set=config.stft_set)
+        self.target_spec = TargetSpec(
+            patch_samples=config.patch_samples,
+            stft_set=config.stft_set,
+            spectrum=config.target_spectrum,
+        )
+        self.mask_token = nn.Parameter(torch.zeros(config.patch_samples), requires_grad=False)
         weights = dict(zip(TARGETS, config.loss_weights, strict=True))
         sizes = self.target_spec.sizes
         # A target with weight 0 gets no head (the 0.1 s family has no STFT head).
@@ -76,7 +82,7 @@ class DiverPretrainModel(nn.Module):
         if mask is None:
             mask = self.draw_mask(valid, generator)
         mask = mask & valid
-        visible = patches * (~mask)[..., None].to(patches.dtype)
+        visible = torch.where(mask[..., None], self.mask_token.to(patches.dtype), patches)
         h = self.encoder(visible, coords_mm, type_ids, subtype_ids, channel_mask, patch_mask)
         h_masked = h[mask]  # (M, d)
         with torch.no_grad():

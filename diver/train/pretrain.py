@@ -78,8 +78,9 @@ from diver.data import (
     take_subjects,
 )
 from diver.errors import DiverError
-from diver.model import DiverPretrainModel, ModelConfig, model_config
+from diver.model import DiverPretrainModel, model_config
 from diver.model.flops import six_nd, training_flops
+from diver.model.load import load_checkpoint, load_weights, save_model_file
 from diver.model.mup_setup import build_model, make_optimizer
 from diver.train import checkpoint as ckpt
 from diver.train.distributed import (
@@ -168,6 +169,7 @@ class PretrainSettings:
     modalities: tuple[str, ...] = ("eeg", "ieeg")
     datasets: tuple[str, ...] | None = None
     subjects: int | None = None
+    init_from: str | None = None  # a model.pt (or the authors' checkpoint) to warm-start from
 
     def __post_init__(self) -> None:
         from diver.model.config import PATCH_SAMPLES, SIZES
@@ -207,6 +209,7 @@ class PretrainSettings:
             "modalities": sorted(self.modalities),
             "datasets": None if self.datasets is None else sorted(self.datasets),
             "subjects": self.subjects,
+            "init_from": None if self.init_from is None else str(Path(self.init_from).resolve()),
             **config,
         }
 
@@ -622,24 +625,8 @@ def consolidated_state_dict(engine: Any, zero_stage: int, env: DistEnv) -> dict[
     }
 
 
-def _save_torch_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def load_pretrained(path: Path | str) -> DiverPretrainModel:
-    """A ``model.pt`` written by pretraining as a muP model ready for evaluation."""
-    from diver.model.mup_setup import attach_base_shapes
-
-    payload = torch.load(path, weights_only=True)
-    model = DiverPretrainModel(ModelConfig(**payload["model_config"]))
-    model.load_state_dict(payload["state_dict"])
-    return attach_base_shapes(model)
 
 
 def plot_losses(
@@ -866,6 +853,8 @@ class _Run:
         c, env = self.c, self.env
         torch.manual_seed(c.seed)
         model = build_model(self.model_config)
+        if self.s.init_from is not None:
+            self._warm_start(model, self.s.init_from)
         self.n_params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions
         if c.activation_checkpointing:
             enable_activation_checkpointing(model)
@@ -884,6 +873,20 @@ class _Run:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config
         )
         self.device = self.engine.device
+
+    def _warm_start(self, model: torch.nn.Module, path: str) -> None:
+        """Start from another model's weights (a ``model.pt``, or the authors' checkpoint
+        as ``diver model import`` reads it); the architecture must be this cell's.  On a
+        resume the run's own checkpoint then overwrites them."""
+        config, state, _ = load_checkpoint(path)
+        if config != self.model_config:
+            mine, theirs = asdict(self.model_config), asdict(config)
+            diff = {k: (theirs[k], v) for k, v in mine.items() if theirs[k] != v}
+            raise ConfigError(
+                f"--init-from {path} is not a {self.s.size}/{self.s.patch} model: "
+                f"(file, cell) differ in {diff}"
+            )
+        load_weights(model, state, path)
 
     def _resume(self, info: ckpt.CheckpointInfo) -> None:
         client = ckpt.load_checkpoint(self.engine, info, self.env)
@@ -1179,14 +1182,7 @@ class _Run:
         state_dict = consolidated_state_dict(self.engine, self.c.zero_stage, env)
         if env.is_main:
             assert state_dict is not None
-            _save_torch_atomic(
-                {
-                    "state_dict": state_dict,
-                    "model_config": asdict(self.model_config),
-                    "step": st.step,
-                },
-                self.out / "model.pt",
-            )
+            save_model_file(self.out / "model.pt", self.model_config, state_dict, step=st.step)
             metrics = {
                 **{k: v for k, v in st.last_val.items() if k != "step"},
                 "train_loss": (st.last_train or {}).get("loss"),
