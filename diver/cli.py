@@ -231,6 +231,7 @@ def pretrain_settings(args: argparse.Namespace) -> tuple[Any, Any]:
         datasets=family.datasets,
         subjects=args.subjects,
         init_from=args.init_from,
+        model_options=dict(study.model),
     )
     tracking = None
     if args.parent_run:

@@ -226,6 +226,9 @@ class StudyConfig:
     grid: tuple[GridBlock, ...] = (
         GridBlock(family=("mixed",), size=("debug",), epochs=(1,)),
     )
+    model: Mapping[str, str] = field(default_factory=dict)
+    """Model options of every cell (the schema's ``model`` section: where the paper's
+    prose and the authors' code differ; defaults are the code's)."""
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -328,6 +331,7 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "<config>") -> St
         tracking=TrackingConfig(**data["tracking"]),
         families=families,
         grid=grid,
+        model=dict(data["model"]),
         pretrain=PretrainConfig(**pretrain),
         launcher=LauncherConfig(**data["launcher"]),
         finetune=FinetuneConfig(

@@ -54,6 +54,8 @@ def test_every_schema_key_has_description_and_default() -> None:
          "grid.0.read_epochs"),
         ({"families": {"ieeg": {"modalities": ["meg"]}}}, "families.ieeg.modalities.0"),
         ({"studdy": "typo"}, "(top level)"),
+        ({"model": {"stcpe_fold": "median"}}, "model.stcpe_fold"),
+        ({"model": {"heads": 3}}, "model"),
         (
             {"corpus": {"datasets": [{"name": "a", "inputs": ["p"], "line_freq": 55}]}},
             "corpus.datasets.0.line_freq",
@@ -67,6 +69,29 @@ def test_invalid_config_names_the_key(raw: dict, key: str, tmp_path) -> None:
         load_config(path)
     assert str(path) in str(info.value)
     assert key in str(info.value)
+
+
+def test_model_section_defaults_to_the_authors_code_and_reaches_each_cell() -> None:
+    from dataclasses import asdict
+
+    from diver.model.config import MODEL_OPTIONS, ModelConfig
+    from diver.train.pretrain import PretrainSettings
+
+    study = config_from_dict({})
+    assert set(study.model) == set(MODEL_OPTIONS)
+    code = ModelConfig(d_model=64)
+    assert study.model == {k: asdict(code)[k] for k in MODEL_OPTIONS}
+
+    paper = config_from_dict({"model": {"stcpe_fold": "sum", "stft_set": "paper"}})
+    cell = dict(corpus="c", out="o", size="debug", patch="1s", data_fraction=1.0, epochs=1)
+    default = PretrainSettings(**cell, model_options=study.model)
+    changed = PretrainSettings(**cell, model_options=paper.model)
+    assert changed.model_config().stcpe_fold == "sum"
+    assert changed.model_config().stft_set == "paper"
+    assert default.model_config() == PretrainSettings(**cell).model_config()
+    assert changed.identity() != default.identity()  # a resume refuses the other model
+    with pytest.raises(ConfigError, match="unknown model options"):
+        PretrainSettings(**cell, model_options={"depth": "3"})
 
 
 def test_duplicate_dataset_names_rejected() -> None:

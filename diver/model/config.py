@@ -13,6 +13,10 @@ from dataclasses import dataclass, replace
 
 PATCH_SAMPLES = {"1s": 500, "0.1s": 50}  # at 500 Hz (SPEC §2)
 
+MODEL_OPTIONS = ("spectral_input", "spectral_norm", "stcpe_fold", "stft_set", "target_spectrum")
+"""The :class:`ModelConfig` fields where the paper's prose and the authors' code differ
+(SPEC §2): a study's ``model`` section sets them for every cell (README table)."""
+
 NORM_EPS = 1e-5
 """RMSNorm (and QK-norm) epsilon of the authors' code everywhere (SPEC §2); torch's
 ``nn.RMSNorm`` default would be float32's machine epsilon."""

@@ -78,7 +78,8 @@ from diver.data import (
     take_subjects,
 )
 from diver.errors import DiverError
-from diver.model import DiverPretrainModel, model_config
+from diver.model import DiverPretrainModel, ModelConfig, model_config
+from diver.model.config import MODEL_OPTIONS
 from diver.model.flops import six_nd, training_flops
 from diver.model.load import load_checkpoint, load_weights, save_model_file
 from diver.model.mup_setup import build_model, make_optimizer
@@ -170,6 +171,7 @@ class PretrainSettings:
     datasets: tuple[str, ...] | None = None
     subjects: int | None = None
     init_from: str | None = None  # a model.pt (or the authors' checkpoint) to warm-start from
+    model_options: Mapping[str, str] = field(default_factory=dict)  # the study's `model`
 
     def __post_init__(self) -> None:
         from diver.model.config import PATCH_SAMPLES, SIZES
@@ -184,6 +186,9 @@ class PretrainSettings:
             raise ConfigError(f"--data-fraction must be in (0, 1], got {self.data_fraction}")
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
+        unknown = set(self.model_options) - set(MODEL_OPTIONS)
+        if unknown:
+            raise ConfigError(f"unknown model options {sorted(unknown)}; known: {MODEL_OPTIONS}")
         if self.subjects is not None and self.subjects < 1:
             raise ConfigError(f"--subjects must be at least 1, got {self.subjects}")
 
@@ -210,8 +215,13 @@ class PretrainSettings:
             "datasets": None if self.datasets is None else sorted(self.datasets),
             "subjects": self.subjects,
             "init_from": None if self.init_from is None else str(Path(self.init_from).resolve()),
+            "model": {k: getattr(self.model_config(), k) for k in MODEL_OPTIONS},
             **config,
         }
+
+    def model_config(self) -> ModelConfig:
+        """The cell's architecture: its size and patch, with the study's model options."""
+        return model_config(self.size, self.patch, **self.model_options)
 
 
 @dataclass(frozen=True)
@@ -724,7 +734,7 @@ def planned_flops(settings: PretrainSettings) -> float:
         settings.corpus, settings.data_fraction, settings.config,
         modalities=settings.modalities, datasets=settings.datasets, subjects=settings.subjects,
     )
-    cfg = model_config(settings.size, settings.patch)
+    cfg = settings.model_config()
     tokens = settings.epochs * unique_tokens(splits.train, cfg.patch_samples)
     return float(training_flops(cfg, tokens))
 
@@ -771,7 +781,7 @@ class _Run:
         bf16 = resolve_precision(self.c)
         self.dtype = torch.bfloat16 if bf16 else torch.float32
         self.micro, self.accumulation = batch_geometry(self.c, env.world_size)
-        self.model_config = model_config(s.size, s.patch)
+        self.model_config = s.model_config()
         self._prepare_data()
         self._build_engine(bf16)
 

@@ -27,6 +27,7 @@ rule pretrain:
         cell=cell_args,
         name=lambda w: f"diver-{w.family}-{w.patch}-{w.size}-{w.data}-e{w.epochs}",
         settings=section_hash("pretrain"),
+        model=section_hash("model"),
         family=family_hash,
     threads: 1
     resources:
