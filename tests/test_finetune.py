@@ -2,9 +2,12 @@
 pretrained on the synthetic corpus (test_pretrain's reference run, built once per
 session), ``diver finetune`` outputs checked against scikit-learn and MLflow, and
 learning: the Linear baseline and the fully fine-tuned model both separate trials
-with and without the injected oscillation on a held-out subject.  Runs use one torch
-thread (``--threads 1``): on a busy 2-core machine two threads make these small
-matrices up to 100x slower."""
+with and without the injected oscillation on a held-out subject, and with the EEG
+recipe as the DAG runs it (lr 2e-4, batch 64, 5 epochs, every channel) both modes
+start at chance-level loss and end well above chance.  The heads are the authors'
+(plain ``nn.Linear``, their hidden sizes), on tokens centred on the training trials'
+mean token.  Runs use one torch thread (``--threads 1``): on a busy 2-core machine
+two threads make these small matrices up to 100x slower."""
 
 from __future__ import annotations
 
@@ -15,13 +18,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
+from torch import nn
 
 from diver.cli import main
 from diver.corpus.synth import TASK_CLASSES
+from diver.finetune.heads import centred_tokens, make_head, mlp_hidden, token_mean
 from diver.finetune.metrics import classification_metrics
+from diver.finetune.recipes import recipe
+from diver.finetune.splits import Fold
 from diver.finetune.tasks import load_task, task_from_dict
 from diver.finetune.taskset import build_taskset, load_taskset
+from diver.finetune.train import fit
 from tests.conftest import REPO_ROOT
 from tests.test_pretrain import (
     _built_once,
@@ -224,3 +233,121 @@ def test_learning_works_end_to_end(
     assert set(models) == {"diver", "linear"}
     assert models["linear"]["summary"]["auroc"]["mean"] > 0.9
     assert all(run["auroc"] > 0.9 for run in models["diver"]["runs"]), models["diver"]["runs"]
+
+
+# ------------------------------------------------------------ heads and the first steps
+
+
+def test_heads_are_the_authors_plain_linear_layers() -> None:
+    """``--ft_mup False``: every head layer is a plain nn.Linear with PyTorch's default
+    initialisation (no muP readout, no base shapes); the MLP's hidden sizes are
+    [seconds * 200, 200] whatever the width d."""
+    torch.manual_seed(0)
+    mlp = make_head("mlp", 20, 4, 256, 2, 0.1, seconds=4.0)
+    linears = [m for m in mlp.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [
+        (20 * 4 * 256, 800), (800, 200), (200, 2)
+    ]  # fmt: skip
+    assert mlp_hidden(4.0) == (800, 200) and mlp_hidden(0.1 * 40) == (800, 200)
+    assert make_head("mlp", 3, 2, 64, 4)[1].out_features == 400  # default: 1 s patches
+    (linear,) = [m for m in make_head("flatten-linear", 20, 4, 256, 2).modules()
+                 if isinstance(m, nn.Linear)]  # fmt: skip
+    assert (linear.in_features, linear.out_features) == (20 * 4 * 256, 2)
+    for layer in [*linears, linear]:
+        assert type(layer) is nn.Linear
+        assert not hasattr(layer.weight, "infshape")  # never given muP base shapes
+        bound = 1 / math.sqrt(layer.in_features)  # kaiming_uniform(a=sqrt(5)) default
+        assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.9 * bound
+        assert layer.bias.abs().max() <= bound
+
+
+def test_token_centring_ignores_and_zeroes_absent_tokens() -> None:
+    tokens = torch.randn(4, 3, 2, 5)
+    channel_mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 1], [1, 1, 1]], dtype=torch.bool)
+    patch_mask = torch.ones(4, 2, dtype=torch.bool)
+    valid = channel_mask[:, :, None] & patch_mask[:, None, :]
+    centre = token_mean(tokens, valid)
+    assert torch.allclose(centre[2], tokens[[1, 2, 3], 2].mean(0))  # trial 0 lacks channel 2
+    out = centred_tokens(tokens, centre, channel_mask, patch_mask)
+    assert (out[0, 2] == 0).all() and (out[2, 1] == 0).all()
+    assert torch.allclose(out[1], tokens[1] - centre)
+
+
+def _encoder_like_tokens(seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    """Tokens shaped like the debug-4x encoder's on the synthetic task (20 channels x
+    4 patches x d 256, RMS ~1): a trial-independent part (~99 % of the energy) plus a
+    small part that differs between trials, and along one direction between classes."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (20, 4, 256)
+    shared = torch.randn(shape, generator=g)
+    direction = torch.randn(shape, generator=g)
+    labels = np.repeat([0, 1], 96)
+    sign = torch.as_tensor(2.0 * labels - 1.0, dtype=torch.float32)[:, None, None, None]
+    tokens = shared + 0.08 * torch.randn(192, *shape, generator=g) + 0.03 * sign * direction
+    return tokens, labels
+
+
+def test_adamw_first_steps_saturate_the_head_on_raw_tokens_not_on_centred_ones() -> None:
+    """The root cause of the 0.500 balanced accuracy: AdamW moves every weight of the
+    head's first layer by about lr in its first step, so on raw tokens (a large part the
+    same in every trial) every unit moves by ~lr * sum|x| in the same direction for
+    every trial, and all logits jump to one class (first-epoch loss ~4 on 2 classes).
+    Centred on the training trials' mean token, the same head and recipe start at
+    ln 2 and learn."""
+    tokens, labels = _encoder_like_tokens()
+    order = np.random.default_rng(0).permutation(192)
+    fold = Fold(0, np.sort(order[:120]), np.sort(order[120:144]), np.sort(order[144:]))
+    rec = recipe("eeg", epochs=3, seeds=[0])
+    valid = torch.ones(192, 20, 4, dtype=torch.bool)
+    centred = tokens - token_mean(tokens[fold.train], valid[fold.train])
+    results = {}
+    for name, x in {"raw": tokens, "centred": centred}.items():
+        torch.manual_seed(0)
+        head = make_head("mlp", 20, 4, 256, 2, rec.dropout, seconds=4.0)
+
+        def forward(idx: np.ndarray, _h: nn.Module = head, _x: torch.Tensor = x) -> torch.Tensor:
+            return _h(_x[torch.as_tensor(idx)])
+
+        batch = fold.train[:64]
+        with torch.no_grad():  # a fresh head: chance-level loss either way
+            logits = forward(batch)
+        first = float(nn.functional.cross_entropy(logits, torch.as_tensor(labels[batch])))
+        assert abs(first - math.log(2)) < 0.1, (name, first)
+        run = fit(head, forward, labels, fold, rec, 0, 2)
+        bacc = classification_metrics(labels[fold.test], run.proba, 2)["balanced_accuracy"]
+        results[name] = (run.log[0]["train_loss"], bacc, len(set(run.proba.argmax(1))))
+    # Raw: saturated after one step, and every test trial gets the same class.
+    assert results["raw"][0] > 1.5 and results["raw"][1:] == (0.5, 1), results
+    assert results["centred"][0] < math.log(2) + 0.1, results
+    assert results["centred"][1] >= 0.9, results
+
+
+def test_finetuning_learns_in_both_modes_with_the_dags_settings(
+    results: Path,
+    reference: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The EEG recipe as the embedded default's DAG runs it (lr 2e-4, batch 64, 5 epochs,
+    every channel: C x N x d = 20 x 4 x d flattened): the first epoch's loss is chance
+    level (1.6 here, 4.3 with the DAG's debug-4x model, before the tokens were centred)
+    and a held-out subject's trials are told apart in both modes (the head used to
+    predict one class for every trial: balanced accuracy 0.500)."""
+    task = _task_file(
+        tmp_path, "osc_dag", split={"by": "subject", "test": ["04"], "val_by": "recording"}
+    )
+    for mode in ("linear-probe", "full"):
+        out = tmp_path / mode
+        code = main(
+            ["finetune", "--task", str(task), "--pretrained", str(reference / "model.pt"),
+             "--mode", mode, "--epochs", "5", "--seeds", "0", "1", "--baselines",
+             "--results-dir", str(results), "--threads", "1", "--out", str(out)]
+        )  # fmt: skip
+        assert code == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["channels"] == 20 and metrics["selection_metric"] == "f1_weighted"
+        assert metrics["recipe"]["lr"] == 2e-4 and metrics["recipe"]["batch_size"] == 64
+        log = pd.read_csv(out / "train_log.csv")
+        first = log.loc[log["epoch"] == 0, "train_loss"]
+        assert len(first) == 2 and (abs(first - math.log(2)) < 0.1).all(), (mode, log)
+        summary = metrics["models"]["diver"]["summary"]["balanced_accuracy"]
+        assert summary["mean"] >= 0.8, (mode, metrics["models"]["diver"]["runs"], log)

@@ -15,7 +15,13 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from diver.finetune.metrics import classification_metrics, mean_sem, metric_names, summarise
+from diver.finetune.metrics import (
+    classification_metrics,
+    mean_sem,
+    metric_names,
+    selection_metric,
+    summarise,
+)
 from diver.finetune.recipes import PRESETS, RecipeError, recipe
 from diver.finetune.splits import make_folds
 from diver.finetune.tasks import SplitConfig, TaskError
@@ -94,6 +100,17 @@ def test_recipe_presets_are_spec_section_5_and_overridable() -> None:
         0.1, 0.1, 1.0, 0.1
     )  # fmt: skip
     assert eeg.seeds == (41, 42, 43, 44, 45)
+    # The authors' early-stopping criteria: val_f1 (EEG scripts), val_auroc (Neuroprobe);
+    # both heads on centred tokens unless switched off.
+    assert (eeg.select, ieeg.select, eeg.centre, ieeg.centre) == (
+        "f1_weighted", "auroc", True, True
+    )  # fmt: skip
+    assert selection_metric(2, "f1_weighted") == "f1_weighted"
+    assert selection_metric(4, "auroc") == "cohen_kappa"  # AUROC: two classes only
+    assert selection_metric(2) == "auroc" and selection_metric(3, None) == "cohen_kappa"
+    assert recipe("eeg", centre=False, select="cohen_kappa").to_dict()["centre"] is False
+    with pytest.raises(RecipeError, match="select must be one of"):
+        recipe("eeg", select="accuracy")
     custom = recipe("eeg", epochs=3, seeds=[1, 2], lr=None, patience=0, grad_clip=0)
     assert (custom.epochs, custom.seeds, custom.lr) == (3, (1, 2), 2e-4)
     assert custom.patience is None and custom.grad_clip is None

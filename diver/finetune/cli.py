@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from diver.argtypes import non_negative_int, positive_int
+from diver.finetune.metrics import SELECTABLE
 from diver.finetune.recipes import HEADS, MODES, PRESETS
 
 
@@ -90,6 +91,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             grad_clip=args.grad_clip,
             dropout=args.dropout,
             seeds=args.seeds,
+            select=args.select,
+            centre=args.centre,
         ),
         out=out,
         baselines=tuple(args.baselines),
@@ -181,6 +184,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing")
     p.add_argument("--grad-clip", type=float, help="gradient norm clip (0: off)")
     p.add_argument("--dropout", type=float, help="dropout in the head")
+    p.add_argument(
+        "--select", choices=SELECTABLE,
+        help="validation metric the kept epoch maximises (default: the recipe's; AUROC and "
+        "AUC-PR fall back to Cohen's kappa beyond two classes)",
+    )  # fmt: skip
+    p.add_argument(
+        "--centre", action=argparse.BooleanOptionalAction, default=None,
+        help="subtract the training trials' mean token before the head (default on; "
+        "--no-centre: the authors' head on raw tokens)",
+    )  # fmt: skip
     p.add_argument(
         "--baselines",
         nargs="*",

@@ -32,9 +32,19 @@ def metric_names(n_classes: int) -> tuple[str, ...]:
     return (*BINARY_METRICS, *ALWAYS_METRICS) if n_classes == 2 else ALWAYS_METRICS
 
 
-def selection_metric(n_classes: int) -> str:
-    """What model selection (early stopping) maximises on validation: AUROC for two
-    classes (SPEC §5, iEEG recipe), Cohen's kappa otherwise (CBraMod's choice)."""
+SELECTABLE = (*BINARY_METRICS, *ALWAYS_METRICS)
+
+
+def selection_metric(n_classes: int, preferred: str | None = None) -> str:
+    """What model selection (early stopping) maximises on validation: ``preferred`` (a
+    recipe's ``select``: weighted F1 for the EEG recipe, the authors' ``val_f1``) when
+    it is defined for ``n_classes``; else AUROC for two classes (SPEC §5, iEEG recipe)
+    and Cohen's kappa otherwise (CBraMod's choice)."""
+    if preferred is not None:
+        if preferred not in SELECTABLE:
+            raise ValueError(f"selection metric must be one of {list(SELECTABLE)}: {preferred!r}")
+        if preferred in metric_names(n_classes):
+            return preferred
     return "auroc" if n_classes == 2 else "cohen_kappa"
 
 

@@ -1,12 +1,20 @@
 """The two fine-tuning recipes of SPEC §5 as presets, overridable field by field.
 
-* ``ieeg`` (DIVER-1 on Neuroprobe / MAYO): linear head on the flattened C x N x d
-  tokens, AdamW lr 2e-3, weight decay 1e-2, batch 32, 40 epochs, cosine schedule,
-  early stopping on validation AUROC with patience 10, label smoothing 0.1.
-* ``eeg`` (the CBraMod recipe): MLP head C*T*d -> T*d -> d -> classes (ELU, dropout
-  0.1), AdamW lr 2e-4, weight decay 0.3, batch 64, 50 epochs, cosine, label smoothing
-  0.1, gradient clipping at norm 1, seeds 41-45.  No early stopping: the epoch with
-  the best validation score is kept, as CBraMod does.
+* ``ieeg`` (DIVER-1 on Neuroprobe / MAYO; the authors' ``finetune_neuroprobe.sh``):
+  linear head on the flattened C x N x d tokens, AdamW lr 2e-3, weight decay 1e-2,
+  batch 32, 40 epochs, cosine schedule, early stopping on validation AUROC with
+  patience 10, label smoothing 0.1.
+* ``eeg`` (the CBraMod recipe; the authors' ``finetune_physionet.sh``, ``_faced``,
+  ``_mentalarithmetic``): MLP head C*N*d -> S*200 -> 200 -> classes (S the trial's
+  seconds; ELU, dropout 0.1), AdamW lr 2e-4, weight decay 0.3, batch 64, 50 epochs,
+  cosine, label smoothing 0.1, gradient clipping at norm 1, seeds 41-45.  No early
+  stopping (the authors' patience of 50 epochs never triggers): the epoch with the
+  best validation weighted F1 is kept (their ``--early_stop_criteria val_f1``).
+
+Both heads are plain ``nn.Linear`` layers trained by plain AdamW (the authors'
+``--ft_mup False``); ``centre`` (default on) subtracts the training trials' mean token
+before the head (see :mod:`diver.finetune.heads`), ``centre=False`` is their head
+exactly.
 
 SPEC gives seeds only for the EEG recipe; the iEEG preset uses the same five so every
 result is a mean ± SEM over seeds.  Either preset works with either mode
@@ -20,6 +28,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from diver.errors import DiverError
+from diver.finetune.metrics import SELECTABLE
 
 HEADS = ("flatten-linear", "mlp")
 MODES = ("linear-probe", "full")
@@ -47,6 +56,10 @@ class Recipe:
     seeds: tuple[int, ...] = SEEDS
     betas: tuple[float, float] = (0.9, 0.999)
     min_lr_ratio: float = 0.01  # cosine floor, as pretraining's schedule
+    # Validation metric the kept epoch maximises; None: AUROC for two classes, else
+    # Cohen's kappa (AUROC / AUC-PR fall back to kappa for more than two classes).
+    select: str | None = None
+    centre: bool = True  # subtract the training trials' mean token before the head
 
     def __post_init__(self) -> None:
         problems = []
@@ -73,6 +86,8 @@ class Recipe:
             problems.append(f"seeds repeat: {self.seeds}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             problems.append(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.select is not None and self.select not in SELECTABLE:
+            problems.append(f"select must be one of {list(SELECTABLE)}, got {self.select!r}")
         if problems:
             raise RecipeError(f"recipe {self.name!r}: " + "; ".join(problems))
 
@@ -95,6 +110,7 @@ PRESETS: dict[str, Recipe] = {
         label_smoothing=0.1,
         grad_clip=None,
         dropout=0.0,
+        select="auroc",
     ),
     "eeg": Recipe(
         name="eeg",
@@ -107,6 +123,7 @@ PRESETS: dict[str, Recipe] = {
         label_smoothing=0.1,
         grad_clip=1.0,
         dropout=0.1,
+        select="f1_weighted",
     ),
 }
 

@@ -3,9 +3,10 @@
 One call of :func:`finetune` is one job of the DAG: (pretrained cell x task x mode).
 For every fold of the task's split and every seed of the recipe it trains
 
-* ``diver``: the pretrained encoder plus a fresh head; ``linear-probe`` freezes the
-  encoder (its tokens are computed once, in eval mode, and only the head trains),
-  ``full`` trains everything;
+* ``diver``: the pretrained encoder plus a fresh head (``diver.finetune.heads``: the
+  authors' plain-``nn.Linear`` heads on the flattened tokens, centred on the fold's
+  training trials' mean token); ``linear-probe`` freezes the encoder (its tokens are
+  computed once, in eval mode, and only the head trains), ``full`` trains everything;
 * ``scratch``: the same architecture from a fresh muP initialisation, trained fully
   with the same recipe (what pretraining buys);
 
@@ -17,9 +18,11 @@ fit in memory, so DeepSpeed would add nothing but start-up time.
 Each run: AdamW (``recipe.lr``, ``weight_decay``), the cosine schedule of pretraining
 over all steps (``diver.train.schedule``), cross-entropy with label smoothing,
 optional gradient clipping.  After every epoch the validation split is scored with
-the selection metric (AUROC for two classes, else Cohen's kappa; ties broken by the
-lower validation loss); the best epoch's weights are kept, training stops after
-``patience`` epochs without improvement, and the kept weights score the test split.
+the recipe's selection metric (``Recipe.select``: weighted F1 for the EEG recipe,
+AUROC for the iEEG recipe; ties broken by the lower validation loss); the best epoch's
+weights are kept, training stops after ``patience`` epochs without improvement, and
+the kept weights score the test split.  The Linear baseline picks its regularisation
+on the same metric.
 
 Outputs in ``out``: ``metrics.json`` (per model: every run's test metrics and the
 mean ± SEM over runs), ``predictions.csv`` (one row per test trial, model, fold and
@@ -49,7 +52,14 @@ from torch import nn
 from diver.atomic import write_csv_atomic, write_text_atomic
 from diver.data.dataset import PAD_ID, channel_subtype_id, channel_type_id
 from diver.finetune.baselines import linear_baseline, stft_features
-from diver.finetune.heads import DiverClassifier, make_head, masked_tokens
+from diver.finetune.heads import (
+    DiverClassifier,
+    centred_tokens,
+    make_head,
+    masked_tokens,
+    token_mean,
+    valid_tokens,
+)
 from diver.finetune.metrics import (
     classification_metrics,
     json_number,
@@ -60,7 +70,7 @@ from diver.finetune.metrics import (
 from diver.finetune.recipes import MODES, Recipe
 from diver.finetune.splits import Fold, make_folds
 from diver.finetune.tasks import TaskConfig, TaskError
-from diver.finetune.taskset import TaskSet, load_taskset
+from diver.finetune.taskset import SFREQ, TaskSet, load_taskset
 from diver.model.config import ModelConfig
 from diver.model.encoder import DiverEncoder
 from diver.model.load import load_checkpoint, load_encoder
@@ -184,14 +194,29 @@ class ModelInputs:
         """(channels, patches) of the layout."""
         return int(self.patches.shape[1]), int(self.patches.shape[2])
 
+    def valid(self, idx: np.ndarray | None = None) -> torch.Tensor:
+        """(T, C, N) bool: present tokens of the trials at ``idx`` (default all)."""
+        if idx is None:
+            return valid_tokens(self.channel_mask, self.patch_mask)
+        index = torch.as_tensor(idx, dtype=torch.long)
+        return valid_tokens(self.channel_mask[index], self.patch_mask[index])
+
 
 @torch.no_grad()
-def encode_all(encoder: DiverEncoder, inputs: ModelInputs, batch: int, device: str) -> torch.Tensor:
-    """Masked encoder tokens of every trial (eval mode): what a linear probe trains on."""
+def encode_all(
+    encoder: DiverEncoder,
+    inputs: ModelInputs,
+    batch: int,
+    device: str,
+    trials: np.ndarray | None = None,
+) -> torch.Tensor:
+    """Masked encoder tokens of every trial, or of those at ``trials`` (eval mode): what
+    a linear probe trains on."""
     encoder.eval()
+    order = np.arange(len(inputs.patches)) if trials is None else np.asarray(trials)
     out = []
-    for start in range(0, len(inputs.patches), batch):
-        idx = np.arange(start, min(start + batch, len(inputs.patches)))
+    for start in range(0, len(order), batch):
+        idx = order[start : start + batch]
         b = inputs.batch(idx, device)
         tokens = encoder(**b)
         out.append(masked_tokens(tokens, b["channel_mask"], b["patch_mask"]).cpu())
@@ -231,7 +256,7 @@ def fit(
 ) -> RunResult:
     """Train ``module``'s trainable parameters through ``forward(trial positions) ->
     logits`` on ``fold.train``, select on ``fold.val``, predict ``fold.test``."""
-    metric = selection_metric(n_classes)
+    metric = selection_metric(n_classes, recipe.select)
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=recipe.lr, weight_decay=recipe.weight_decay, betas=recipe.betas
@@ -340,6 +365,8 @@ def _finetune(settings: FinetuneSettings, cell: str) -> dict:
     pretrained = load_encoder(s.pretrained, device=device)
     inputs = ModelInputs.build(taskset, config.patch_samples)
     n_channels, n_patches = inputs.shape
+    seconds = n_patches * config.patch_samples / SFREQ  # sizes the mlp head
+    metric = selection_metric(n_classes, recipe.select)
     split = s.task.split
     folds = make_folds(
         taskset.units(split.by), taskset.units(split.val_unit), labels, split, source=s.task.source
@@ -353,6 +380,13 @@ def _finetune(settings: FinetuneSettings, cell: str) -> dict:
         stft = stft_features(inputs.patches.reshape(*inputs.patches.shape[:2], -1).numpy())
     if s.mode == "linear-probe":
         features = encode_all(pretrained, inputs, s.eval_batch, device)
+
+    def centre_of(encoder: DiverEncoder, fold: Fold) -> torch.Tensor | None:
+        """Mean token of the fold's training trials under ``encoder`` (None: no centring)."""
+        if not recipe.centre:
+            return None
+        tokens = encode_all(encoder, inputs, s.eval_batch, device, fold.train)
+        return token_mean(tokens, inputs.valid(fold.train)).to(device)
 
     def record(model: str, fold: Fold, seed: int | None, proba: np.ndarray, extra: dict) -> None:
         scores = classification_metrics(labels[fold.test], proba, n_classes)
@@ -380,28 +414,38 @@ def _finetune(settings: FinetuneSettings, cell: str) -> dict:
             "fold %d: %d train, %d val, %d test trials",
             fold.index, len(fold.train), len(fold.val), len(fold.test),
         )  # fmt: skip
+        # The pretrained encoder's centre is the same for every seed of the fold.
+        pretrained_centre = centre_of(pretrained, fold) if s.mode == "full" else None
+        probe_features = features
+        if features is not None and recipe.centre:
+            probe_centre = token_mean(features[fold.train], inputs.valid(fold.train))
+            probe_features = centred_tokens(
+                features, probe_centre, inputs.channel_mask, inputs.patch_mask
+            )
         for seed in recipe.seeds:
             kinds = ["diver"] + (["scratch"] if "scratch" in s.baselines else [])
             for kind in kinds:
                 torch.manual_seed(seed)
                 head = make_head(
-                    recipe.head, n_channels, n_patches, config.d_model, n_classes, recipe.dropout
-                ).to(device)
-                if kind == "diver" and features is not None:
+                    recipe.head, n_channels, n_patches, config.d_model, n_classes,
+                    recipe.dropout, seconds=seconds,
+                ).to(device)  # fmt: skip
+                if kind == "diver" and probe_features is not None:
                     module: nn.Module = head
 
                     def forward(
-                        idx: np.ndarray, _h: nn.Module = head, _x: torch.Tensor = features
+                        idx: np.ndarray, _h: nn.Module = head, _x: torch.Tensor = probe_features
                     ) -> torch.Tensor:
                         return _h(_x[torch.as_tensor(idx)].to(device))
                 else:
-                    encoder = (
-                        copy.deepcopy(pretrained)
-                        if kind == "diver"
-                        else _fresh_encoder(config, seed)
-                    ).to(device)
+                    if kind == "diver":
+                        encoder = copy.deepcopy(pretrained).to(device)
+                        centre = pretrained_centre
+                    else:
+                        encoder = _fresh_encoder(config, seed).to(device)
+                        centre = centre_of(encoder, fold)
                     torch.manual_seed(seed)
-                    module = DiverClassifier(encoder, head)
+                    module = DiverClassifier(encoder, head, centre)
 
                     def forward(idx: np.ndarray, _m: nn.Module = module) -> torch.Tensor:
                         return _m(**inputs.batch(idx, device))
@@ -423,8 +467,7 @@ def _finetune(settings: FinetuneSettings, cell: str) -> dict:
                 )  # fmt: skip
         if stft is not None:
             linear = linear_baseline(
-                stft, labels, fold.train, fold.val, fold.test, n_classes,
-                selection_metric(n_classes),
+                stft, labels, fold.train, fold.val, fold.test, n_classes, metric,
             )  # fmt: skip
             record("linear", fold, None, linear.proba,
                    {"c": linear.c, "val_score": json_number(linear.val_score)})  # fmt: skip
@@ -452,7 +495,7 @@ def _finetune(settings: FinetuneSettings, cell: str) -> dict:
         "patch": config.patch,
         "mode": s.mode,
         "recipe": recipe.to_dict(),
-        "selection_metric": selection_metric(n_classes),
+        "selection_metric": metric,
         "metrics": list(names),
         "split": asdict(split) | {"test": list(split.test)},
         "folds": [
