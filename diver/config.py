@@ -1,8 +1,9 @@
 """Study configuration: frozen dataclasses, loaded from YAML validated at the edge.
 
-The JSON schema in ``workflow/schemas/config.schema.yaml`` is the single source of
-keys, descriptions and defaults; Snakemake validates the same file with the same
-schema, so a config that passes here passes there and vice versa.  Once loaded, a
+The JSON schema in ``diver/schemas/config.schema.yaml`` (package data, so a plain
+``pip install .`` can load configs; ``workflow/schemas/`` links to it) is the single
+source of keys, descriptions and defaults; Snakemake validates the same file with the
+same schema, so a config that passes here passes there and vice versa.  Once loaded, a
 config is a tree of frozen dataclasses: code downstream never sees a raw dict.
 """
 
@@ -20,7 +21,8 @@ import yaml
 
 from diver.errors import DiverError
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+# Package data (ships with `pip install .`); workflow/schemas/ links to it for Snakemake.
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 
 class ConfigError(DiverError, ValueError):
