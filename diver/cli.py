@@ -18,10 +18,9 @@ from typing import Any
 from diver.argtypes import non_negative_int, positive_int
 from diver.config import ConfigError, DatasetConfig, StudyConfig, load_config
 from diver.errors import DiverError
+from diver.exitcodes import EXIT_ERROR, EXIT_QUARANTINED
 
 log = logging.getLogger("diver")
-
-EXIT_QUARANTINED = 3
 
 
 def _study(path: str | None) -> StudyConfig:
@@ -430,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except (DiverError, FileNotFoundError) as exc:
         print(f"diver {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

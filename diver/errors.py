@@ -7,3 +7,9 @@ else is a bug and keeps its traceback.
 
 class DiverError(Exception):
     """Bad input or configuration; the message says which and why."""
+
+
+class CheckpointError(DiverError, OSError):
+    """A model file or a training checkpoint is missing, unreadable, incomplete or not
+    what it should be; the message names the file or folder (one class for the model
+    files ``diver.model.load`` reads and the step folders ``diver.train`` resumes from)."""

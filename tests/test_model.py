@@ -198,7 +198,7 @@ def test_rotary_scores_depend_on_relative_patch_index_only() -> None:
 
 # --- 2. padding: a mixed batch equals each window alone --------------------------------
 
-# (channels, patches); N = 4 < the STCPE window 7 exercises the short-window branch.
+# (channels, patches); N = 4 < the STCPE window 7: a window shorter than one STCPE window.
 MIXED_SHAPES = [(3, 9), (5, 4), (2, 12)]
 
 

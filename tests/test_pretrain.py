@@ -31,11 +31,11 @@ import torch
 from diver.config import CorpusConfig, DatasetConfig, PretrainConfig
 from diver.corpus.build import build_corpus
 from diver.corpus.synth import write_synthetic_corpus
+from diver.exitcodes import EXIT_PREEMPTED
 from diver.model import DiverPretrainModel, ModelConfig, model_config
 from diver.model.flops import six_nd, training_flops
 from diver.model.mup_setup import attach_base_shapes, build_model, count_parameters
 from diver.train.pretrain import (
-    EXIT_PREEMPTED,
     batch_geometry,
     enable_activation_checkpointing,
     evaluate,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +26,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from diver.atomic import replacing
 
 # The metadata the index keeps per window; all are scalar columns of the shard schema
 # (``diver.corpus.shards.window_schema``), cheap to read next to the signal.
@@ -131,10 +132,8 @@ class CorpusIndex:
         """
         table = pa.Table.from_pandas(self.frame, preserve_index=False)
         metadata = {**(table.schema.metadata or {}), b"diver.corpus_dir": str(self.corpus_dir)}
-        path = Path(path)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        pq.write_table(table.replace_schema_metadata(metadata), tmp)
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            pq.write_table(table.replace_schema_metadata(metadata), tmp)
 
     @classmethod
     def load(cls, path: Path | str, corpus_dir: Path | str | None = None) -> CorpusIndex:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -31,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from diver.atomic import replacing
 from diver.config import CorpusConfig, DatasetConfig
 from diver.corpus.discovery import discover_recordings
 from diver.corpus.recording import process_recording
@@ -172,10 +172,6 @@ def embed_recordings(
     table = pa.Table.from_arrays(arrays, schema=schema)
     meta = {"pretrained": str(Path(pretrained).resolve()), "model_config": asdict(config)}
     table = table.replace_schema_metadata({b"diver.embed": json.dumps(meta).encode()})
-    tmp_out = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    try:
+    with replacing(out) as tmp_out:
         pq.write_table(table, tmp_out, compression="zstd")
-        os.replace(tmp_out, out)
-    finally:
-        tmp_out.unlink(missing_ok=True)
     return EmbedSummary(out, table.num_rows, len(sources), tuple(skipped), d)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from diver.atomic import replacing
 from diver.config import CorpusConfig, QCConfig
 from diver.corpus.channels import IEEG_TYPES, describe_channels
 from diver.corpus.discovery import RecordingSource, discover_recordings
@@ -340,13 +340,8 @@ def _write(
         FINGERPRINT_KEY: fingerprint.encode(),
     }
     table = table.replace_schema_metadata(metadata)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    try:
+    with replacing(out) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------ reading

@@ -38,6 +38,7 @@ import submitit
 
 from diver.atomic import write_text_atomic
 from diver.errors import DiverError
+from diver.exitcodes import EXIT_PREEMPTED
 from diver.launch.site import Resources, Site
 
 JOB_FILE = ".slurm_job.json"
@@ -46,7 +47,6 @@ ACTIVE = {
     "PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING",
     "SUSPENDED", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING", "RESV_DEL_HOLD",
 }
-EXIT_PREEMPTED = 75
 
 
 class LaunchError(DiverError, RuntimeError):

@@ -25,14 +25,14 @@ recordings on disk.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from diver.errors import DiverError
+from diver.atomic import replacing
+from diver.errors import CheckpointError
 from diver.model import official
 from diver.model.config import ModelConfig
 from diver.model.encoder import DiverEncoder
@@ -47,10 +47,6 @@ __all__ = [
     "pool_tokens",
     "save_model_file",
 ]
-
-
-class CheckpointError(DiverError, OSError):
-    """A model file is missing or is not a ``diver pretrain`` model; names the file."""
 
 
 def load_checkpoint(
@@ -110,14 +106,8 @@ def save_model_file(
 ) -> None:
     """Write a ``model.pt`` (the layout :func:`load_checkpoint` reads) atomically: a
     temporary name in the same folder, then a rename, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
+    with replacing(path) as tmp:
         torch.save({"state_dict": state_dict, "model_config": asdict(config), **extra}, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_pretrained(path: Path | str, *, device: torch.device | str = "cpu") -> DiverPretrainModel:

@@ -52,6 +52,7 @@ import pandas as pd
 from diver.argtypes import non_negative_int
 from diver.atomic import write_csv_atomic, write_text_atomic
 from diver.errors import DiverError
+from diver.exitcodes import EXIT_ERROR
 from diver.scaling import plots
 from diver.scaling.fit import (
     DEFAULT_BOOTSTRAP,
@@ -562,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except DiverError as exc:
         print(f"diver {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ the same folder, then ``os.replace``), so a reader never sees half a PNG.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +23,15 @@ from matplotlib import colormaps, colors
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 
+from diver.atomic import replacing
 from diver.scaling.frontier import iso_flop
 from diver.scaling.laws import LawParams
 
 
 def _save(fig: Figure, path: Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     return path
 
 

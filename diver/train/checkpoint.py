@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from diver.atomic import write_text_atomic
-from diver.errors import DiverError
+from diver.errors import CheckpointError
 from diver.train.distributed import DistEnv, barrier
 
 log = logging.getLogger(__name__)
@@ -47,10 +47,6 @@ CHECKPOINTS_DIR = "checkpoints"
 MARKER = "diver_checkpoint.json"
 MARKER_VERSION = 1
 _STEP_RE = re.compile(r"^step-(\d+)$")
-
-
-class CheckpointError(DiverError, RuntimeError):
-    """A checkpoint folder exists but cannot be resumed from; the message names it."""
 
 
 @dataclass(frozen=True)

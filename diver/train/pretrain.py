@@ -64,7 +64,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from diver.atomic import write_text_atomic
+from diver.atomic import replacing, write_text_atomic
 from diver.config import ConfigError, PretrainConfig, validate_config
 from diver.data import (
     CorpusIndex,
@@ -77,7 +77,8 @@ from diver.data import (
     take_fraction,
     take_subjects,
 )
-from diver.errors import DiverError
+from diver.errors import CheckpointError, DiverError
+from diver.exitcodes import EXIT_PREEMPTED
 from diver.model import DiverPretrainModel, ModelConfig, model_config
 from diver.model.config import MODEL_OPTIONS
 from diver.model.flops import six_nd, training_flops
@@ -96,7 +97,6 @@ from diver.train.schedule import cosine_schedule
 
 log = logging.getLogger(__name__)
 
-EXIT_PREEMPTED = 75
 """Exit status after a preemption signal was handled (checkpoint saved): BSD
 ``EX_TEMPFAIL``, "temporary failure, retry" - the launcher reruns the same command."""
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
@@ -669,10 +669,9 @@ def plot_losses(
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
+    with replacing(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------- run
@@ -902,12 +901,12 @@ class _Run:
         client = ckpt.load_checkpoint(self.engine, info, self.env)
         saved = client.get("diver")
         if not isinstance(saved, dict):
-            raise ckpt.CheckpointError(f"checkpoint {info.path} holds no diver training state")
+            raise CheckpointError(f"checkpoint {info.path} holds no diver training state")
         loader = saved["loader"]
         expected = self._loader_state()
         diff = {k: (loader.get(k), v) for k, v in expected.items() if loader.get(k) != v}
         if diff:
-            raise ckpt.CheckpointError(
+            raise CheckpointError(
                 f"checkpoint {info.path} was written with another data layout {diff} "
                 "(checkpoint value, now); resume with the same settings and world size"
             )
