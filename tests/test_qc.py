@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from diver.config import QCConfig
-from diver.corpus.qc import expected_tokens, qc_block
+from diver.corpus.qc import qc_block
+from diver.study.budget import window_tokens
 
 S = 15000
 QC = QCConfig()
@@ -92,6 +93,8 @@ def test_thresholds_come_from_config() -> None:
 
 
 def test_expected_tokens_spec_value() -> None:
-    assert expected_tokens(32) == 540
-    assert expected_tokens(64) == 540
-    assert expected_tokens(8) == pytest.approx(8 * 30 * 0.5625)
+    assert window_tokens(32) == 540
+    assert window_tokens(64) == 540
+    assert window_tokens(8) == pytest.approx(8 * 30 * 0.5625)
+    assert window_tokens(32, 300) == 540  # 0.1 s patches: cropped to 30 as well (SPEC §2)
+    assert list(window_tokens([4, 40], [30, 10])) == [4 * 30 * 0.5625, 32 * 10 * 0.5625]

@@ -77,12 +77,3 @@ def qc_block(windows_uv: np.ndarray, scale_uv: np.ndarray, qc: QCConfig) -> Bloc
         window_ok=window_ok,
         cbramod_ok=cbramod_ok,
     )
-
-
-def expected_tokens(n_channels: np.ndarray | int, n_patches: int = 30) -> np.ndarray | float:
-    """Tokens a window contributes to U_D (SPEC §1): min(C, 32) x 30 x 0.75 x 0.75.
-
-    0.75 is the mean of Beta(3, 1), the spatio-temporal resampling of SPEC §2; a
-    32-channel window gives 540 tokens.
-    """
-    return np.minimum(n_channels, 32) * n_patches * 0.75 * 0.75

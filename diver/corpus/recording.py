@@ -31,8 +31,9 @@ from diver.corpus.channels import (
 from diver.corpus.discovery import RecordingSource, extension
 from diver.corpus.nwb import RawNWB, read_raw_nwb
 from diver.corpus.preprocess import apply_chain, build_chain, padding_seconds
-from diver.corpus.qc import expected_tokens, qc_block
+from diver.corpus.qc import qc_block
 from diver.corpus.shards import ShardWriter, Window, shard_path
+from diver.study.budget import window_tokens
 
 log = logging.getLogger(__name__)
 
@@ -339,7 +340,7 @@ def _process(
                 )
                 windows_kept += 1
                 channel_hours += n_sel * hours_per_window_channel
-                tokens += float(expected_tokens(n_sel))
+                tokens += float(window_tokens(n_sel))
 
     for k, idx in enumerate(live):
         if kept_counts[k] == 0:

@@ -33,6 +33,8 @@ from typing import Literal
 
 import numpy as np
 
+from diver.study.budget import MAX_CHANNELS, MAX_PATCHES
+
 
 @dataclass(frozen=True)
 class ResampleConfig:
@@ -43,8 +45,8 @@ class ResampleConfig:
     """
 
     enabled: bool = True
-    max_channels: int = 32
-    max_patches: int = 30
+    max_channels: int = MAX_CHANNELS
+    max_patches: int = MAX_PATCHES
     alpha: float = 3.0
     beta: float = 1.0
     rounding: Literal["ceil", "round"] = "round"

@@ -82,11 +82,12 @@ from diver.model.embedding import PatchCNN
 from diver.model.mup_setup import count_parameters
 from diver.model.pretrain import DiverPretrainModel
 from diver.model.targets import TargetSpec
+from diver.study.budget import MAX_CHANNELS, MAX_PATCHES, STR_MEAN_FRACTION
 
-STR_MEAN_CHANNELS = 32 * 0.75
+STR_MEAN_CHANNELS = MAX_CHANNELS * STR_MEAN_FRACTION
 """Mean channels per window after spatio-temporal resampling (SPEC §1-§2: C' ~ 32 x
 Beta(3, 1), mean 3/4), the shape behind U_D's 540 = 24 x 22.5 tokens per window."""
-STR_MEAN_PATCHES = 30 * 0.75
+STR_MEAN_PATCHES = MAX_PATCHES * STR_MEAN_FRACTION
 """Mean patches per window after spatio-temporal resampling (30 x 3/4)."""
 
 

@@ -56,6 +56,8 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from diver.study.budget import TOKENS_PER_FULL_WINDOW
+
 Form = Literal["data-constrained", "chinchilla"]
 FORMS: tuple[Form, ...] = ("data-constrained", "chinchilla")
 
@@ -156,7 +158,7 @@ CHINCHILLA_BESIROGLU = LawParams(A=482.01, B=2085.43, E=1.8172, alpha=0.3478, be
 #: Parameter counts of the 1 s family (SPEC §2's table, heads included): Tiny..XXL.
 IEEG_1S_PARAMS: tuple[float, ...] = (13.03e6, 51.36e6, 115.00e6, 203.95e6, 812.85e6, 1.83e9)
 #: Tokens per 30 s window counted by the law (SPEC §1: 32 x 30 x 0.75 x 0.75).
-TOKENS_PER_WINDOW = 540
+TOKENS_PER_WINDOW = round(TOKENS_PER_FULL_WINDOW)
 #: The iEEG corpus as unique tokens: 5,310 h = 637,200 windows of 30 s (SPEC §1).
 IEEG_UNIQUE_TOKENS = 637_200 * TOKENS_PER_WINDOW
 

@@ -84,6 +84,7 @@ from diver.model.config import MODEL_OPTIONS
 from diver.model.flops import six_nd, training_flops
 from diver.model.load import load_checkpoint, load_weights, save_model_file
 from diver.model.mup_setup import build_model, make_optimizer
+from diver.study.budget import window_tokens
 from diver.train import checkpoint as ckpt
 from diver.train.distributed import (
     DistEnv,
@@ -101,9 +102,6 @@ log = logging.getLogger(__name__)
 ``EX_TEMPFAIL``, "temporary failure, retry" - the launcher reruns the same command."""
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
-STR_MAX_CHANNELS = 32  # SPEC §1-§2: at most 32 channels x 30 patches per window
-STR_MAX_PATCHES = 30
-STR_MEAN_FRACTION = 0.75  # mean of Beta(3, 1), SPEC §1's 0.75 x 0.75
 
 TRAIN_COLUMNS = (
     "step",
@@ -309,15 +307,10 @@ def make_splits(
 
 
 def unique_tokens(index: CorpusIndex, patch_samples: int) -> float:
-    """U_D of SPEC §1: per window ``min(C, 32) x min(N, 30) x 0.75 x 0.75``.
-
-    N is 30 for a 30 s window of 1 s patches; 0.1 s patches are cropped to 30 of their
-    300 as well (SPEC §2, N' <= 30), so the count is the same for both variants.
-    """
+    """U_D of SPEC §1 over the index's windows (:mod:`diver.study.budget`)."""
     frame = index.frame
-    channels = np.minimum(frame["n_channels"].to_numpy(), STR_MAX_CHANNELS)
-    patches = np.minimum(frame["n_samples"].to_numpy() // patch_samples, STR_MAX_PATCHES)
-    return float(np.sum(channels * patches) * STR_MEAN_FRACTION**2)
+    patches = frame["n_samples"].to_numpy() // patch_samples
+    return float(np.sum(window_tokens(frame["n_channels"].to_numpy(), patches)))
 
 
 def micro_batches_per_epoch(n_windows: int, world_size: int, workers: int, micro: int) -> int:
