@@ -65,7 +65,7 @@ def test_every_layout_gives_the_same_weights(parity_data: Path, tmp_path: Path) 
     _, reference, extra = load_checkpoint(parity_data / f"{SMALL}.ckpt.pt")
     assert extra == {"source": "authors"}
     layouts = {
-        "deepspeed": {"module": state, "optimizer": None},
+        "deepspeed": {"module": {**state, "note": None}, "optimizer": None, "ds_version": "0"},
         "bare": state,
         "state_dict": {"state_dict": state},
         "dataparallel": {"model_state_dict": {f"module.{k}": v for k, v in state.items()}},

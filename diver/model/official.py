@@ -149,11 +149,13 @@ def unwrap(payload: object) -> dict[str, torch.Tensor] | None:
             if isinstance(payload.get(key), Mapping):
                 state = payload[key]
                 break
-    if not isinstance(state, Mapping) or not state:
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
         return None
-    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    # Non-tensor entries carry no weights (a released file's "module" may hold some;
+    # braindecode's converter drops them the same way).
+    state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not state:
         return None
-    state = dict(state)
     for prefix in ("module.", "backbone."):
         if all(k.startswith(prefix) for k in state):
             state = {k.removeprefix(prefix): v for k, v in state.items()}
