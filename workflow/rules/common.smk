@@ -136,3 +136,61 @@ def light_resources():
 
 def all_targets():
     return [parent_run_file(), *corpus_targets(), *pretrain_targets()]
+
+
+# --- fine-tuning (SPEC §5; its rules are in finetune.smk) -------------------------------
+
+FINETUNE = config["finetune"]
+
+
+def _task_file(path):
+    """A task file as given, or relative to the repository (config/tasks/...)."""
+    path = Path(path)
+    if not path.is_absolute() and not path.exists():
+        path = Path(workflow.basedir) / path
+    return str(path.resolve())
+
+
+TASK_FILES = {load_task(_task_file(p)).name: _task_file(p) for p in FINETUNE["tasks"]}
+FINETUNE_CELLS = finetune_cells(STUDY) if TASK_FILES else []
+
+
+def synth_task_targets():
+    return [results("synth_task", "manifest.json")] if FINETUNE["synth_task"] else []
+
+
+def finetune_targets():
+    """Every fine-tuning job's metrics.json (the report reads them)."""
+    return [
+        results("finetune", task, mode, cell.key, "metrics.json")
+        for task in sorted(TASK_FILES)
+        for mode in FINETUNE["modes"]
+        for cell in FINETUNE_CELLS
+    ]
+
+
+def finetune_flags(wildcards, threads):
+    # Torch's default thread count oversubscribes a shared CPU (100x slower steps seen);
+    # a local job uses its rule's threads, a SLURM job the CPUs SLURM gave it.
+    flags = ["--threads", str(threads)] if config["launcher"]["backend"] == "local" else []
+    if FINETUNE["seeds"] is not None:
+        flags += ["--seeds", *map(str, FINETUNE["seeds"])]
+    if FINETUNE["epochs"] is not None:
+        flags += ["--epochs", str(FINETUNE["epochs"])]
+    return shlex.join(flags)
+
+
+# --- scaling laws (SPEC §4; its rules are in scaling.smk) -------------------------------
+
+
+def scaling_groups():
+    """(family, patch) of every fit: the paper fits one law per family and patch (Table 8)."""
+    return sorted({(cell.family, cell.patch) for cell in grid_cells(STUDY)})
+
+
+def scaling_fit_targets():
+    return [results("scaling", family, patch, "fit.json") for family, patch in scaling_groups()]
+
+
+def scaling_fit_dir(wildcards):
+    return results("scaling", wildcards.family, wildcards.patch)

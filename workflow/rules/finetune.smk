@@ -3,46 +3,6 @@
 # job, run through `diver launch` like pretraining (here, or a submitit SLURM job),
 # reporting the linear STFT and from-scratch baselines beside the pretrained model.
 
-FINETUNE = config["finetune"]
-
-
-def _task_file(path):
-    """A task file as given, or relative to the repository (config/tasks/...)."""
-    path = Path(path)
-    if not path.is_absolute() and not path.exists():
-        path = Path(workflow.basedir) / path
-    return str(path.resolve())
-
-
-TASK_FILES = {load_task(_task_file(p)).name: _task_file(p) for p in FINETUNE["tasks"]}
-FINETUNE_CELLS = finetune_cells(STUDY) if TASK_FILES else []
-
-
-def synth_task_targets():
-    return [results("synth_task", "manifest.json")] if FINETUNE["synth_task"] else []
-
-
-def finetune_targets():
-    """Every fine-tuning job's metrics.json (the report reads them)."""
-    return [
-        results("finetune", task, mode, cell.key, "metrics.json")
-        for task in sorted(TASK_FILES)
-        for mode in FINETUNE["modes"]
-        for cell in FINETUNE_CELLS
-    ]
-
-
-def finetune_flags(wildcards, threads):
-    # Torch's default thread count oversubscribes a shared CPU (100x slower steps seen);
-    # a local job uses its rule's threads, a SLURM job the CPUs SLURM gave it.
-    flags = ["--threads", str(threads)] if config["launcher"]["backend"] == "local" else []
-    if FINETUNE["seeds"] is not None:
-        flags += ["--seeds", *map(str, FINETUNE["seeds"])]
-    if FINETUNE["epochs"] is not None:
-        flags += ["--epochs", str(FINETUNE["epochs"])]
-    return shlex.join(flags)
-
-
 if TASK_FILES:
 
     wildcard_constraints:

@@ -4,14 +4,6 @@
 # the final target of the DAG; also stored in an MLflow child run.
 
 
-def report_finetune_inputs(wildcards):
-    """Fine-tuning metrics.json files shown in the report: `finetune_targets()` of the
-    fine-tuning rules when the DAG has them (looked up when the DAG is built, so the
-    include order does not matter), else none ("no fine-tuning configured")."""
-    targets = globals().get("finetune_targets")
-    return list(targets()) if targets is not None else []
-
-
 rule report:
     input:
         parent=parent_run_file(),
@@ -20,7 +12,7 @@ rule report:
         channels=results("corpus", "channels.csv"),
         runs=results("scaling", "runs.csv"),
         fits=scaling_fit_targets(),
-        finetune=report_finetune_inputs,
+        finetune=finetune_targets(),
     output:
         results("report", "index.html"),
     params:

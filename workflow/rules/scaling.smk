@@ -6,19 +6,6 @@
 # figures to an MLflow child run of the study's parent.
 
 
-def scaling_groups():
-    """(family, patch) of every fit: the paper fits one law per family and patch (Table 8)."""
-    return sorted({(cell.family, cell.patch) for cell in grid_cells(STUDY)})
-
-
-def scaling_fit_targets():
-    return [results("scaling", family, patch, "fit.json") for family, patch in scaling_groups()]
-
-
-def scaling_fit_dir(wildcards):
-    return results("scaling", wildcards.family, wildcards.patch)
-
-
 rule scaling_collect:
     input:
         metrics=pretrain_targets(),
