@@ -378,11 +378,14 @@ def _finetune(settings: FinetuneSettings, cell: str) -> dict:
     features = stft = None
     if "linear" in s.baselines:
         stft = stft_features(inputs.patches.reshape(*inputs.patches.shape[:2], -1).numpy())
-    if s.mode == "linear-probe":
+    if s.mode == "linear-probe" or recipe.centre:
+        # The pretrained encoder's tokens of every trial, once: what a linear probe
+        # trains on, and where every fold's centre for the pretrained model comes from.
         features = encode_all(pretrained, inputs, s.eval_batch, device)
 
     def centre_of(encoder: DiverEncoder, fold: Fold) -> torch.Tensor | None:
-        """Mean token of the fold's training trials under ``encoder`` (None: no centring)."""
+        """Mean token of the fold's training trials under a fresh ``encoder`` (None: no
+        centring)."""
         if not recipe.centre:
             return None
         tokens = encode_all(encoder, inputs, s.eval_batch, device, fold.train)
@@ -415,13 +418,16 @@ def _finetune(settings: FinetuneSettings, cell: str) -> dict:
             fold.index, len(fold.train), len(fold.val), len(fold.test),
         )  # fmt: skip
         # The pretrained encoder's centre is the same for every seed of the fold.
-        pretrained_centre = centre_of(pretrained, fold) if s.mode == "full" else None
-        probe_features = features
-        if features is not None and recipe.centre:
-            probe_centre = token_mean(features[fold.train], inputs.valid(fold.train))
-            probe_features = centred_tokens(
-                features, probe_centre, inputs.channel_mask, inputs.patch_mask
-            )
+        pretrained_centre = probe_features = None
+        if recipe.centre:
+            assert features is not None
+            pretrained_centre = token_mean(features[fold.train], inputs.valid(fold.train))
+        if s.mode == "linear-probe":
+            probe_features = features
+            if pretrained_centre is not None:
+                probe_features = centred_tokens(
+                    features, pretrained_centre, inputs.channel_mask, inputs.patch_mask
+                )
         for seed in recipe.seeds:
             kinds = ["diver"] + (["scratch"] if "scratch" in s.baselines else [])
             for kind in kinds:
@@ -440,7 +446,7 @@ def _finetune(settings: FinetuneSettings, cell: str) -> dict:
                 else:
                     if kind == "diver":
                         encoder = copy.deepcopy(pretrained).to(device)
-                        centre = pretrained_centre
+                        centre = None if pretrained_centre is None else pretrained_centre.to(device)
                     else:
                         encoder = _fresh_encoder(config, seed).to(device)
                         centre = centre_of(encoder, fold)

@@ -28,8 +28,9 @@ def _group_norm_over_tokens(
 ) -> torch.Tensor:
     """GroupNorm of CNN features ``x`` (B, h, T, L) with statistics pooled over each
     sample's T tokens (the code's layout: a sample's C x N patches are one image),
-    counting only ``valid`` (B, T) tokens, so padding never shifts a real token."""
-    if valid is None or bool(valid.all()):
+    counting only ``valid`` (B, T) tokens (None: every token), so padding never shifts
+    a real token."""
+    if valid is None:
         return norm(x)
     b, h, t, length = x.shape
     g = norm.num_groups
@@ -73,7 +74,9 @@ class PatchCNN(nn.Module):
         """``patches`` (B, C, N, P), ``valid`` (B, C, N) bool or None -> (B, C, N, d)."""
         b, c, n, _ = patches.shape
         x = F.pad(patches.reshape(b, 1, c * n, -1), (self.pad, self.pad))
-        flat_valid = None if valid is None else valid.reshape(b, c * n)
+        # A batch without padding takes torch's GroupNorm (decided once per forward: the
+        # check synchronises with the device).
+        flat_valid = None if valid is None or bool(valid.all()) else valid.reshape(b, c * n)
         for conv, norm in zip(self.convs, self.norms, strict=True):
             x = F.gelu(_group_norm_over_tokens(conv(x), norm, flat_valid))
         # (B, h, C N, L) -> (B, C, N, h L): channel-major, as the code flattens
