@@ -79,6 +79,12 @@ def test_model_section_defaults_to_the_authors_code_and_reaches_each_cell() -> N
 
     study = config_from_dict({})
     assert set(study.model) == set(MODEL_OPTIONS)
+    # the schema's choices are the model's (defaults: the code's, listed first)
+    schema = load_schema()["properties"]["model"]["properties"]
+    assert {k: tuple(v["enum"]) for k, v in schema.items()} == MODEL_OPTIONS
+    assert {k: v["default"] for k, v in schema.items()} == {
+        k: allowed[0] for k, allowed in MODEL_OPTIONS.items()
+    }
     code = ModelConfig(d_model=64)
     assert study.model == {k: asdict(code)[k] for k in MODEL_OPTIONS}
 

@@ -13,9 +13,16 @@ from dataclasses import dataclass, replace
 
 PATCH_SAMPLES = {"1s": 500, "0.1s": 50}  # at 500 Hz (SPEC §2)
 
-MODEL_OPTIONS = ("spectral_input", "spectral_norm", "stcpe_fold", "stft_set", "target_spectrum")
+MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
+    "spectral_input": ("token", "patch"),
+    "spectral_norm": ("forward", "ortho"),
+    "stcpe_fold": ("mean", "sum"),
+    "stft_set": ("code", "paper"),
+    "target_spectrum": ("real-part", "magnitude"),
+}
 """The :class:`ModelConfig` fields where the paper's prose and the authors' code differ
-(SPEC §2): a study's ``model`` section sets them for every cell (README table)."""
+(SPEC §2), with their allowed values: a study's ``model`` section sets them for every
+cell (README table)."""
 
 NORM_EPS = 1e-5
 """RMSNorm (and QK-norm) epsilon of the authors' code everywhere (SPEC §2); torch's
@@ -38,7 +45,7 @@ class ModelConfig:
     spectral_dropout: float = 0.1
     stcpe_window: int = 7
     # Where the paper's prose and the authors' code differ (SPEC §2), the code is the
-    # default and the prose an option; README "The authors' code and the paper" lists them.
+    # default and the prose an option (MODEL_OPTIONS; the README's model section lists them).
     stcpe_fold: str = "mean"  # code: overlapping windows summed / w; paper Eq. 3: "sum"
     spectral_input: str = "token"  # code: FFT of the CNN token; paper prose: "patch"
     spectral_norm: str = "forward"  # code: rFFT / n; "ortho": rFFT / sqrt(n) (width-stable)
@@ -57,14 +64,7 @@ class ModelConfig:
             raise ValueError(
                 f"d_model={self.d_model} must be a multiple of head_dim={self.head_dim} and of 16"
             )
-        choices = {
-            "stcpe_fold": ("mean", "sum"),
-            "spectral_input": ("token", "patch"),
-            "spectral_norm": ("forward", "ortho"),
-            "stft_set": ("code", "paper"),
-            "target_spectrum": ("real-part", "magnitude"),
-        }
-        for name, allowed in choices.items():
+        for name, allowed in MODEL_OPTIONS.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(
                     f"{name} must be one of {', '.join(map(repr, allowed))}, "

@@ -186,7 +186,9 @@ class PretrainSettings:
             raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
         unknown = set(self.model_options) - set(MODEL_OPTIONS)
         if unknown:
-            raise ConfigError(f"unknown model options {sorted(unknown)}; known: {MODEL_OPTIONS}")
+            raise ConfigError(
+                f"unknown model options {sorted(unknown)}; known: {sorted(MODEL_OPTIONS)}"
+            )
         if self.subjects is not None and self.subjects < 1:
             raise ConfigError(f"--subjects must be at least 1, got {self.subjects}")
 
