@@ -14,7 +14,7 @@ their checkpoint layouts and turns them into a diver state dict:
   :data:`BRAINDECODE_NAMES`); such files hold no pretraining heads, so diver initialises
   those (seeded) and says so.
 
-Anything else is refused with a :class:`~diver.model.load.CheckpointError` that names
+Anything else is refused with a :class:`~diver.errors.CheckpointError` that names
 the file and the missing or unexpected keys.
 
 :func:`official_inputs` turns their ``data_info_list`` style of input (per sample a
@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from diver.errors import CheckpointError
 from diver.model.config import PATCH_SAMPLES, ModelConfig
 from diver.model.embedding import SUBTYPE_FIRST, TYPE_ECOG, TYPE_EEG, TYPE_SEEG
 
@@ -308,7 +309,5 @@ def _subtype(name: object) -> str | None:
     return next((kind for kind, names in _SUBTYPE_NAMES.items() if name in names), None)
 
 
-def _error(path: Path | str, problem: str) -> Exception:
-    from diver.model.load import CheckpointError
-
+def _error(path: Path | str, problem: str) -> CheckpointError:
     return CheckpointError(f"model file {path} {problem}")
