@@ -135,7 +135,7 @@ class FamilyConfig:
 
 @dataclass(frozen=True)
 class GridBlock:
-    """One block of the grid: the product of its value lists (see ``diver.grid``)."""
+    """One block of the grid: the product of its value lists (see ``diver.study.cells``)."""
 
     family: tuple[str, ...]
     size: tuple[str, ...]

@@ -74,6 +74,7 @@ from diver.finetune.taskset import SFREQ, TaskSet, load_taskset
 from diver.model.config import ModelConfig
 from diver.model.encoder import DiverEncoder
 from diver.model.load import load_checkpoint, load_encoder
+from diver.study.cells import cell_of_model
 from diver.train.schedule import cosine_schedule
 
 log = logging.getLogger(__name__)
@@ -111,27 +112,6 @@ class TrackingTarget:
 
     uri: str
     parent_run_id: str
-
-
-def pretrained_cell(model_path: Path) -> str:
-    """The grid cell a ``model.pt`` was pretrained as (``diver.grid.Cell.key``, e.g.
-    ``mixed/1s/debug/f1.0_e2``), read from the run's metrics.json; the run folder's
-    name when there is none."""
-    from diver.grid import Cell
-
-    metrics = Path(model_path).with_name("metrics.json")
-    try:
-        m = json.loads(metrics.read_text())
-        return Cell(
-            family=m["family"],
-            patch=m["patch"],
-            size=m["size"],
-            fraction=float(m["data_fraction"]),
-            epochs=int(m["epochs"]),
-            subjects=m.get("subjects"),
-        ).key
-    except (OSError, ValueError, KeyError, TypeError):
-        return Path(model_path).resolve().parent.name
 
 
 # ------------------------------------------------------------------------ inputs
@@ -326,7 +306,7 @@ def _fresh_encoder(config: ModelConfig, seed: int) -> DiverEncoder:
 def finetune(settings: FinetuneSettings, tracking: TrackingTarget | None = None) -> dict:
     """Run the job described by ``settings`` (see the module docstring); return metrics."""
     context: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    cell = settings.cell or pretrained_cell(settings.pretrained)
+    cell = settings.cell or cell_of_model(settings.pretrained)
     if tracking is not None:
         from diver.tracking import child_run
 

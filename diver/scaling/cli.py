@@ -228,7 +228,7 @@ def _read_epochs_of_grid(config: str | None) -> ReadEpochs | None:
     if not config:
         return None
     from diver.config import load_config
-    from diver.grid import grid_cells
+    from diver.study.cells import grid_cells
 
     table = {
         (c.family, c.patch, c.size, float(c.fraction), c.subjects, int(c.epochs)): c.read_epochs

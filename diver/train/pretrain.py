@@ -85,6 +85,7 @@ from diver.model.flops import six_nd, training_flops
 from diver.model.load import load_checkpoint, load_weights, save_model_file
 from diver.model.mup_setup import build_model, make_optimizer
 from diver.study.budget import window_tokens
+from diver.study.cells import cell_key
 from diver.train import checkpoint as ckpt
 from diver.train.distributed import (
     DistEnv,
@@ -194,11 +195,10 @@ class PretrainSettings:
 
     @property
     def cell(self) -> str:
-        """The grid cell's key, as ``diver.grid.Cell.key`` spells it: ``mixed/1s/debug/f0.5_e2``."""
-        data = f"f{float(self.data_fraction)!r}"
-        if self.subjects is not None:
-            data = f"s{self.subjects}_{data}"
-        return f"{self.family}/{self.patch}/{self.size}/{data}_e{self.epochs}"
+        """The grid cell's key (``diver.study.cells.cell_key``): ``mixed/1s/debug/f0.5_e2``."""
+        return cell_key(
+            self.family, self.patch, self.size, self.data_fraction, self.epochs, self.subjects
+        )
 
     def identity(self) -> dict[str, Any]:
         """What must match for a rerun to be a no-op or a resume."""

@@ -10,7 +10,7 @@ import yaml
 
 from diver.config import config_from_dict
 from diver.finetune.tasks import load_task
-from diver.grid import find_cell, finetune_cells, grid_cells
+from diver.study.cells import find_cell, finetune_cells, grid_cells
 from diver.launch.site import load_site
 
 RESULTS = Path(config["results_dir"])
@@ -86,7 +86,7 @@ def _alternatives(values):
     return "|".join(re.escape(str(v)) for v in sorted(set(map(str, values))))
 
 
-# The pretraining grid (SPEC §3) and where each cell's run lives: diver.grid names them.
+# The pretraining grid (SPEC §3) and where each cell's run lives: diver.study.cells names them.
 CELLS = grid_cells(STUDY)
 CELL_WILDCARDS = {
     name: _alternatives(c.wildcards()[name] for c in CELLS)

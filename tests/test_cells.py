@@ -8,7 +8,7 @@ import pytest
 
 from diver.cli import build_parser, pretrain_settings
 from diver.config import config_from_dict, load_config
-from diver.grid import Cell, find_cell, grid_cells
+from diver.study.cells import Cell, find_cell, grid_cells
 from tests.conftest import REPO_ROOT
 
 
@@ -73,7 +73,7 @@ def test_unknown_family_flag_names_the_families(tmp_path) -> None:
 
 def test_finetune_cells_must_be_grid_cells() -> None:
     from diver.config import ConfigError
-    from diver.grid import finetune_cells
+    from diver.study.cells import finetune_cells
 
     study = load_config(REPO_ROOT / "config" / "config.yaml")
     assert [c.key for c in finetune_cells(study)] == ["mixed/1s/debug-4x/f1.0_e2"]

@@ -15,10 +15,24 @@ folder is spelled in one place::
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from diver.config import GridBlock, StudyConfig
+
+
+def data_label(fraction: float, subjects: int | None = None) -> str:
+    """The data part of a cell's folder name: ``f0.5``, or ``s4_f1.0`` in a subject sweep."""
+    label = f"f{float(fraction)!r}"
+    return label if subjects is None else f"s{subjects}_{label}"
+
+
+def cell_key(
+    family: str, patch: str, size: str, fraction: float, epochs: int, subjects: int | None = None
+) -> str:
+    """``family/patch/size/data_eE``: a cell's folder under ``pretrain/`` (its one spelling)."""
+    return f"{family}/{patch}/{size}/{data_label(fraction, subjects)}_e{epochs}"
 
 
 @dataclass(frozen=True, order=True)
@@ -36,13 +50,14 @@ class Cell:
     @property
     def data(self) -> str:
         """The data part of the folder name (``f0.5`` or ``s4_f1.0``)."""
-        fraction = f"f{self.fraction!r}"
-        return fraction if self.subjects is None else f"s{self.subjects}_{fraction}"
+        return data_label(self.fraction, self.subjects)
 
     @property
     def key(self) -> str:
         """``family/patch/size/data_eE``: the cell's folder under ``pretrain/``."""
-        return f"{self.family}/{self.patch}/{self.size}/{self.data}_e{self.epochs}"
+        return cell_key(
+            self.family, self.patch, self.size, self.fraction, self.epochs, self.subjects
+        )
 
     def folder(self, results_dir: str | Path) -> Path:
         return Path(results_dir) / "pretrain" / self.key
@@ -123,3 +138,18 @@ def finetune_cells(study: StudyConfig) -> list[Cell]:
             f"{cells[0].key!r}"
         )
     return [by_key[key] for key in wanted]
+
+
+def cell_of_model(model_path: str | Path) -> str:
+    """The grid cell a ``model.pt`` was pretrained as (e.g. ``mixed/1s/debug/f1.0_e2``),
+    read back from the run's ``metrics.json``; the run folder's name when there is none
+    (an imported or hand-made model)."""
+    metrics = Path(model_path).with_name("metrics.json")
+    try:
+        m = json.loads(metrics.read_text())
+        return cell_key(
+            m["family"], m["patch"], m["size"], float(m["data_fraction"]), int(m["epochs"]),
+            m.get("subjects"),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return Path(model_path).resolve().parent.name
