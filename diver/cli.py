@@ -183,7 +183,7 @@ def cmd_model_params(args: argparse.Namespace) -> int:
 
 
 def cmd_model_import(args: argparse.Namespace) -> int:
-    from diver.model.official import import_checkpoint
+    from diver.model.load import import_checkpoint
 
     config = import_checkpoint(args.source, args.out)
     print(

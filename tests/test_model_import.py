@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from diver.model import CheckpointError, load_pretrained
-from diver.model.load import load_checkpoint
-from diver.model.official import import_checkpoint, official_inputs
+from diver.model.load import import_checkpoint, load_checkpoint
+from diver.model.official import official_inputs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -169,3 +169,17 @@ def pool_tokens(
     valid = (channel_mask[:, :, None] & patch_mask[:, None, :]).to(tokens.dtype)
     total = (tokens * valid[..., None]).sum(dim=(1, 2))
     return total / valid.sum(dim=(1, 2)).clamp(min=1)[:, None]
+
+
+def import_checkpoint(source: Path | str, out: Path | str) -> ModelConfig:
+    """``diver model import``: one of the authors' checkpoints (or a diver ``model.pt``)
+    -> a diver ``model.pt`` at ``out``, after checking that it loads.  Nothing is
+    written when it does not."""
+    config, state, extra = load_checkpoint(source)
+    with torch.device("meta"):
+        model = DiverPretrainModel(config)
+    load_weights(model, state, source, check_only=True)  # names and shapes
+    save_model_file(
+        out, config, state, step=int(extra.get("step", 0)), imported_from=str(Path(source))
+    )
+    return config

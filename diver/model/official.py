@@ -235,23 +235,6 @@ def to_diver_state_dict(
     return out
 
 
-def import_checkpoint(source: Path | str, out: Path | str) -> ModelConfig:
-    """``diver model import``: one of the authors' checkpoints (or a diver ``model.pt``)
-    -> a diver ``model.pt`` at ``out``, after checking that it loads.  Nothing is
-    written when it does not."""
-    from diver.model.load import load_checkpoint, load_weights, save_model_file
-    from diver.model.pretrain import DiverPretrainModel
-
-    config, state, extra = load_checkpoint(source)
-    with torch.device("meta"):
-        model = DiverPretrainModel(config)
-    load_weights(model, state, source, check_only=True)  # names and shapes
-    save_model_file(
-        out, config, state, step=int(extra.get("step", 0)), imported_from=str(Path(source))
-    )
-    return config
-
-
 def official_inputs(
     x: torch.Tensor,
     coords: torch.Tensor,
