@@ -29,8 +29,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +63,7 @@ class DiverTask(submitit.helpers.Checkpointable):
 
     def __call__(self, argv: Sequence[str]) -> int:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        from diver.cli import main
-
-        code = main(list(argv))
+        code = diver_command()(list(argv))
         if code == EXIT_PREEMPTED:
             # SIGTERM from SLURM (scontrol requeue, preemption): the checkpoint is written
             # and SLURM puts the job back in the queue; this incarnation did not finish.
@@ -72,6 +71,22 @@ class DiverTask(submitit.helpers.Checkpointable):
         if code != 0:
             raise LaunchError(f"`diver {shlex.join(argv)}` exited with status {code}")
         return code
+
+
+def diver_command() -> Callable[[list[str]], int]:
+    """The installed ``diver`` console script's function, which a task runs in-process.
+
+    Looked up by its published entry point rather than imported, so that launching sits
+    below the commands it launches (``diver.cli`` imports this package, not the reverse)
+    and a job runs exactly what ``diver ...`` would run on the node's shell.
+    """
+    found = entry_points(group="console_scripts", name="diver")
+    if not found:
+        raise LaunchError(
+            "the `diver` command is not installed in this environment (pip install the "
+            "project), so a job has nothing to run"
+        )
+    return next(iter(found)).load()
 
 
 @dataclass(frozen=True)
