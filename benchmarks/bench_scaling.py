@@ -9,7 +9,7 @@ Timed, each on its own:
 - ``cold fit``: :func:`diver.scaling.fit.fit_point` - the screen of the 216,000-point
   initialisation grid, batched L-BFGS from the 33 selected starts, scipy L-BFGS-B
   finishing the best three;
-- ``bootstrap``: :func:`diver.scaling.fit.refit_weighted` on 4,000 resamples, each a
+- ``bootstrap``: :func:`diver.scaling.bootstrap.refit_weighted` on 4,000 resamples, each a
   single L-BFGS warm-started at the full-sample optimum (the batched solver, split
   over ``--jobs`` processes);
 - ``scipy sample``: the same refits one at a time through ``scipy.optimize.minimize``
@@ -33,16 +33,16 @@ import time
 
 import numpy as np
 
-from diver.scaling.fit import (
+from diver.scaling.bootstrap import (
     bootstrap_weights,
-    fit_point,
-    lbfgs,
-    make_runs,
     natural,
     percentile_intervals,
     refit_weighted,
 )
+from diver.scaling.fit import fit_point
 from diver.scaling.laws import DIVER1_IEEG_1S, PARAM_NAMES, design_grid, simulate_runs
+from diver.scaling.observations import make_runs
+from diver.scaling.optimise import lbfgs
 
 BUDGET_S = 60.0
 

@@ -21,16 +21,8 @@ import pandas as pd
 import pytest
 
 from diver.scaling import cli as scaling_cli
-from diver.scaling.fit import (
-    ScalingFitError,
-    batched_lbfgs,
-    bootstrap_weights,
-    fit_law,
-    fit_point,
-    lbfgs,
-    make_runs,
-    objective,
-)
+from diver.scaling.bootstrap import bootstrap_weights
+from diver.scaling.fit import fit_law, fit_point
 from diver.scaling.frontier import (
     compute_optimal_rows,
     constrained_optimum,
@@ -54,6 +46,8 @@ from diver.scaling.laws import (
     predict,
     simulate_runs,
 )
+from diver.scaling.observations import ScalingFitError, make_runs
+from diver.scaling.optimise import batched_lbfgs, lbfgs, objective
 
 TRUE = DIVER1_IEEG_1S
 

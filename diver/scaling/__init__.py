@@ -5,13 +5,16 @@ numpy/scipy only (pandas and matplotlib for files and figures); never imports th
 model or training code - the fit sees runs as ``(N, D, U_D, loss)`` numbers.
 
 - :mod:`diver.scaling.laws`: the laws, ``N_opt(U_D)``, compute-optimal allocation;
-- :mod:`diver.scaling.fit`: Huber/L-BFGS fit, bootstrap, R^2, leave-one-out;
+- :mod:`diver.scaling.observations`: the runs as the fit sees them (:class:`Runs`);
+- :mod:`diver.scaling.optimise`: the summed Huber objective, scipy and batched L-BFGS;
+- :mod:`diver.scaling.fit`: the approach-3 point fit over a grid of starts, R^2;
+- :mod:`diver.scaling.bootstrap`: bootstrap intervals and leave-one-out refits;
 - :mod:`diver.scaling.frontier`: frontier table, iso-FLOP / iso-loss curves, plans;
 - :mod:`diver.scaling.plots`: figures;
 - :mod:`diver.scaling.cli`: ``diver scaling fit`` / ``plan`` (``register(subparsers)``).
 """
 
-from diver.scaling.fit import FitResult, Runs, ScalingFitError, fit_law, make_runs
+from diver.scaling.fit import FitResult, fit_law
 from diver.scaling.frontier import constrained_optimum, frontier_table, iso_flop, iso_loss, plan
 from diver.scaling.laws import (
     CHINCHILLA,
@@ -22,6 +25,7 @@ from diver.scaling.laws import (
     n_opt_for_unique_tokens,
     predict,
 )
+from diver.scaling.observations import Runs, ScalingFitError, make_runs
 
 __all__ = [
     "CHINCHILLA",

@@ -54,16 +54,12 @@ from diver.atomic import write_csv_atomic, write_text_atomic
 from diver.errors import DiverError
 from diver.exitcodes import EXIT_ERROR
 from diver.scaling import plots
-from diver.scaling.fit import (
-    DEFAULT_BOOTSTRAP,
-    REQUIRED_COLUMNS,
-    ScalingFitError,
-    bounds,
-    fit_law,
-    make_runs,
-)
+from diver.scaling.bootstrap import DEFAULT_BOOTSTRAP
+from diver.scaling.fit import fit_law
 from diver.scaling.frontier import flop_range, frontier_table, plan
 from diver.scaling.laws import FORMS, PARAM_NAMES, LawParams, predict
+from diver.scaling.observations import REQUIRED_COLUMNS, ScalingFitError, make_runs
+from diver.scaling.optimise import bounds
 from diver.scaling.runs import (
     ReadEpochs,
     choose_form,
@@ -218,7 +214,7 @@ def _tracking(args: argparse.Namespace) -> tuple[str, str] | None:
     """``(tracking URI, parent run id)`` when ``--parent-run`` is given, checked up front."""
     if not args.parent_run:
         return None
-    from diver.tracking import read_run_id
+    from diver.tracking.runid import read_run_id
 
     return _tracking_uri(args), read_run_id(Path(args.parent_run))
 
@@ -317,7 +313,7 @@ def _publish(
     if tracking is None:
         write_text_atomic(out / FIT_JSON, text)
         return
-    from diver.tracking import child_run
+    from diver.tracking.runs import child_run
 
     uri, parent = tracking
     label = _label(summary.get("selection") or {})
