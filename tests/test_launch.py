@@ -29,10 +29,13 @@ def test_shipped_site_file_loads_with_per_size_resources() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("partiton: gpu\n", "unknown keys ['partiton']"),
+        ("partiton: gpu\n", "(top level): unknown keys ['partiton']; known: ["),
         ("sizes:\n  tiny: {gpus: 2}\n", "sizes.tiny: unknown keys ['gpus']"),
-        ("sizes:\n  tiny: {nodes: 0}\n", "sizes.tiny.nodes must be a positive integer"),
-        ("flops_per_gpu: fast\n", "flops_per_gpu must be a positive number"),
+        ("sizes:\n  tiny: {nodes: 0}\n", "sizes.tiny.nodes: 0 is less than the minimum of 1"),
+        ("sizes:\n  smal: {nodes: 1}\n", "sizes: 'smal' is not one of ['debug'"),
+        ("default: {mem_gb: 0}\n", "default.mem_gb: 0 is less than or equal to the minimum"),
+        ("flops_per_gpu: fast\n", "flops_per_gpu: 'fast' is not of type 'number'"),
+        ("time_margin: -1.0e3\n", "time_margin: -1000.0 is less than or equal to the minimum"),
         ("- a\n", "top level must be a mapping"),
     ],
 )

@@ -54,6 +54,9 @@ def test_installed_package_ships_its_schema_and_loads_configs(
 ) -> None:
     schema = installed / "diver" / "schemas" / "config.schema.yaml"
     assert schema.is_file() and not schema.is_symlink()
+    shipped = {p.name for p in (REPO_ROOT / "diver" / "schemas").glob("*.schema.yaml")}
+    assert shipped >= {"config.schema.yaml", "task.schema.yaml", "site.schema.yaml"}
+    assert {p.name for p in schema.parent.glob("*.schema.yaml")} == shipped
     where = subprocess.run(
         [sys.executable, "-c", "import diver.config as c; print(c.__file__, c.SCHEMA_PATH)"],
         capture_output=True, text=True, check=True, cwd=tmp_path, env=_env(installed),
@@ -66,6 +69,21 @@ def test_installed_package_ships_its_schema_and_loads_configs(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "results_dir" in proc.stdout
+    # The task and site schemas $ref the installed config schema: a task file and the
+    # site file load with its dataset keys and size names.
+    check = (
+        "from diver.finetune.tasks import load_task; from diver.launch.site import load_site;"
+        f"t = load_task({str(REPO_ROOT / 'config' / 'tasks' / 'synth_ieeg_oscillation.yaml')!r});"
+        f"s = load_site({str(REPO_ROOT / 'cluster_profiles' / 'slurm' / 'site.yaml')!r});"
+        "import diver.schemas as d; print(d.__file__, t.preprocessing.line_freq, sorted(s.sizes))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", check],
+        capture_output=True, text=True, check=False, cwd=tmp_path, env=_env(installed),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    module, line_freq, *_ = proc.stdout.split()
+    assert module.startswith(str(installed)) and float(line_freq) in (50.0, 60.0)
 
 
 def test_snakemake_plans_the_default_dag_with_the_installed_package(

@@ -11,10 +11,11 @@ event and says how trials are split into train / validation / test.  Example::
     tmax: 4.0
     split: {by: recording, folds: 3, val_by: trial}
 
-Every key, its meaning and its default are in :data:`TASK_SCHEMA`; a file is checked
-against it (unknown keys, wrong types) before anything is read, and the error names the
-file and the key.  Recording entries may be files, folders or globs, with placeholders
-``{shared_data}`` (``$DIVER_SHARED_DATA``, else ``../shared/data``) and
+Every key, its meaning and its default are in ``diver/schemas/task.schema.yaml`` (its
+preprocessing keys are a corpus dataset's, from ``config.schema.yaml``); a file is
+checked against it (unknown keys, wrong types) before anything is read, and the error
+names the file and the key.  Recording entries may be files, folders or globs, with
+placeholders ``{shared_data}`` (``$DIVER_SHARED_DATA``, else ``../shared/data``) and
 ``{results_dir}`` (the study's results folder, ``results`` unless given); relative
 paths are taken from the current directory (the repository root under Snakemake).
 """
@@ -22,7 +23,6 @@ paths are taken from the current directory (the repository root under Snakemake)
 from __future__ import annotations
 
 import glob
-import json
 import os
 import string
 from collections.abc import Mapping
@@ -30,14 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
-from diver.config import DatasetConfig, fill_defaults
+from diver.config import DatasetConfig
 from diver.errors import DiverError
+from diver.schemas import validate
 
-MODALITIES = ("eeg", "ieeg")
-SPLIT_UNITS = ("trial", "recording", "subject")
 PLACEHOLDERS = ("shared_data", "results_dir")
 # SPEC §1: high-pass 0.5 Hz for (private) iEEG, 0.3 Hz for the others.
 DEFAULT_HIGHPASS = {"eeg": 0.3, "ieeg": 0.5}
@@ -47,190 +45,9 @@ class TaskError(DiverError, ValueError):
     """A task file or the recordings it names are unusable; the message says which."""
 
 
-_STR_LIST = {"type": "array", "items": {"type": "string"}}
-TASK_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["name", "recordings", "labels"],
-    "properties": {
-        "name": {
-            "type": "string",
-            "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
-            "description": "task name (letters, digits, _ . -): keys outputs and MLflow runs",
-            "default": "task",
-        },
-        "description": {"type": "string", "description": "free text", "default": ""},
-        "modality": {
-            "enum": list(MODALITIES),
-            "description": "eeg or ieeg: channel typing, default recipe, Laplacian default",
-            "default": "eeg",
-        },
-        "recordings": {
-            **_STR_LIST,
-            "minItems": 1,
-            "description": "recording files, folders or globs ({shared_data}, {results_dir})",
-            "default": [],
-        },
-        "subject_pattern": {
-            "type": ["string", "null"],
-            "description": "regex giving the subject from the path (group 1); BIDS names win",
-            "default": None,
-        },
-        "events_from": {
-            "enum": ["annotations", "stim"],
-            "description": "annotations (label keys are descriptions) or a stim channel "
-            "(label keys are integer event codes)",
-            "default": "annotations",
-        },
-        "stim_channel": {
-            "type": ["string", "null"],
-            "description": "stim channel for events_from: stim (null: MNE's default search)",
-            "default": None,
-        },
-        "labels": {
-            "type": "object",
-            "minProperties": 1,
-            "additionalProperties": {"type": "string", "minLength": 1},
-            "description": "event (annotation description or code) -> class name; events "
-            "not listed are ignored, several events may share a class",
-            "default": {},
-        },
-        "classes": {
-            **_STR_LIST,
-            "description": "class order (index 1 is the positive class of binary metrics); "
-            "empty: order of first appearance in labels",
-            "default": [],
-        },
-        "tmin": {
-            "type": "number",
-            "description": "window start relative to each event onset (s)",
-            "default": 0.0,
-        },
-        "tmax": {
-            "type": "number",
-            "description": "window end relative to each event onset (s)",
-            "default": 4.0,
-        },
-        "recipe": {
-            "enum": [None, *MODALITIES],
-            "description": "fine-tuning preset of SPEC §5 (null: the task's modality)",
-            "default": None,
-        },
-        "split": {
-            "type": "object",
-            "additionalProperties": False,
-            "description": "how trials become train / validation / test",
-            "default": {},
-            "properties": {
-                "by": {
-                    "enum": list(SPLIT_UNITS),
-                    "description": "unit kept whole in the test split",
-                    "default": "recording",
-                },
-                "folds": {
-                    "type": "integer",
-                    "minimum": 1,
-                    "description": "k-fold cross-validation over test units (1: one split)",
-                    "default": 1,
-                },
-                "test": {
-                    **_STR_LIST,
-                    "description": "test units by name (glob patterns), folds 1 only "
-                    "(empty: a seeded random test_fraction)",
-                    "default": [],
-                },
-                "test_fraction": {
-                    "type": "number",
-                    "exclusiveMinimum": 0,
-                    "exclusiveMaximum": 1,
-                    "description": "share of units held out for test when folds is 1",
-                    "default": 0.2,
-                },
-                "val_by": {
-                    "enum": [None, *SPLIT_UNITS],
-                    "description": "unit of the validation split, drawn from the training "
-                    "side (null: same as by)",
-                    "default": None,
-                },
-                "val_fraction": {
-                    "type": "number",
-                    "exclusiveMinimum": 0,
-                    "exclusiveMaximum": 1,
-                    "description": "share of the training side used for validation",
-                    "default": 0.2,
-                },
-                "seed": {
-                    "type": "integer",
-                    "minimum": 0,
-                    "description": "seed of the random split (not of training)",
-                    "default": 0,
-                },
-            },
-        },
-        "preprocessing": {
-            "type": "object",
-            "additionalProperties": False,
-            "description": "as the corpus (SPEC §1): 500 Hz, filters, scaling; plus Laplacian",
-            "default": {},
-            "properties": {
-                "highpass": {
-                    "type": ["number", "null"],
-                    "minimum": 0,
-                    "description": "high-pass (Hz); null: 0.3 EEG, 0.5 iEEG (SPEC §1)",
-                    "default": None,
-                },
-                "line_freq": {
-                    "enum": [50, 60],
-                    "description": "mains frequency notched (Hz)",
-                    "default": 60,
-                },
-                "notch_harmonics": {
-                    "enum": ["auto", "yes", "no"],
-                    "description": "notch harmonics too (auto: for iEEG)",
-                    "default": "auto",
-                },
-                "laplacian": {
-                    "type": ["boolean", "null"],
-                    "description": "Laplacian re-reference (null: for iEEG, SPEC §5)",
-                    "default": None,
-                },
-                "channels": {
-                    **_STR_LIST,
-                    "description": "keep only these channels (normalised names; empty: all "
-                    "neural channels)",
-                    "default": [],
-                },
-                "ieeg_type": {
-                    "enum": ["seeg", "ecog"],
-                    "description": "iEEG type of contacts no sidecar types",
-                    "default": "seeg",
-                },
-                "channel_types": {
-                    "type": "object",
-                    "additionalProperties": {"type": "string"},
-                    "description": "regex of a channel name -> type (as corpus datasets)",
-                    "default": {},
-                },
-                "ieeg_subtypes": {
-                    "type": "object",
-                    "additionalProperties": {"enum": ["grid", "strip", "depth"]},
-                    "description": "regex of an ECoG contact name -> grid / strip",
-                    "default": {},
-                },
-                "coord_frame": {
-                    "type": "string",
-                    "description": "frame of positions stored without one",
-                    "default": "unknown",
-                },
-            },
-        },
-    },
-}
-
-
 @dataclass(frozen=True)
 class SplitConfig:
-    """How trials are split (see :data:`TASK_SCHEMA` for each field)."""
+    """How trials are split (``task.schema.yaml``'s ``split`` describes each field)."""
 
     by: str = "recording"
     folds: int = 1
@@ -329,25 +146,14 @@ class TaskConfig:
         }
 
 
-def _validator() -> Any:
-    """A schema validator that fills defaults into the instance as it validates."""
-    base = jsonschema.validators.validator_for(TASK_SCHEMA)
-    return fill_defaults(base)(TASK_SCHEMA)
-
-
 def task_from_dict(raw: Mapping[str, Any], *, source: str = "<task>") -> TaskConfig:
     """Validate ``raw`` (a parsed task file), fill defaults and freeze it."""
     if not isinstance(raw, Mapping):
         raise TaskError(f"task file {source}: the top level must be a mapping")
     # YAML reads ``1: left`` with an integer key; event codes are matched as text.
-    data = json.loads(json.dumps({**raw, "labels": _text_keys(raw.get("labels"))}))
-    errors = sorted(_validator().iter_errors(data), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = [
-            f"  {'.'.join(str(p) for p in e.absolute_path) or '(top level)'}: {e.message}"
-            for e in errors
-        ]
-        raise TaskError(f"invalid task file {source}:\n" + "\n".join(lines))
+    data = validate(
+        {**raw, "labels": _text_keys(raw.get("labels"))}, "task", source=source, error=TaskError
+    )
     problems = []
     labels: dict[str, str] = data["labels"]
     order = list(dict.fromkeys(labels.values()))

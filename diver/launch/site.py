@@ -4,19 +4,23 @@
 GPU type, the MLflow server, the throughput used to estimate wall times, and the
 resources of each model size.  The launcher (training jobs through submitit) and the
 Snakefile (the light rules through Snakemake's SLURM executor) both read it, so the
-cluster is described in exactly one place.
+cluster is described in exactly one place.  Its keys, their meaning, constraints and
+defaults are in ``diver/schemas/site.schema.yaml``, which :func:`load_site` checks
+it against.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from diver.errors import DiverError
+from diver.schemas import load_schema, validate
 
 
 class SiteError(DiverError, ValueError):
@@ -51,7 +55,7 @@ class Resources:
 
 @dataclass(frozen=True)
 class Site:
-    """A SLURM site (see ``cluster_profiles/slurm/site.yaml`` for each key's meaning)."""
+    """A SLURM site (``diver/schemas/site.schema.yaml`` describes each key)."""
 
     partition: str | None = None
     account: str | None = None
@@ -92,29 +96,38 @@ class Site:
         return int(min(self.max_time_minutes, max(self.min_time_minutes, math.ceil(minutes))))
 
 
-_RESOURCE_KEYS = {f.name for f in fields(Resources)}
-_SITE_KEYS = {f.name for f in fields(Site)}
+_MAPPINGS = ("default", "sizes", "light_rules")
 
 
-def _resources(raw: Any, where: str, base: Resources) -> Resources:
-    if not isinstance(raw, dict):
-        raise SiteError(f"{where} must be a mapping of resource settings")
-    unknown = sorted(set(raw) - _RESOURCE_KEYS)
-    if unknown:
-        raise SiteError(f"{where}: unknown keys {unknown}; known: {sorted(_RESOURCE_KEYS)}")
-    values = replace(base, **raw)
-    for key in ("nodes", "cpus_per_task"):
-        if not isinstance(getattr(values, key), int) or getattr(values, key) < 1:
-            raise SiteError(f"{where}.{key} must be a positive integer")
-    if not isinstance(values.gpus_per_node, int) or values.gpus_per_node < 0:
-        raise SiteError(f"{where}.gpus_per_node must be a non-negative integer")
-    if values.mem_gb <= 0:
-        raise SiteError(f"{where}.mem_gb must be positive")
-    return values
+def _yaml11_numbers(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with YAML 1.1's exponent strings read as numbers where the schema wants one.
+
+    PyYAML (YAML 1.1) reads ``1.0e14`` -- an exponent without a sign -- as a string;
+    it is meant as a number, so the number keys (top level and resources) take it as one.
+    """
+    schema = load_schema("site")
+
+    def convert(values: Any, properties: dict[str, Any]) -> Any:
+        if not isinstance(values, dict):
+            return values
+        out = dict(values)
+        for key, value in values.items():
+            if isinstance(value, str) and properties.get(key, {}).get("type") == "number":
+                with contextlib.suppress(ValueError):  # else the schema names the key
+                    out[key] = float(value)
+        return out
+
+    resources = schema["$defs"]["resources"]["properties"]
+    out = convert(raw, schema["properties"])
+    out["default"] = convert(out.get("default", {}), resources)
+    if isinstance(out.get("sizes"), dict):
+        out["sizes"] = {size: convert(entry, resources) for size, entry in out["sizes"].items()}
+    return out
 
 
 def load_site(path: str | Path) -> Site:
-    """Read and check a site file; errors name the file and the key."""
+    """Read and check a site file against ``diver/schemas/site.schema.yaml``; errors name
+    the file and the key."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -124,28 +137,11 @@ def load_site(path: str | Path) -> Site:
         raise SiteError(f"site file {path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise SiteError(f"site file {path}: the top level must be a mapping")
-    unknown = sorted(set(raw) - _SITE_KEYS)
-    if unknown:
-        raise SiteError(f"site file {path}: unknown keys {unknown}; known: {sorted(_SITE_KEYS)}")
-    try:
-        default = _resources(raw.pop("default", {}) or {}, f"{path}: default", Resources())
-        sizes = {
-            str(size): _resources(entry, f"{path}: sizes.{size}", default)
-            for size, entry in (raw.pop("sizes", {}) or {}).items()
-        }
-        light = raw.pop("light_rules", {}) or {}
-        if not isinstance(light, dict):
-            raise SiteError(f"{path}: light_rules must be a mapping")
-        site = Site(**raw, default=default, sizes=sizes, light_rules=light)
-    except TypeError as exc:
-        raise SiteError(f"site file {path}: {exc}") from exc
-    numbers = {}
-    for key in ("flops_per_gpu", "flops_per_cpu_rank", "time_margin"):
-        # YAML 1.1 reads `1.0e14` (no exponent sign) as a string: accept it as a number.
-        try:
-            numbers[key] = float(getattr(site, key))
-        except (TypeError, ValueError):
-            numbers[key] = -1.0
-        if numbers[key] <= 0:
-            raise SiteError(f"site file {path}: {key} must be a positive number")
-    return replace(site, **numbers)
+    # An empty `sizes:` (YAML null) means none, as leaving the key out does.
+    raw = {k: v for k, v in raw.items() if not (k in _MAPPINGS and v is None)}
+    data = validate(_yaml11_numbers(raw), "site", source=str(path), error=SiteError)
+    # A given key replaces the base's; missing resource keys are inherited, not defaulted.
+    default = replace(Resources(), **data.pop("default"))
+    sizes = {str(size): replace(default, **entry) for size, entry in data.pop("sizes").items()}
+    floats = {k: float(data[k]) for k in ("flops_per_gpu", "flops_per_cpu_rank", "time_margin")}
+    return Site(**{**data, **floats}, default=default, sizes=sizes)
