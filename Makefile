@@ -25,6 +25,7 @@ run: setup
 
 lint: setup
 	ruff check diver tests benchmarks
+	snakefmt --check Snakefile workflow
 
 test: setup lint
 	pytest -n 2 --dist loadgroup

@@ -15,7 +15,6 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
-
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
@@ -29,8 +28,12 @@ include: "workflow/rules/scaling.smk"
 include: "workflow/rules/report.smk"
 
 
+onstart:
+    write_study_config()
+
+
 rule all:
     input:
         all_targets(),
         finetune_targets(),
-        results("report", "index.html"),
+        path(LAYOUT.report),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -394,16 +395,24 @@ def _check_grid(
         raise ConfigError(f"invalid config {source}:\n" + "\n".join(problems))
 
 
-def load_config(path: str | Path) -> StudyConfig:
-    """Read, validate and freeze a study config file."""
-    path = Path(path)
+def read_config_mapping(path: str | Path) -> dict[str, Any]:
+    """A config file's YAML mapping, unvalidated; ``-`` reads standard input (how the
+    workflow hands its resolved config to ``diver config --write``)."""
     try:
-        with path.open() as fh:
-            raw = yaml.safe_load(fh) or {}
+        if str(path) == "-":
+            raw = yaml.safe_load(sys.stdin) or {}
+        else:
+            with Path(path).open() as fh:
+                raw = yaml.safe_load(fh) or {}
     except FileNotFoundError as exc:
         raise ConfigError(f"config file not found: {path}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"invalid config {path}: the top level must be a mapping")
-    return config_from_dict(raw, source=str(path))
+    return raw
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    """Read, validate and freeze a study config file."""
+    return config_from_dict(read_config_mapping(path), source=str(path))

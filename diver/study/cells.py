@@ -28,11 +28,17 @@ def data_label(fraction: float, subjects: int | None = None) -> str:
     return label if subjects is None else f"s{subjects}_{label}"
 
 
+CELL_PATTERN = "{family}/{patch}/{size}/{data}_e{epochs}"
+"""A cell's key with the DAG's wildcards as fields: the one spelling of a cell's folder
+(``diver.study.layout`` puts it under ``pretrain/``; the rule files match on it)."""
+
+
 def cell_key(
     family: str, patch: str, size: str, fraction: float, epochs: int, subjects: int | None = None
 ) -> str:
-    """``family/patch/size/data_eE``: a cell's folder under ``pretrain/`` (its one spelling)."""
-    return f"{family}/{patch}/{size}/{data_label(fraction, subjects)}_e{epochs}"
+    """``family/patch/size/data_eE``, e.g. ``mixed/1s/debug/f0.5_e2``."""
+    data = data_label(fraction, subjects)
+    return CELL_PATTERN.format(family=family, patch=patch, size=size, data=data, epochs=epochs)
 
 
 @dataclass(frozen=True, order=True)
@@ -58,9 +64,6 @@ class Cell:
         return cell_key(
             self.family, self.patch, self.size, self.fraction, self.epochs, self.subjects
         )
-
-    def folder(self, results_dir: str | Path) -> Path:
-        return Path(results_dir) / "pretrain" / self.key
 
     def wildcards(self) -> dict[str, str]:
         """The values of the DAG's {family} {patch} {size} {data} {epochs} wildcards."""

@@ -10,10 +10,13 @@ import yaml
 
 from diver.config import config_from_dict
 from diver.finetune.tasks import load_task
-from diver.study.cells import find_cell, finetune_cells, grid_cells
 from diver.launch.site import load_site
+from diver.study.cells import CELL_PATTERN, find_cell, finetune_cells, grid_cells
+from diver.study.layout import StudyLayout
 
-RESULTS = Path(config["results_dir"])
+# Every path under results_dir comes from diver.study.layout (the report and the
+# scaling commands use the same one), as a string for Snakemake.
+LAYOUT = StudyLayout(config["results_dir"])
 
 # The SLURM profile names a site file (cluster_profiles/slurm/site.yaml): the one place
 # for partition, account, GPUs and the MLflow server.  Its server replaces the default
@@ -32,28 +35,30 @@ if config["launcher"]["backend"] == "slurm":
 STUDY = config_from_dict(config, source="the Snakemake config")
 
 
-def results(*parts):
-    """A path under the study's results folder, as a string for Snakemake."""
-    return str(RESULTS.joinpath(*parts))
+def path(value):
+    """A layout path as Snakemake wants it (a string)."""
+    return str(value)
+
+
+def log_file(*parts):
+    return path(LAYOUT.log(*parts))
+
+
+STUDY_CONFIG = path(LAYOUT.study_config)
 
 
 def write_study_config():
-    """Write the validated config (defaults filled) where `diver` commands read it.
+    """Write the validated config (defaults and the site's settings filled in) where the
+    `diver` commands read it, with `diver config --write` (which leaves an unchanged file
+    untouched).
 
-    Rewritten only when its content changes, so an unchanged config never makes a
-    rule look outdated.
+    Called from the Snakefile's `onstart` handler: once a run has jobs to do, before the
+    first starts.  Not at parse time (a dry run, `--list` or a remote job writes nothing)
+    and not a rule: a rule would be a job after every config edit, so editing one stage's
+    section would make every target "outdated" rather than "Nothing to be done".
     """
-    path = RESULTS / "config" / "study.yaml"
     text = yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=True)
-    if not path.exists() or path.read_text() != text:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    return str(path)
-
-
-STUDY_CONFIG = write_study_config()
+    shell("printf '%s' {text:q} | diver config - --write {STUDY_CONFIG:q}")
 
 
 def section_hash(name):
@@ -63,11 +68,11 @@ def section_hash(name):
 
 
 def parent_run_file():
-    return results("tracking", "parent_run_id.txt")
+    return path(LAYOUT.parent_run_id)
 
 
 def synth_targets():
-    return [results("synth", "manifest.json")] if config["synth"]["enabled"] else []
+    return [path(LAYOUT.synth_dir / "manifest.json")] if config["synth"]["enabled"] else []
 
 
 def corpus_mem_mb(wildcards, threads):
@@ -76,7 +81,7 @@ def corpus_mem_mb(wildcards, threads):
 
 
 def corpus_targets():
-    return [results("corpus", "manifest.csv")]
+    return [path(LAYOUT.corpus_manifest)]
 
 
 def _alternatives(values):
@@ -100,7 +105,7 @@ def cell_of(wildcards):
 
 def cell_dir(wildcards):
     """The run folder of one cell (its checkpoints, logs, job record and outputs)."""
-    return str(cell_of(wildcards).folder(config["results_dir"]))
+    return path(LAYOUT.cell_dir(cell_of(wildcards).key))
 
 
 def cell_args(wildcards):
@@ -116,7 +121,7 @@ def family_hash(wildcards):
 
 def pretrain_targets():
     """Every cell's metrics.json (the scaling fit's input)."""
-    return [str(c.folder(config["results_dir"]) / "metrics.json") for c in CELLS]
+    return [path(LAYOUT.cell_metrics(c.key)) for c in CELLS]
 
 
 def light_resources():
@@ -156,13 +161,13 @@ FINETUNE_CELLS = finetune_cells(STUDY) if TASK_FILES else []
 
 
 def synth_task_targets():
-    return [results("synth_task", "manifest.json")] if FINETUNE["synth_task"] else []
+    return [path(LAYOUT.synth_task_dir / "manifest.json")] if FINETUNE["synth_task"] else []
 
 
 def finetune_targets():
     """Every fine-tuning job's metrics.json (the report reads them)."""
     return [
-        results("finetune", task, mode, cell.key, "metrics.json")
+        path(LAYOUT.finetune_metrics(task, mode, cell.key))
         for task in sorted(TASK_FILES)
         for mode in FINETUNE["modes"]
         for cell in FINETUNE_CELLS
@@ -189,8 +194,8 @@ def scaling_groups():
 
 
 def scaling_fit_targets():
-    return [results("scaling", family, patch, "fit.json") for family, patch in scaling_groups()]
+    return [path(LAYOUT.fit_summary(family, patch)) for family, patch in scaling_groups()]
 
 
 def scaling_fit_dir(wildcards):
-    return results("scaling", wildcards.family, wildcards.patch)
+    return path(LAYOUT.fit_dir(wildcards.family, wildcards.patch))

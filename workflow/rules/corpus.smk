@@ -8,20 +8,20 @@ rule corpus:
         parent=parent_run_file(),
         synth=synth_targets(),
     output:
-        manifest=results("corpus", "manifest.csv"),
-        qc=results("corpus", "qc.csv"),
-        channels=results("corpus", "channels.csv"),
-    params:
-        config=STUDY_CONFIG,
-        out=results("corpus"),
-        settings=section_hash("corpus"),
+        manifest=path(LAYOUT.corpus_manifest),
+        qc=path(LAYOUT.corpus_qc),
+        channels=path(LAYOUT.corpus_channels),
+    log:
+        log_file("corpus"),
     threads: config["corpus"]["jobs"]
     resources:
+        **light_resources(),
         mem_mb=corpus_mem_mb,
         runtime=24 * 60,
-        **light_resources(),
-    log:
-        results("logs", "corpus.log"),
+    params:
+        config=STUDY_CONFIG,
+        out=path(LAYOUT.corpus_dir),
+        settings=section_hash("corpus"),
     shell:
         "diver corpus --config {params.config} --out {params.out} --jobs {threads} "
         "--parent-run {input.parent} --quiet > {log} 2>&1"

@@ -11,14 +11,14 @@ if TASK_FILES:
 
     rule synth_task:
         output:
-            results("synth_task", "manifest.json"),
-        params:
-            out=results("synth_task"),
-            seed=config["synth"]["seed"],
+            path(LAYOUT.synth_task_dir / "manifest.json"),
+        log:
+            log_file("synth_task"),
         resources:
             **light_resources(),
-        log:
-            results("logs", "synth_task.log"),
+        params:
+            out=path(LAYOUT.synth_task_dir),
+            seed=config["synth"]["seed"],
         shell:
             "diver task synth --out {params.out} --seed {params.seed} > {log} 2>&1"
 
@@ -27,13 +27,13 @@ if TASK_FILES:
             synth_task_targets(),
             task=lambda w: TASK_FILES[w.task],
         output:
-            results("tasks", "{task}.parquet"),
-        params:
-            config=STUDY_CONFIG,
+            path(LAYOUT.taskset("{task}")),
+        log:
+            log_file("task_build_{task}"),
         resources:
             **light_resources(),
-        log:
-            results("logs", "task_build_{task}.log"),
+        params:
+            config=STUDY_CONFIG,
         shell:
             "diver task build --config {params.config} --task {input.task} --out {output} "
             "> {log} 2>&1"
@@ -45,22 +45,19 @@ if TASK_FILES:
         input:
             parent=parent_run_file(),
             task=lambda w: TASK_FILES[w.task],
-            taskset=results("tasks", "{task}.parquet"),
-            model=results("pretrain", "{family}", "{patch}", "{size}", "{data}_e{epochs}", "model.pt"),
+            taskset=path(LAYOUT.taskset("{task}")),
+            model=path(LAYOUT.cell_model(CELL_PATTERN)),
         output:
-            results(
-                "finetune", "{task}", "{mode}", "{family}", "{patch}", "{size}", "{data}_e{epochs}",
-                "metrics.json",
-            ),
+            path(LAYOUT.finetune_metrics("{task}", "{mode}", CELL_PATTERN)),
+        log:
+            log_file("finetune", "{task}/{mode}/" + CELL_PATTERN),
+        threads: 1
         params:
             config=STUDY_CONFIG,
             out=lambda w, output: str(Path(output[0]).parent),
             cell=lambda w: cell_of(w).key,
             name=lambda w: f"ft-{w.task}-{w.mode}-{w.family}-{w.patch}-{w.size}-{w.data}-e{w.epochs}",
             flags=finetune_flags,
-        threads: 1
-        log:
-            results("logs", "finetune", "{task}_{mode}_{family}_{patch}_{size}_{data}_e{epochs}.log"),
         shell:
             "diver launch --config {params.config} --out {params.out} --size {wildcards.size} "
             "--name {params.name} -- finetune --config {params.config} --task {input.task} "

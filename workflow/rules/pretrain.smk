@@ -16,24 +16,24 @@ localrules:
 rule pretrain:
     input:
         parent=parent_run_file(),
-        manifest=results("corpus", "manifest.csv"),
+        manifest=path(LAYOUT.corpus_manifest),
     output:
-        metrics=results("pretrain", "{family}", "{patch}", "{size}", "{data}_e{epochs}", "metrics.json"),
-        model=results("pretrain", "{family}", "{patch}", "{size}", "{data}_e{epochs}", "model.pt"),
+        metrics=path(LAYOUT.cell_metrics(CELL_PATTERN)),
+        model=path(LAYOUT.cell_model(CELL_PATTERN)),
+    log:
+        log_file("pretrain", CELL_PATTERN),
+    threads: 1
+    resources:
+        mem_mb=4000,
     params:
         config=STUDY_CONFIG,
-        corpus=results("corpus"),
+        corpus=path(LAYOUT.corpus_dir),
         out=cell_dir,
         cell=cell_args,
         name=lambda w: f"diver-{w.family}-{w.patch}-{w.size}-{w.data}-e{w.epochs}",
         settings=section_hash("pretrain"),
         model=section_hash("model"),
         family=family_hash,
-    threads: 1
-    resources:
-        mem_mb=4000,
-    log:
-        results("logs", "pretrain", "{family}_{patch}_{size}_{data}_e{epochs}.log"),
     shell:
         "diver launch --config {params.config} --out {params.out} --size {wildcards.size} "
         "--name {params.name} -- pretrain --config {params.config} --corpus {params.corpus} "

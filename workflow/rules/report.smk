@@ -7,21 +7,21 @@
 rule report:
     input:
         parent=parent_run_file(),
-        manifest=results("corpus", "manifest.csv"),
-        qc=results("corpus", "qc.csv"),
-        channels=results("corpus", "channels.csv"),
-        runs=results("scaling", "runs.csv"),
+        manifest=path(LAYOUT.corpus_manifest),
+        qc=path(LAYOUT.corpus_qc),
+        channels=path(LAYOUT.corpus_channels),
+        runs=path(LAYOUT.scaling_runs),
         fits=scaling_fit_targets(),
         finetune=finetune_targets(),
     output:
-        results("report", "index.html"),
-    params:
-        config=STUDY_CONFIG,
-        corpus=results("corpus"),
+        path(LAYOUT.report),
+    log:
+        log_file("report"),
     resources:
         **light_resources(),
-    log:
-        results("logs", "report.log"),
+    params:
+        config=STUDY_CONFIG,
+        corpus=path(LAYOUT.corpus_dir),
     shell:
         "diver report --config {params.config} --corpus {params.corpus} --runs {input.runs} "
         "--fits {input.fits} --finetune {input.finetune} --parent-run {input.parent} "

@@ -10,14 +10,14 @@ rule scaling_collect:
     input:
         metrics=pretrain_targets(),
     output:
-        results("scaling", "runs.csv"),
+        path(LAYOUT.scaling_runs),
+    log:
+        log_file("scaling_collect"),
+    resources:
+        **light_resources(),
     params:
         config=STUDY_CONFIG,
         grid=section_hash("grid"),
-    resources:
-        **light_resources(),
-    log:
-        results("logs", "scaling_collect.log"),
     shell:
         "diver scaling collect --config {params.config} --metrics {input.metrics} "
         "--out {output} > {log} 2>&1"
@@ -26,20 +26,20 @@ rule scaling_collect:
 rule scaling_fit:
     input:
         parent=parent_run_file(),
-        runs=results("scaling", "runs.csv"),
+        runs=path(LAYOUT.scaling_runs),
     output:
-        results("scaling", "{family}", "{patch}", "fit.json"),
+        path(LAYOUT.fit_summary("{family}", "{patch}")),
+    log:
+        log_file("scaling_fit_{family}_{patch}"),
+    threads: 2
+    resources:
+        **light_resources(),
     params:
         config=STUDY_CONFIG,
         out=scaling_fit_dir,
         form=config["scaling"]["form"],
         bootstrap=config["scaling"]["bootstrap"],
         seed=config["scaling"]["seed"],
-    threads: 2
-    resources:
-        **light_resources(),
-    log:
-        results("logs", "scaling_fit_{family}_{patch}.log"),
     shell:
         "diver scaling fit --runs {input.runs} --out {params.out} --form {params.form} "
         "--where family={wildcards.family} --where patch={wildcards.patch} "

@@ -4,12 +4,12 @@
 
 rule synth:
     output:
-        results("synth", "manifest.json"),
+        path(LAYOUT.synth_dir / "manifest.json"),
+    log:
+        log_file("synth"),
     params:
-        out=results("synth"),
+        out=path(LAYOUT.synth_dir),
         hours=config["synth"]["hours"],
         seed=config["synth"]["seed"],
-    log:
-        results("logs", "synth.log"),
     shell:
         "diver synth --out {params.out} --hours {params.hours} --seed {params.seed} > {log} 2>&1"

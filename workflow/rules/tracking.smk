@@ -10,11 +10,11 @@ localrules:
 rule track_init:
     output:
         parent_run_file(),
+    log:
+        log_file("track_init"),
     params:
         config=STUDY_CONFIG,
         study=config["study"],
         tracking=config["tracking"],
-    log:
-        results("logs", "track_init.log"),
     shell:
         "diver track init --config {params.config} --out {output} > {log} 2>&1"
