@@ -112,34 +112,40 @@ class JobRecord:
             raise LaunchError(f"{path} is not a job record ({exc}); delete it to resubmit") from exc
 
 
-def job_state(job_id: str) -> str:
+Runner = Callable[[Sequence[str]], tuple[int, str]]
+"""Runs a SLURM client command: argv -> (exit status, standard output).  The launcher's
+only contact with SLURM besides submitit's ``sbatch``, so its job-state logic can be
+tested against recorded outputs as well as a real cluster."""
+
+
+def run_command(argv: Sequence[str]) -> tuple[int, str]:
+    proc = subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    return proc.returncode, proc.stdout
+
+
+def job_state(job_id: str, run: Runner = run_command) -> str:
     """The job's SLURM state (``PENDING``, ``RUNNING``, ``COMPLETED``, ``FAILED``, ...).
 
     ``squeue`` first: slurmctld is the live truth, while accounting (``sacct``) can
     lag it by seconds and report a running job as still PENDING.  ``sacct`` for jobs
-    slurmctld has already forgotten (older than ``MinJobAge``).  ``UNKNOWN`` when
-    neither knows the job (just submitted).
+    slurmctld has already forgotten (older than ``MinJobAge``; squeue then fails with
+    "Invalid job id specified").  ``UNKNOWN`` when neither knows the job (just
+    submitted).
     """
-    proc = subprocess.run(
-        ["squeue", "-h", "-j", job_id, "--states=all", "-o", "%T"],
-        capture_output=True, text=True, check=False,
-    )
-    if proc.returncode == 0 and proc.stdout.strip():
-        return proc.stdout.split()[0]
-    proc = subprocess.run(
-        ["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "JobID,State"],
-        capture_output=True, text=True, check=False,
-    )
-    if proc.returncode == 0:
-        for line in proc.stdout.splitlines():
+    code, out = run(["squeue", "-h", "-j", job_id, "--states=all", "-o", "%T"])
+    if code == 0 and out.strip():
+        return out.split()[0]
+    code, out = run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "JobID,State"])
+    if code == 0:
+        for line in out.splitlines():
             jid, _, state = line.partition("|")
             if jid == job_id and state:
-                return state.split()[0].rstrip("+")
+                return state.split()[0].rstrip("+")  # "CANCELLED by 0", "RUNNING+"
     return "UNKNOWN"
 
 
-def cancel(job_id: str) -> None:
-    subprocess.run(["scancel", job_id], capture_output=True, check=False)
+def cancel(job_id: str, run: Runner = run_command) -> None:
+    run(["scancel", job_id])
 
 
 def log_tail(folder: Path, job_id: str, lines: int = 30) -> str:
@@ -177,10 +183,17 @@ def sbatch_parameters(site: Site, resources: Resources, minutes: int, name: str)
 class SlurmLauncher:
     """Submit (or re-attach to) the job of one output folder and wait for its end."""
 
-    def __init__(self, site: Site, poll_seconds: float = 5.0, grace_seconds: float = 60.0):
+    def __init__(
+        self,
+        site: Site,
+        poll_seconds: float = 5.0,
+        grace_seconds: float = 60.0,
+        run: Runner = run_command,
+    ):
         self.site = site
         self.poll_seconds = poll_seconds
         self.grace_seconds = grace_seconds
+        self.run_slurm = run
 
     def run(
         self, argv: Sequence[str], out: Path, resources: Resources, minutes: int, name: str
@@ -189,7 +202,7 @@ class SlurmLauncher:
         folder = out / "slurm"
         record = JobRecord.load(out)
         if record is not None:
-            state = job_state(record.job_id)
+            state = job_state(record.job_id, self.run_slurm)
             # A job SLURM no longer knows (UNKNOWN), or one that ended, is not waited for:
             # a new one is submitted and resumes from the folder's checkpoints.
             if state in ACTIVE:
@@ -201,7 +214,7 @@ class SlurmLauncher:
                     "cancelling it and submitting the current one",
                     flush=True,
                 )
-                cancel(record.job_id)
+                cancel(record.job_id, self.run_slurm)
         record = self.submit(argv, folder, resources, minutes, name)
         record.save(out)
         print(
@@ -232,14 +245,14 @@ class SlurmLauncher:
         start = time.monotonic()
 
         def stop(signum: int, frame: Any) -> None:
-            cancel(record.job_id)
+            cancel(record.job_id, self.run_slurm)
             print(f"signal {signum}: cancelled SLURM job {record.job_id}", flush=True)
             sys.exit(128 + signum)
 
         previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             while True:
-                state = job_state(record.job_id)
+                state = job_state(record.job_id, self.run_slurm)
                 if state != last:
                     print(f"SLURM job {record.job_id}: {state}", flush=True)
                     last = state
