@@ -17,13 +17,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
+from diver import schemas
 from diver.errors import DiverError
-
-# Package data (ships with `pip install .`); workflow/schemas/ links to it for Snakemake.
-SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 
 class ConfigError(DiverError, ValueError):
@@ -251,42 +248,12 @@ class StudyConfig:
         return self.tracking.experiment or self.study
 
 
-def load_schema() -> dict[str, Any]:
-    with SCHEMA_PATH.open() as fh:
-        return yaml.safe_load(fh)
-
-
-def fill_defaults(validator_class: type) -> type:
-    """A validator that writes schema defaults into the instance while validating."""
-    validate_properties = validator_class.VALIDATORS["properties"]
-
-    def set_defaults(validator, properties, instance, schema):  # type: ignore[no-untyped-def]
-        if isinstance(instance, dict):
-            for key, sub in properties.items():
-                if "default" in sub and key not in instance:
-                    instance[key] = json.loads(json.dumps(sub["default"]))
-        yield from validate_properties(validator, properties, instance, schema)
-
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
-
-
 def validate_config(raw: Mapping[str, Any], *, source: str = "<config>") -> dict[str, Any]:
-    """Validate ``raw`` against the schema, fill defaults, and return the result.
+    """Validate ``raw`` against the config schema, fill defaults, and return the result.
 
     Raises ConfigError naming ``source`` and the offending key path.
     """
-    data = json.loads(json.dumps(dict(raw)))  # deep copy, plain types only
-    schema = load_schema()
-    validator_cls = fill_defaults(jsonschema.validators.validator_for(schema))
-    validator = validator_cls(schema)
-    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = []
-        for err in errors:
-            key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-            lines.append(f"  {key}: {err.message}")
-        raise ConfigError(f"invalid config {source}:\n" + "\n".join(lines))
-    return data
+    return schemas.validate(raw, "config", source=source, error=ConfigError)
 
 
 def config_from_dict(data: Mapping[str, Any], *, source: str = "<config>") -> StudyConfig:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from diver.config import ConfigError, config_from_dict, load_config, load_schema
+from diver.config import ConfigError, config_from_dict, load_config
+from diver.schemas import load_schema
 from tests.conftest import REPO_ROOT
 
 
@@ -39,7 +40,7 @@ def test_every_schema_key_has_description_and_default() -> None:
         if isinstance(items, dict):
             walk(items, path + "[]")
 
-    walk(load_schema(), "")
+    walk(load_schema("config"), "")
 
 
 @pytest.mark.parametrize(
@@ -75,12 +76,12 @@ def test_model_section_defaults_to_the_authors_code_and_reaches_each_cell() -> N
     from dataclasses import asdict
 
     from diver.model.config import MODEL_OPTIONS, ModelConfig
-    from diver.train.pretrain import PretrainSettings
+    from diver.train.settings import PretrainSettings
 
     study = config_from_dict({})
     assert set(study.model) == set(MODEL_OPTIONS)
     # the schema's choices are the model's (defaults: the code's, listed first)
-    schema = load_schema()["properties"]["model"]["properties"]
+    schema = load_schema("config")["properties"]["model"]["properties"]
     assert {k: tuple(v["enum"]) for k, v in schema.items()} == MODEL_OPTIONS
     assert {k: v["default"] for k, v in schema.items()} == {
         k: allowed[0] for k, allowed in MODEL_OPTIONS.items()

@@ -57,8 +57,9 @@ def test_installed_package_ships_its_schema_and_loads_configs(
     shipped = {p.name for p in (REPO_ROOT / "diver" / "schemas").glob("*.schema.yaml")}
     assert shipped >= {"config.schema.yaml", "task.schema.yaml", "site.schema.yaml"}
     assert {p.name for p in schema.parent.glob("*.schema.yaml")} == shipped
+    code = "from diver import schemas as s; print(s.__file__, s.schema_path('config'))"
     where = subprocess.run(
-        [sys.executable, "-c", "import diver.config as c; print(c.__file__, c.SCHEMA_PATH)"],
+        [sys.executable, "-c", code],
         capture_output=True, text=True, check=True, cwd=tmp_path, env=_env(installed),
     )  # fmt: skip
     module, schema_path = where.stdout.split()
