@@ -80,6 +80,7 @@ def _datasets(
 
 def cmd_corpus(args: argparse.Namespace) -> int:
     from diver.corpus.build import build_corpus
+    from diver.tracking import TrackingTarget, stage_run
 
     study = _study(args.config)
     corpus = study.corpus
@@ -89,15 +90,13 @@ def cmd_corpus(args: argparse.Namespace) -> int:
         corpus = replace(corpus, strict=args.strict)
     datasets = _datasets(study, args.input or [], args.dataset or [])
     out = Path(args.out)
+    target = None
     if args.parent_run:
-        from diver.tracking import child_run, read_run_id
-
-        parent = read_run_id(Path(args.parent_run))
-        with child_run(study.tracking_uri(), parent, stage="corpus", name="corpus") as run:
-            result = build_corpus(datasets, corpus, out, progress=not args.quiet)
-            _log_corpus(run, corpus, out)
-    else:
+        target = TrackingTarget.from_run_file(study.tracking_uri(), args.parent_run)
+    with stage_run(target, stage="corpus", name="corpus") as run:
         result = build_corpus(datasets, corpus, out, progress=not args.quiet)
+        if run is not None:
+            _log_corpus(run, corpus, out)
     print(
         f"{result.recordings} recordings ({result.processed} processed, {result.skipped} "
         f"already done), {result.quarantined} quarantined, {result.windows} windows -> {out}"
@@ -113,20 +112,22 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
 def _log_corpus(run, corpus, out: Path) -> None:  # type: ignore[no-untyped-def]
     from diver.corpus.build import summary_metrics
-    from diver.tracking import file_sha256
+    from diver.tracking import TAG_MANIFEST_SHA256
+    from diver.tracking.provenance import file_sha256
 
     params = {k: v for k, v in asdict(corpus).items() if k not in ("datasets", "qc")}
     params.update({f"qc.{k}": v for k, v in asdict(corpus.qc).items()})
     params["datasets"] = ",".join(ds.name for ds in corpus.datasets)
     run.log_params(params)
-    run.set_tags({"diver.corpus_manifest_sha256": file_sha256(out / "manifest.csv")})
+    run.set_tags({TAG_MANIFEST_SHA256: file_sha256(out / "manifest.csv")})
     run.log_metrics(summary_metrics(out))
     for name in ("manifest.csv", "qc.csv", "channels.csv"):
         run.log_artifact(out / name, artifact_path="corpus")
 
 
 def cmd_track_init(args: argparse.Namespace) -> int:
-    from diver.tracking import ensure_parent_run, write_run_id
+    from diver.tracking.parent import ensure_parent_run
+    from diver.tracking.runid import write_run_id
 
     study = load_config(args.config)
     run_id = ensure_parent_run(
@@ -141,7 +142,7 @@ def cmd_track_init(args: argparse.Namespace) -> int:
 
 
 def cmd_track_server(args: argparse.Namespace) -> int:
-    from diver.tracking_server import serve
+    from diver.tracking.server import serve
 
     serve(Path(args.store), args.host, args.port, args.workers, args.allowed_host)
     return 0  # not reached: serve() replaces this process
@@ -234,7 +235,7 @@ def pretrain_settings(args: argparse.Namespace) -> tuple[Any, Any]:
     )
     tracking = None
     if args.parent_run:
-        from diver.tracking import read_run_id
+        from diver.tracking.runid import read_run_id
 
         manifest = Path(args.corpus) / "manifest.csv"
         tracking = TrackingTarget(

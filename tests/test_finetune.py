@@ -24,13 +24,13 @@ from torch import nn
 
 from diver.cli import main
 from diver.corpus.synth import TASK_CLASSES
+from diver.finetune.fit import fit
 from diver.finetune.heads import centred_tokens, make_head, mlp_hidden, token_mean
 from diver.finetune.metrics import classification_metrics
 from diver.finetune.recipes import recipe
 from diver.finetune.splits import Fold
 from diver.finetune.tasks import load_task, task_from_dict
 from diver.finetune.taskset import build_taskset, load_taskset
-from diver.finetune.train import fit
 from tests.conftest import REPO_ROOT
 from tests.test_pretrain import (
     _built_once,

@@ -18,7 +18,7 @@ from sklearn.metrics import (
 from diver.finetune.metrics import (
     classification_metrics,
     mean_sem,
-    metric_names,
+    metric_names_for_classes,
     selection_metric,
     summarise,
 )
@@ -61,7 +61,7 @@ def test_multiclass_metrics_and_undefined_auroc() -> None:
     )  # fmt: skip
     scores = classification_metrics(y, proba, 3)
     pred = proba.argmax(1)
-    assert list(scores) == list(metric_names(3))
+    assert list(scores) == list(metric_names_for_classes(3))
     assert list(scores) == ["balanced_accuracy", "cohen_kappa", "f1_weighted"]
     assert scores["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
     assert scores["cohen_kappa"] == pytest.approx(cohen_kappa_score(y, pred))

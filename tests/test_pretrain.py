@@ -198,7 +198,8 @@ def _train_rows_at_least(out: Path, n: int) -> Callable[[], bool]:
 
 def _make_tracking(root: Path) -> tuple[Path, Path, str]:
     """A study config pointing MLflow at a fresh SQLite store, and its parent run."""
-    from diver.tracking import ensure_parent_run, write_run_id
+    from diver.tracking.parent import ensure_parent_run
+    from diver.tracking.runid import write_run_id
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     config = root / "study.yaml"

@@ -19,7 +19,9 @@ from mlflow import MlflowClient
 
 from diver.scaling import cli as scaling_cli
 from diver.scaling.runs import choose_form
-from diver.tracking import child_run, ensure_parent_run, write_run_id
+from diver.tracking.parent import ensure_parent_run
+from diver.tracking.runid import write_run_id
+from diver.tracking.runs import child_run
 from tests.conftest import run_snakemake
 from tests.grid_files import CORPUS_TOKENS, DEBUG_PARAMS, cell_metrics, write_cell, write_grid
 

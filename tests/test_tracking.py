@@ -31,17 +31,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
 from diver import tracking
-from diver.tracking import (
-    RunIdFileError,
-    child_run,
-    ensure_parent_run,
-    file_sha256,
-    is_transient_error,
-    read_run_id,
-    slurm_job_id,
-    with_retry,
-    write_run_id,
-)
+from diver.tracking import TrackingTarget, provenance, stage_run
+from diver.tracking.parent import ensure_parent_run
+from diver.tracking.provenance import file_sha256, slurm_job_id
+from diver.tracking.retry import is_transient_error, with_retry
+from diver.tracking.runid import RunIdFileError, read_run_id, write_run_id
+from diver.tracking.runs import child_run
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVER_START_TIMEOUT = 90.0
@@ -149,7 +144,7 @@ def git_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
     ).stdout.strip()
-    monkeypatch.setattr(tracking, "_CODE_DIR", repo)
+    monkeypatch.setattr(provenance, "_CODE_DIR", repo)
     return head
 
 
@@ -177,7 +172,7 @@ def _children(client: MlflowClient, parent_id: str) -> list:
 _WORKER_PRELUDE = """
 import sys, time
 from pathlib import Path
-from diver import tracking
+from diver.tracking import parent, runid, runs
 ready, go = Path(sys.argv[1]), Path(sys.argv[2])
 ready.touch()
 while not go.exists():
@@ -188,7 +183,7 @@ _PARENT_WORKER = (
     _WORKER_PRELUDE
     + """
 uri, experiment, study = sys.argv[3:6]
-print(tracking.ensure_parent_run(uri, experiment, study, params={"seed": 1}))
+print(parent.ensure_parent_run(uri, experiment, study, params={"seed": 1}))
 """
 )
 
@@ -196,8 +191,8 @@ _CHILD_WORKER = (
     _WORKER_PRELUDE
     + """
 uri, parent_file, idx, n = sys.argv[3], Path(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
-with tracking.child_run(
-    uri, tracking.read_run_id(parent_file), stage="pretrain", cell=f"cell{idx:02d}"
+with runs.child_run(
+    uri, runid.read_run_id(parent_file), stage="pretrain", cell=f"cell{idx:02d}"
 ) as run:
     run.log_params({"idx": idx})
     for step in range(n):
@@ -413,7 +408,7 @@ def test_child_run_outside_git_and_slurm(
         monkeypatch.delenv(var, raising=False)
     outside = tmp_path / "not-a-repo"
     outside.mkdir()
-    monkeypatch.setattr(tracking, "_CODE_DIR", outside)
+    monkeypatch.setattr(provenance, "_CODE_DIR", outside)
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # don't find a repo above
     parent = ensure_parent_run(store, study, study)
     with child_run(store, parent, stage="corpus", name="build") as run:
@@ -703,13 +698,67 @@ def test_slurm_job_id_forms() -> None:
     )
 
 
-def test_tracking_imports_only_mlflow_stdlib_and_diver_errors() -> None:
-    """Tracking stays free of stage code: its only diver import is the leaf errors module."""
+def test_tracking_imports_only_mlflow_stdlib_and_diver_leaves() -> None:
+    """Tracking stays free of stage code: besides its own modules, its only diver
+    imports are the leaf modules errors and atomic (module-level and lazy imports)."""
     modules = {
         line.split()[1]
-        for line in Path(tracking.__file__).read_text().splitlines()
+        for path in Path(tracking.__file__).parent.glob("*.py")
+        for line in (raw.strip() for raw in path.read_text().splitlines())
         if line.startswith(("import ", "from "))
     }
     top = {m.split(".")[0] for m in modules}
     assert top - sys.stdlib_module_names - {"mlflow", "__future__", "diver"} == set()
-    assert {m for m in modules if m.split(".")[0] == "diver"} == {"diver.errors"}
+    diver_modules = {m for m in modules if m.split(".")[0] == "diver"}
+    assert {m for m in diver_modules if not m.startswith("diver.tracking")} == {
+        "diver.errors",
+        "diver.atomic",
+    }
+
+
+def test_importing_tracking_does_not_load_mlflow() -> None:
+    """``diver.tracking`` (TrackingTarget, stage_run, tags) is light: commands that
+    are not asked to track never import MLflow."""
+    code = (
+        "import sys; import diver.tracking; from diver.tracking import runid, provenance; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'diver')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert eval(out) == [
+        "diver",
+        "diver.atomic",
+        "diver.errors",
+        "diver.tracking",
+        "diver.tracking.provenance",
+        "diver.tracking.runid",
+    ]
+
+
+def test_stage_run_without_target_is_no_run() -> None:
+    with stage_run(None, stage="corpus", params={"a": 1}) as run:
+        assert run is None
+
+
+def test_stage_run_logs_a_child_run_of_the_target(store: str, study: str, tmp_path: Path) -> None:
+    parent = ensure_parent_run(store, study, study)
+    run_file = tmp_path / "parent_run_id.txt"
+    write_run_id(run_file, parent)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("a,b\n1,2\n")
+    target = TrackingTarget.from_run_file(store, run_file, manifest=manifest)
+    assert target == TrackingTarget(store, parent, manifest)
+    with stage_run(target, stage="finetune", cell="c1", params={"lr": 0.1}, tags={"x": "y"}) as run:
+        assert run is not None
+        run.log_metrics({"acc": 0.5})
+    child = MlflowClient(store).get_run(run.run_id)
+    assert child.data.tags["mlflow.parentRunId"] == parent
+    assert child.data.tags["diver.stage"] == "finetune"
+    assert child.data.tags["diver.cell"] == "c1"
+    assert child.data.tags["x"] == "y"
+    assert child.data.tags["diver.corpus_manifest_sha256"] == file_sha256(manifest)
+    assert child.data.params == {"lr": "0.1"}
+    assert child.data.metrics == {"acc": 0.5}
+    with pytest.raises(RunIdFileError, match="does not exist"):
+        TrackingTarget.from_run_file(store, tmp_path / "missing.txt")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from diver.tracking import child_run, ensure_parent_run
+from diver.tracking.parent import ensure_parent_run
+from diver.tracking.runs import child_run
 
 
 def _free_port() -> int:

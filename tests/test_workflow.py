@@ -14,7 +14,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from diver.tracking import file_sha256
+from diver.tracking.provenance import file_sha256
 from tests.conftest import REPO_ROOT, run_snakemake
 
 _snakemake = run_snakemake

@@ -63,7 +63,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from diver.finetune.recipes import recipe
     from diver.finetune.tasks import load_task
     from diver.finetune.taskset import build_taskset, check_taskset
-    from diver.finetune.train import FinetuneSettings, TrackingTarget, finetune
+    from diver.finetune.train import FinetuneSettings, finetune
+    from diver.tracking import TrackingTarget
 
     _set_threads(args.threads)
     task = load_task(args.task)
@@ -102,10 +103,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     tracking = None
     if args.parent_run:
         from diver.config import StudyConfig, load_config
-        from diver.tracking import read_run_id
 
         study = load_config(args.config) if args.config else StudyConfig()
-        tracking = TrackingTarget(study.tracking_uri(), read_run_id(Path(args.parent_run)))
+        tracking = TrackingTarget.from_run_file(study.tracking_uri(), args.parent_run)
     logging.getLogger("diver.finetune").setLevel(logging.INFO)
     metrics = finetune(settings, tracking=tracking)
     for model, entry in metrics["models"].items():

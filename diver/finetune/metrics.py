@@ -28,7 +28,9 @@ BINARY_METRICS = ("auroc", "auc_pr")
 ALWAYS_METRICS = ("balanced_accuracy", "cohen_kappa", "f1_weighted")
 
 
-def metric_names(n_classes: int) -> tuple[str, ...]:
+def metric_names_for_classes(n_classes: int) -> tuple[str, ...]:
+    """The metrics scored for a task of ``n_classes`` classes (``diver.report`` has its
+    own ``metric_names``: the ones found in written results)."""
     return (*BINARY_METRICS, *ALWAYS_METRICS) if n_classes == 2 else ALWAYS_METRICS
 
 
@@ -43,7 +45,7 @@ def selection_metric(n_classes: int, preferred: str | None = None) -> str:
     if preferred is not None:
         if preferred not in SELECTABLE:
             raise ValueError(f"selection metric must be one of {list(SELECTABLE)}: {preferred!r}")
-        if preferred in metric_names(n_classes):
+        if preferred in metric_names_for_classes(n_classes):
             return preferred
     return "auroc" if n_classes == 2 else "cohen_kappa"
 
@@ -71,7 +73,7 @@ def classification_metrics(
             both = len(np.unique(y)) == 2
             out["auroc"] = float(roc_auc_score(y, proba[:, 1])) if both else math.nan
             out["auc_pr"] = float(average_precision_score(y, proba[:, 1])) if both else math.nan
-    return {k: out[k] for k in metric_names(n_classes)}
+    return {k: out[k] for k in metric_names_for_classes(n_classes)}
 
 
 def mean_sem(values: Iterable[float]) -> dict[str, float | int | None]:

@@ -15,67 +15,58 @@ baseline (``diver.finetune.baselines``).  Training is plain PyTorch on one devic
 the models fine-tuned are at most a few hundred million parameters and the task sets
 fit in memory, so DeepSpeed would add nothing but start-up time.
 
-Each run: AdamW (``recipe.lr``, ``weight_decay``), the cosine schedule of pretraining
-over all steps (``diver.train.schedule``), cross-entropy with label smoothing,
-optional gradient clipping.  After every epoch the validation split is scored with
-the recipe's selection metric (``Recipe.select``: weighted F1 for the EEG recipe,
-AUROC for the iEEG recipe; ties broken by the lower validation loss); the best epoch's
-weights are kept, training stops after ``patience`` epochs without improvement, and
-the kept weights score the test split.  The Linear baseline picks its regularisation
-on the same metric.
+Each run is :func:`diver.finetune.fit.fit` (AdamW, the cosine schedule, the best
+validation epoch kept by the recipe's selection metric); the task set becomes encoder
+inputs in :mod:`diver.finetune.inputs`.  The Linear baseline picks its regularisation
+on the same selection metric.
 
-Outputs in ``out``: ``metrics.json`` (per model: every run's test metrics and the
-mean ± SEM over runs), ``predictions.csv`` (one row per test trial, model, fold and
-seed, with class probabilities) and ``train_log.csv`` (per epoch: training loss,
-validation loss and score, learning rate).
+This module is the job: the loop over folds, seeds and models, the outputs, and the
+MLflow child run (:func:`diver.tracking.stage_run`).  Outputs in ``out``:
+``metrics.json`` (per model: every run's test metrics and the mean ± SEM over runs),
+``predictions.csv`` (one row per test trial, model, fold and seed, with class
+probabilities) and ``train_log.csv`` (per epoch: training loss, validation loss and
+score, learning rate).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
-import math
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from diver.atomic import write_csv_atomic, write_text_atomic
-from diver.data.dataset import PAD_ID, channel_subtype_id, channel_type_id
 from diver.finetune.baselines import linear_baseline, stft_features
-from diver.finetune.heads import (
-    DiverClassifier,
-    centred_tokens,
-    make_head,
-    masked_tokens,
-    token_mean,
-    valid_tokens,
-)
+from diver.finetune.fit import fit
+from diver.finetune.heads import DiverClassifier, centred_tokens, make_head, token_mean
+from diver.finetune.inputs import ModelInputs, encode_all
 from diver.finetune.metrics import (
     classification_metrics,
     json_number,
-    metric_names,
+    metric_names_for_classes,
     selection_metric,
     summarise,
 )
 from diver.finetune.recipes import MODES, Recipe
 from diver.finetune.splits import Fold, make_folds
 from diver.finetune.tasks import TaskConfig, TaskError
-from diver.finetune.taskset import SFREQ, TaskSet, load_taskset
+from diver.finetune.taskset import SFREQ, load_taskset
 from diver.model.config import ModelConfig
 from diver.model.encoder import DiverEncoder
 from diver.model.load import load_checkpoint, load_encoder
 from diver.study.cells import cell_of_model
-from diver.train.schedule import cosine_schedule
+from diver.tracking import TrackingTarget, stage_run
+
+if TYPE_CHECKING:
+    from diver.tracking.runs import RunLogger
 
 log = logging.getLogger(__name__)
 
@@ -106,193 +97,6 @@ class FinetuneSettings:
             raise TaskError(f"unknown baselines {unknown}; baselines: {list(BASELINES)}")
 
 
-@dataclass(frozen=True)
-class TrackingTarget:
-    """Where the job's MLflow child run goes."""
-
-    uri: str
-    parent_run_id: str
-
-
-# ------------------------------------------------------------------------ inputs
-
-
-@dataclass
-class ModelInputs:
-    """Every trial as encoder inputs on the task's channel layout (held in memory)."""
-
-    patches: torch.Tensor  # (T, C, N, P)
-    coords: torch.Tensor
-    type_ids: torch.Tensor
-    subtype_ids: torch.Tensor
-    channel_mask: torch.Tensor
-    patch_mask: torch.Tensor
-
-    @classmethod
-    def build(cls, taskset: TaskSet, patch_samples: int) -> ModelInputs:
-        signal, mask, coords, types, subtypes = taskset.on_layout()
-        n_patches = signal.shape[-1] // patch_samples
-        if n_patches < 1:
-            raise TaskError(
-                f"task set {taskset.path}: trials of {signal.shape[-1]} samples are shorter "
-                f"than one {patch_samples}-sample patch"
-            )
-        if signal.shape[-1] % patch_samples:
-            log.warning(
-                "trials of %d samples: the last %d are not a whole patch and are dropped",
-                signal.shape[-1],
-                signal.shape[-1] % patch_samples,
-            )
-        t, c = mask.shape
-        patches = signal[..., : n_patches * patch_samples].reshape(t, c, n_patches, patch_samples)
-        type_ids = np.vectorize(channel_type_id, otypes=[np.int64])(types)
-        subtype_ids = np.vectorize(channel_subtype_id, otypes=[np.int64])(subtypes)
-        type_ids[~mask] = PAD_ID
-        subtype_ids[~mask] = PAD_ID
-        return cls(
-            patches=torch.from_numpy(np.ascontiguousarray(patches)),
-            coords=torch.from_numpy(np.where(mask[..., None], coords, 0.0).astype(np.float32)),
-            type_ids=torch.from_numpy(type_ids),
-            subtype_ids=torch.from_numpy(subtype_ids),
-            channel_mask=torch.from_numpy(mask),
-            patch_mask=torch.ones(t, n_patches, dtype=torch.bool),
-        )
-
-    def batch(self, idx: np.ndarray, device: str) -> dict[str, torch.Tensor]:
-        index = torch.as_tensor(idx, dtype=torch.long)
-        return {
-            "patches": self.patches[index].to(device),
-            "coords_mm": self.coords[index].to(device),
-            "type_ids": self.type_ids[index].to(device),
-            "subtype_ids": self.subtype_ids[index].to(device),
-            "channel_mask": self.channel_mask[index].to(device),
-            "patch_mask": self.patch_mask[index].to(device),
-        }
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(channels, patches) of the layout."""
-        return int(self.patches.shape[1]), int(self.patches.shape[2])
-
-    def valid(self, idx: np.ndarray | None = None) -> torch.Tensor:
-        """(T, C, N) bool: present tokens of the trials at ``idx`` (default all)."""
-        if idx is None:
-            return valid_tokens(self.channel_mask, self.patch_mask)
-        index = torch.as_tensor(idx, dtype=torch.long)
-        return valid_tokens(self.channel_mask[index], self.patch_mask[index])
-
-
-@torch.no_grad()
-def encode_all(
-    encoder: DiverEncoder,
-    inputs: ModelInputs,
-    batch: int,
-    device: str,
-    trials: np.ndarray | None = None,
-) -> torch.Tensor:
-    """Masked encoder tokens of every trial, or of those at ``trials`` (eval mode): what
-    a linear probe trains on."""
-    encoder.eval()
-    order = np.arange(len(inputs.patches)) if trials is None else np.asarray(trials)
-    out = []
-    for start in range(0, len(order), batch):
-        idx = order[start : start + batch]
-        b = inputs.batch(idx, device)
-        tokens = encoder(**b)
-        out.append(masked_tokens(tokens, b["channel_mask"], b["patch_mask"]).cpu())
-    return torch.cat(out)
-
-
-# ------------------------------------------------------------------------ one run
-
-
-@dataclass
-class RunResult:
-    proba: np.ndarray  # test probabilities
-    best_epoch: int
-    val_score: float
-    log: list[dict[str, Any]]
-
-
-def _batches(
-    n: int, size: int, rng: np.random.Generator, order: np.ndarray
-) -> Iterator[np.ndarray]:
-    shuffled = order[rng.permutation(n)]
-    for start in range(0, n, size):
-        yield shuffled[start : start + size]
-
-
-def fit(
-    module: nn.Module,
-    forward: Callable[[np.ndarray], torch.Tensor],
-    labels: np.ndarray,
-    fold: Fold,
-    recipe: Recipe,
-    seed: int,
-    n_classes: int,
-    *,
-    eval_batch: int = 64,
-    device: str = "cpu",
-) -> RunResult:
-    """Train ``module``'s trainable parameters through ``forward(trial positions) ->
-    logits`` on ``fold.train``, select on ``fold.val``, predict ``fold.test``."""
-    metric = selection_metric(n_classes, recipe.select)
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=recipe.lr, weight_decay=recipe.weight_decay, betas=recipe.betas
-    )
-    steps = recipe.epochs * math.ceil(len(fold.train) / recipe.batch_size)
-    scheduler = cosine_schedule(optimizer, steps, min_ratio=recipe.min_lr_ratio)
-    rng = np.random.default_rng([seed, fold.index, 0xF17E])
-    y = torch.as_tensor(labels, dtype=torch.long, device=device)
-    best_key: tuple[float, float] | None = None
-    best_state: dict[str, torch.Tensor] = {}
-    best_epoch, rows = -1, []
-    for epoch in range(recipe.epochs):
-        module.train()
-        total, count = 0.0, 0
-        lr = float(optimizer.param_groups[0]["lr"])
-        for idx in _batches(len(fold.train), recipe.batch_size, rng, fold.train):
-            logits = forward(idx)
-            loss = F.cross_entropy(logits, y[idx], label_smoothing=recipe.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if recipe.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-        val_logits = predict(module, forward, fold.val, eval_batch)
-        val_loss = float(F.cross_entropy(val_logits, y[fold.val].cpu()))
-        score = classification_metrics(
-            labels[fold.val], torch.softmax(val_logits, -1).numpy(), n_classes
-        )[metric]
-        key = (score if math.isfinite(score) else -math.inf, -val_loss)
-        rows.append(
-            {"epoch": epoch, "train_loss": total / max(count, 1), "val_loss": val_loss,
-             f"val_{metric}": score, "lr": lr}
-        )  # fmt: skip
-        if best_key is None or key > best_key:
-            best_key, best_epoch = key, epoch
-            best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        elif recipe.patience is not None and epoch - best_epoch >= recipe.patience:
-            break
-    module.load_state_dict(best_state)
-    test_logits = predict(module, forward, fold.test, eval_batch)
-    assert best_key is not None
-    return RunResult(torch.softmax(test_logits, -1).numpy(), best_epoch, best_key[0], rows)
-
-
-@torch.no_grad()
-def predict(
-    module: nn.Module, forward: Callable[[np.ndarray], torch.Tensor], idx: np.ndarray, batch: int
-) -> torch.Tensor:
-    module.eval()
-    out = [forward(idx[s : s + batch]).float().cpu() for s in range(0, len(idx), batch)]
-    return torch.cat(out) if out else torch.zeros(0)
-
-
 # ------------------------------------------------------------------------ the job
 
 
@@ -304,26 +108,25 @@ def _fresh_encoder(config: ModelConfig, seed: int) -> DiverEncoder:
 
 
 def finetune(settings: FinetuneSettings, tracking: TrackingTarget | None = None) -> dict:
-    """Run the job described by ``settings`` (see the module docstring); return metrics."""
-    context: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    cell = settings.cell or cell_of_model(settings.pretrained)
-    if tracking is not None:
-        from diver.tracking import child_run
+    """Run the job described by ``settings`` (see the module docstring); return metrics.
 
-        context = child_run(
-            tracking.uri,
-            tracking.parent_run_id,
-            stage="finetune",
-            cell=cell,
-            name=f"finetune:{settings.task.name}:{settings.mode}:{cell}",
-            tags={
-                "diver.pretrained_cell": cell,
-                "diver.task": settings.task.name,
-                "diver.finetune_mode": settings.mode,
-                "diver.head": settings.recipe.head,
-            },
-        )
-    with context as run:
+    With ``tracking``, the job is one MLflow child run of its parent (stage
+    ``finetune``, the pretrained model's cell), holding the params, the summary
+    metrics and the three output files.
+    """
+    cell = settings.cell or cell_of_model(settings.pretrained)
+    with stage_run(
+        tracking,
+        stage="finetune",
+        cell=cell,
+        name=f"finetune:{settings.task.name}:{settings.mode}:{cell}",
+        tags={
+            "diver.pretrained_cell": cell,
+            "diver.task": settings.task.name,
+            "diver.finetune_mode": settings.mode,
+            "diver.head": settings.recipe.head,
+        },
+    ) as run:
         metrics = _finetune(settings, cell)
         if run is not None:
             _log_run(run, settings, metrics)
@@ -351,7 +154,7 @@ def _finetune(settings: FinetuneSettings, cell: str) -> dict:
     folds = make_folds(
         taskset.units(split.by), taskset.units(split.val_unit), labels, split, source=s.task.source
     )
-    names = metric_names(n_classes)
+    names = metric_names_for_classes(n_classes)
     runs: dict[str, list[dict[str, Any]]] = {}
     predictions: list[pd.DataFrame] = []
     train_log: list[dict[str, Any]] = []
@@ -506,7 +309,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _log_run(run: Any, settings: FinetuneSettings, metrics: dict) -> None:
+def _log_run(run: RunLogger, settings: FinetuneSettings, metrics: dict) -> None:
     params = {
         "task": settings.task.name,
         "mode": settings.mode,

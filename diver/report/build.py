@@ -58,7 +58,7 @@ def _summary(inputs: ReportInputs, runs) -> str:  # type: ignore[no-untyped-def]
 
 def build_report(inputs: ReportInputs, *, generated: dt.datetime | None = None) -> str:
     """The report's HTML text."""
-    from diver.tracking import git_commit
+    from diver.tracking.provenance import git_commit
 
     runs = sections.read_runs(inputs.runs)
     when = (generated or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d %H:%M UTC")

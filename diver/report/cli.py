@@ -76,7 +76,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not args.parent_run:
         write_report(inputs, out)
     else:
-        from diver.tracking import child_run, read_run_id
+        from diver.tracking.runid import read_run_id
+        from diver.tracking.runs import child_run
 
         parent = read_run_id(Path(args.parent_run))
         uri = args.tracking_uri or study.tracking_uri()

@@ -264,7 +264,8 @@ def collect_mlflow(
     """
     from mlflow import MlflowClient
 
-    from diver.tracking import TAG_CELL, TAG_STAGE, with_retry
+    from diver.tracking import TAG_CELL, TAG_STAGE
+    from diver.tracking.retry import with_retry
 
     client = MlflowClient(tracking_uri)
     parent = with_retry(client.get_run, parent_run_id)

@@ -928,7 +928,7 @@ class _Run:
         }
 
     def _child_run(self) -> contextlib.AbstractContextManager[Any]:
-        from diver.tracking import child_run
+        from diver.tracking.runs import child_run
 
         assert self.tracking is not None
         return child_run(

@@ -34,13 +34,20 @@ def server_command(
     """The ``mlflow server`` command line (store folder created by the caller)."""
     store = store.resolve()
     return [
-        "mlflow", "server",
-        "--host", host,
-        "--port", str(port),
-        "--workers", str(workers),
-        "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-        "--artifacts-destination", str(store / "artifacts"),
-        "--allowed-hosts", ",".join(allowed_hosts(port, extra_hosts)),
+        "mlflow",
+        "server",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--backend-store-uri",
+        f"sqlite:///{store / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(store / "artifacts"),
+        "--allowed-hosts",
+        ",".join(allowed_hosts(port, extra_hosts)),
     ]
 
 

@@ -1,0 +1,190 @@
+"""The study's parent run, created once and found again, safely under concurrency.
+
+Why the care: on the default SQLite store many jobs of a grid start at once, and
+SQLite has no atomic "create if absent" across MLflow's search + create calls;
+concurrent first use of a fresh database even races on MLflow's schema creation.  So
+the one step that must not race (creating the experiment, the schema and the parent
+run) is serialised with a file lock beside the SQLite database
+(:func:`_store_lock`).  Any other tracking URI (an ``mlflow server``) works the same
+way through the REST store.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities.view_type import ViewType
+from mlflow.exceptions import MlflowException
+
+from diver.tracking import TAG_GIT_COMMIT, TAG_ROLE, TAG_STUDY
+from diver.tracking.provenance import git_commit
+from diver.tracking.retry import with_retry
+from diver.tracking.runs import log_params
+
+__all__ = ["ensure_parent_run"]
+
+_log = logging.getLogger(__name__)
+
+
+def _sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of an ``sqlite:///`` URI (None for servers and in-memory DBs)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    raw = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
+    if not raw or raw == ":memory:":
+        return None
+    return Path(raw).absolute()
+
+
+@contextmanager
+def _store_lock(tracking_uri: str) -> Iterator[None]:
+    """Exclusive lock serialising parent-run set-up on one SQLite store.
+
+    SQLite has no atomic "create if absent" across MLflow's search + create calls, and
+    concurrent first use of a fresh database races on MLflow's schema creation
+    (duplicate tables/columns).  An ``flock`` on ``<db>.lock`` makes the whole
+    look-up-or-create step one at a time across processes on the machine (and on NFS,
+    where Linux maps flock to POSIX locks).  Servers need no lock here: they own their
+    database (see :func:`ensure_parent_run` for the remaining race).
+    """
+    db = _sqlite_path(tracking_uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        except OSError as exc:
+            # Some cluster file systems (Lustre mounted without -o flock) refuse locks.
+            # The lock is a second line of defence (one rule creates the parent), so
+            # go on without it rather than fail the study.
+            _log.warning("cannot lock %s (%s); creating the parent run unlocked", fh.name, exc)
+            yield
+            return
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _quote(value: str) -> str:
+    """A string literal for an MLflow search filter (which has no escape sequences)."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"cannot search MLflow for a value holding both quote kinds: {value!r}")
+
+
+def _get_or_create_experiment(
+    client: MlflowClient, name: str, artifact_location: str | None
+) -> str:
+    """Id of the active experiment ``name``, creating it if missing.
+
+    Tolerates a concurrent creator (another process, or a server client without our
+    file lock): the loser's RESOURCE_ALREADY_EXISTS is caught and the name re-read.
+    """
+    experiment = with_retry(client.get_experiment_by_name, name)
+    if experiment is None:
+        try:
+            return with_retry(client.create_experiment, name, artifact_location=artifact_location)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        experiment = with_retry(client.get_experiment_by_name, name)
+        if experiment is None:  # pragma: no cover - created then deleted in between
+            raise MlflowException(f"experiment {name!r} vanished while being created")
+    if experiment.lifecycle_stage != "active":
+        raise MlflowException(
+            f"experiment {name!r} exists but is deleted; restore it "
+            "(mlflow experiments restore) or configure another tracking.experiment"
+        )
+    return experiment.experiment_id
+
+
+def _find_parents(client: MlflowClient, experiment_id: str, study: str) -> list:
+    """All active parent runs of ``study`` in the experiment, oldest first."""
+    filter_string = f"tags.`{TAG_STUDY}` = {_quote(study)} AND tags.`{TAG_ROLE}` = 'parent'"
+    runs: list = []
+    page_token = None
+    while True:
+        page = with_retry(
+            client.search_runs,
+            [experiment_id],
+            filter_string=filter_string,
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+            page_token=page_token,
+        )
+        runs.extend(page)
+        page_token = page.token
+        if not page_token:
+            break
+    # Oldest by start time; the run id breaks ties so every caller agrees on one run.
+    return sorted(runs, key=lambda run: (run.info.start_time, run.info.run_id))
+
+
+def ensure_parent_run(
+    tracking_uri: str,
+    experiment: str,
+    study: str,
+    *,
+    params: Mapping[str, object] | None = None,
+    tags: Mapping[str, str] | None = None,
+    artifact_location: str | None = None,
+) -> str:
+    """Return the id of ``study``'s parent run, creating the experiment and run if needed.
+
+    Idempotent, keyed on the study name: the parent is the active run of the experiment
+    tagged ``diver.study=<study>`` and ``diver.role=parent``.  When one exists it is
+    returned unchanged (``params`` and ``tags`` are applied only on creation: MLflow
+    params cannot change, and an edited cell config must not alter the study's run).
+
+    Concurrency: on an SQLite store the whole look-up-or-create step holds a file lock,
+    so any number of simultaneous callers get one parent.  On a tracking server two
+    first-time callers racing could both create one; the design avoids that (one rule
+    creates the parent before the grid), and should it happen the **oldest** parent
+    (earliest start time, then smallest run id) is what every later call returns, so
+    the study still converges on one run.  Duplicates are never deleted automatically.
+
+    ``artifact_location``: where the experiment's artifacts go when it is created.  For
+    an SQLite store the default is ``mlartifacts/`` beside the database (MLflow's own
+    default is ``./mlruns`` under whatever cwd the job had); for a server, the server's
+    default (``--artifacts-destination``).
+    """
+    if not study:
+        raise ValueError("study name must not be empty")
+    db = _sqlite_path(tracking_uri)
+    if artifact_location is None and db is not None:
+        artifact_location = (db.parent / "mlartifacts").as_uri()
+    with _store_lock(tracking_uri):
+        client = MlflowClient(tracking_uri)
+        experiment_id = _get_or_create_experiment(client, experiment, artifact_location)
+        parents = _find_parents(client, experiment_id, study)
+        if parents:
+            if len(parents) > 1:
+                _log.warning(
+                    "study %r has %d parent runs in experiment %r (a creation race); "
+                    "using the oldest, %s",
+                    study,
+                    len(parents),
+                    experiment,
+                    parents[0].info.run_id,
+                )
+            return parents[0].info.run_id
+        run_tags = {
+            **(tags or {}),
+            TAG_STUDY: study,
+            TAG_ROLE: "parent",
+            TAG_GIT_COMMIT: git_commit(),
+        }
+        run = with_retry(client.create_run, experiment_id, tags=run_tags, run_name=study)
+        run_id = run.info.run_id
+        log_params(client, run_id, params or {})
+        return run_id
