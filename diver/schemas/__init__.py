@@ -174,7 +174,8 @@ def validate(
 
     Raises ``error`` (default :class:`SchemaError`) with the message ``invalid {noun}
     {source}:`` and one indented ``key.path: message`` line per problem (``noun`` is
-    :data:`NOUNS`'s for ``name`` unless given).
+    :data:`NOUNS`'s for ``name`` unless given).  ``validate(raw, "config", source=source,
+    error=ConfigError)`` is what ``diver.config.validate_config`` does.
     """
     data, lines = problems(dict(raw), name)
     if lines:
