@@ -30,10 +30,11 @@ from diver.corpus.build import build_corpus
 from diver.corpus.synth import write_synthetic_corpus
 from diver.report.finetune import estimate, read_finetune
 from diver.scaling import cli as scaling_cli
+from diver.scaling.study import FIGURES, fit_study
 from tests.grid_files import write_grid
 
 SIZES = ["debug", "debug-2x", "debug-4x"]
-N_FIGURES = 1 + len(scaling_cli.FIGURES)  # loss curves + the fit's three figures
+N_FIGURES = 1 + len(FIGURES)  # loss curves + the fit's three figures
 
 
 def _summary(runs: list[dict[str, float]]) -> dict[str, dict]:
@@ -97,23 +98,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     args = ["scaling", "collect", "--metrics", *map(str, paths), "--out", str(runs)]
     assert scaling_cli.main(args) == 0
     fit = root / "scaling" / "mixed" / "1s"
-    args = [
-        "scaling",
-        "fit",
-        "--runs",
-        str(runs),
-        "--out",
-        str(fit),
-        "--form",
-        "auto",
-        "--where",
-        "family=mixed",
-        "--where",
-        "patch=1s",
-        "--bootstrap",
-        "100",
-    ]
-    assert scaling_cli.main(args) == 0
+    fit_study(runs, fit, form="auto", where=["family=mixed", "patch=1s"], bootstrap=100)
 
     finetune = root / "finetune" / "synth" / "metrics.json"
     finetune.parent.mkdir(parents=True)
@@ -289,17 +274,7 @@ def test_report_without_fine_tuning_or_a_law_says_so(
     runs = tmp_path / "few.csv"
     lines = inputs["runs"].read_text().splitlines()
     runs.write_text("\n".join(lines[:5]) + "\n")  # 4 points: too few for any law
-    fit_args = [
-        "scaling",
-        "fit",
-        "--runs",
-        str(runs),
-        "--out",
-        str(skipped.parent),
-        "--form",
-        "auto",
-    ]
-    assert scaling_cli.main(fit_args) == 0
+    assert not fit_study(runs, skipped.parent, form="auto").fitted
     out = tmp_path / "index.html"
     assert _report(inputs, out, "--fits", str(skipped)) == 0
     text = out.read_text()

@@ -48,6 +48,7 @@ from diver.scaling.laws import (
 )
 from diver.scaling.observations import ScalingFitError, make_runs
 from diver.scaling.optimise import batched_lbfgs, lbfgs, objective
+from diver.scaling.study import FIGURES, fit_study
 
 TRUE = DIVER1_IEEG_1S
 
@@ -383,7 +384,7 @@ def test_cli_fit_and_plan_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert {"C", "N_opt", "D_opt", "loss", "loss_lo", "loss_hi"} <= set(frontier.columns)
     run_flops = 6 * np.asarray(design_runs()["params"]) * np.asarray(design_runs()["tokens"])
     assert frontier["C"].min() < run_flops.min() and frontier["C"].max() > run_flops.max()
-    for png in scaling_cli.FIGURES:
+    for png in FIGURES:
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob("*.tmp-*"))
 
@@ -402,14 +403,12 @@ def test_cli_fit_and_plan_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "epochs" in text and "best allocation with U_D" in text and "[" in text
 
 
-def test_cli_chinchilla_form_without_unique_tokens(tmp_path: Path) -> None:
+def test_fit_study_chinchilla_form_without_unique_tokens(tmp_path: Path) -> None:
     runs_csv = tmp_path / "runs.csv"
     cols = chinchilla_runs()
     pd.DataFrame({k: cols[k] for k in ("params", "tokens", "loss")}).to_csv(runs_csv, index=False)
     out = tmp_path / "fit"
-    fit_args = ["scaling", "fit", "--runs", str(runs_csv), "--out", str(out)]
-    code = scaling_cli.main([*fit_args, "--form", "chinchilla", "--bootstrap", "0"])
-    assert code == 0
+    fit_study(runs_csv, out, form="chinchilla", bootstrap=0)
     summary = json.loads((out / "fit.json").read_text())
     assert summary["E"] == pytest.approx(1.69, rel=0.01)
     assert "R_D_star" not in summary and summary["files"]["bootstrap"] is None

@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 
 from diver.scaling import cli as scaling_cli
 from diver.scaling.runs import choose_form
+from diver.scaling.study import FIGURES
 from diver.tracking.parent import ensure_parent_run
 from diver.tracking.runid import write_run_id
 from diver.tracking.runs import child_run
@@ -171,7 +172,7 @@ def test_auto_form_on_the_default_grid_shape_fits_chinchilla_and_says_why(tmp_pa
         "repeat_levels": 1,
     }
     assert fit["n_points"] == 12 and "R_D_star" not in fit
-    for png in scaling_cli.FIGURES:
+    for png in FIGURES:
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
 
@@ -331,7 +332,7 @@ def test_collect_from_mlflow_and_fit_logs_a_scaling_child_run(
     assert run.data.metrics["alpha"] == pytest.approx(fit["alpha"])
     assert run.data.metrics["n_points"] == 12
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "scaling")}
-    assert {f"scaling/{n}" for n in ("fit.json", "frontier.csv", *scaling_cli.FIGURES)} <= artifacts
+    assert {f"scaling/{n}" for n in ("fit.json", "frontier.csv", *FIGURES)} <= artifacts
 
     # A parent without finished pretraining children is an error, not an empty table.
     empty = tmp_path / "empty.txt"

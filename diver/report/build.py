@@ -18,6 +18,7 @@ from pathlib import Path
 from diver.atomic import write_text_atomic
 from diver.report import sections
 from diver.report.html import esc, page, section
+from diver.study.artifacts import FitSummary
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,9 @@ def _summary(inputs: ReportInputs, runs) -> str:  # type: ignore[no-untyped-def]
     if runs is not None:
         items.append(f"Grid: {len(runs)} scaling-law points.")
     for path in inputs.fits:
-        fit = sections.read_fit(path)
-        label = " ".join(str(v) for v in (fit.get("selection") or {}).values()) or "all runs"
-        form = fit.get("form") or "no law"
-        items.append(f"Scaling law ({label}): {form} - {fit.get('form_reason', '')}")
+        fit = FitSummary.from_json(path)
+        form = fit.form or "no law"
+        items.append(f"Scaling law ({sections.fit_title(fit)}): {form} - {fit.form_reason}")
     items.append(
         f"Fine-tuning: {len(inputs.finetune)} result file(s)."
         if inputs.finetune

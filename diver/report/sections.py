@@ -7,7 +7,6 @@ errors naming the file (:class:`ReportError`).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from diver.report.finetune import metric_names, read_finetune
 from diver.report.html import esc, figure, fmt_number, note, table
 from diver.report.paper import DOWNSTREAM, TABLE_8
 from diver.scaling.laws import PARAM_NAMES
+from diver.study.artifacts import FitSummary
 
 #: Rendered names of the law's parameters.
 PARAM_LABELS = {
@@ -328,33 +328,23 @@ def curves_section(runs: pd.DataFrame | None) -> str:
 # -------------------------------------------------------------------- scaling
 
 
-def read_fit(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError as exc:
-        raise ReportError(f"{path}: no such fit file") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ReportError(f"{path}: not readable JSON ({exc})") from exc
-    if not isinstance(data, dict) or "form" not in data:
-        raise ReportError(f"{path}: not a fit.json of `diver scaling fit` (no 'form')")
-    return data
+def _ci_text(ci: tuple[float, float] | None) -> str:
+    return "–" if ci is None else f"[{fmt_number(ci[0])}, {fmt_number(ci[1])}]"
 
 
-def _ci_text(ci: Any) -> str:
-    if isinstance(ci, list) and len(ci) == 2 and all(_finite(v) for v in ci):
-        return f"[{fmt_number(ci[0])}, {fmt_number(ci[1])}]"
-    return "–"
+def fit_title(fit: FitSummary) -> str:
+    """A fit's selection as the report names it (``mixed 1s``; ``all runs``)."""
+    return " ".join(str(v) for v in fit.selection.values()) or "all runs"
 
 
-def fit_block(fit: Mapping[str, Any], path: Path) -> str:
+def fit_block(fit: FitSummary, path: Path) -> str:
     """One fit: the form and why, parameters with intervals beside Table 8, figures."""
-    selection = fit.get("selection") or {}
-    title = " ".join(str(v) for v in selection.values()) or "all runs"
-    form = fit.get("form")
-    requested = fit.get("form_requested", form)
-    reason = fit.get("form_reason") or ""
+    title = fit_title(fit)
+    form = fit.form
+    requested = fit.form_requested or form
+    reason = fit.form_reason
     parts = [f"<h3>{esc(title)}</h3>"]
-    excluded = fit.get("excluded") or {}
+    excluded = fit.excluded
     if excluded.get("subject_sweep"):
         parts.append(
             f'<p class="muted">{excluded["subject_sweep"]} subject-sweep point(s) left out '
@@ -368,30 +358,29 @@ def fit_block(fit: Mapping[str, Any], path: Path) -> str:
     else:
         parts.append(note(f"Form: {form}. {reason}", kind="ok"))
     names = PARAM_NAMES.get(form, ())
-    ci = fit.get("ci") or {}
     rows = []
     for name in ALL_PARAMS:
         row: dict[str, Any] = {"param": PARAM_LABELS[name]}
-        row["value"] = fmt_number(fit.get(name)) if name in names else "not in this form"
-        row["ci"] = _ci_text(ci.get(name)) if name in names else "–"
+        row["value"] = fmt_number(fit.params.get(name)) if name in names else "not in this form"
+        row["ci"] = _ci_text(fit.interval(name)) if name in names else "–"
         for published in TABLE_8:
             row[published.family] = fmt_number(getattr(published.params, name))
         rows.append(row)
     for key, label in (("r2_linear", "R² linear"), ("r2_log", "R² log")):
-        row = {"param": label, "value": fmt_number(fit.get(key)), "ci": "–"}
+        row = {"param": label, "value": fmt_number(getattr(fit, key)), "ci": "–"}
         for published in TABLE_8:
             row[published.family] = fmt_number(getattr(published, key))
         rows.append(row)
     rows.append(
         {
             "param": "points",
-            "value": fmt_number(fit.get("n_points")),
+            "value": fmt_number(fit.n_points),
             "ci": "–",
             **{p.family: "–" for p in TABLE_8},
         }
     )
-    level = fit.get("ci_level", 0.95)
-    boot = fit.get("bootstrap") or 0
+    level = 0.95 if fit.ci_level is None else fit.ci_level
+    boot = fit.bootstrap
     columns = [
         ("param", "parameter"),
         ("value", "this study"),
@@ -405,7 +394,7 @@ def fit_block(fit: Mapping[str, Any], path: Path) -> str:
         "starts, percentile bootstrap intervals (Besiroglu et al. 2024).</p>"
     )
     parts.append(table(rows, columns, text_columns=["param"]))
-    at_bound = fit.get("at_bound") or []
+    at_bound = fit.at_bound
     if at_bound:
         labels = ", ".join(PARAM_LABELS.get(n, n) for n in at_bound)
         parts.append(
@@ -415,10 +404,10 @@ def fit_block(fit: Mapping[str, Any], path: Path) -> str:
             )
         )
     extra = []
-    if _finite(fit.get("loo_rmse_log")):
-        extra.append(f"leave-one-out RMSE of log loss {fmt_number(fit['loo_rmse_log'])}")
-    if _finite(fit.get("loo_mape")):
-        extra.append(f"leave-one-out mean absolute error {100 * float(fit['loo_mape']):.2f} %")
+    if _finite(fit.loo_rmse_log):
+        extra.append(f"leave-one-out RMSE of log loss {fmt_number(fit.loo_rmse_log)}")
+    if fit.loo_mape is not None and _finite(fit.loo_mape):
+        extra.append(f"leave-one-out mean absolute error {100 * fit.loo_mape:.2f} %")
     if extra:
         parts.append(f'<p class="muted">{esc("; ".join(extra))}.</p>')
     captions = {
@@ -428,7 +417,7 @@ def fit_block(fit: Mapping[str, Any], path: Path) -> str:
         "iso_flop.png": "The fitted law along iso-FLOP curves; dots mark each curve's optimum.",
     }
     shown = []
-    for name in (fit.get("files") or {}).get("figures") or []:
+    for name in fit.files.figures:
         png = Path(path).parent / name
         if not png.is_file():
             raise ReportError(f"{path}: its figure {png} is missing")
@@ -445,7 +434,7 @@ def fit_block(fit: Mapping[str, Any], path: Path) -> str:
 def scaling_section(fit_paths: Sequence[Path]) -> str:
     if not fit_paths:
         return note("No scaling-law fit given.")
-    return "\n".join(fit_block(read_fit(p), Path(p)) for p in fit_paths)
+    return "\n".join(fit_block(FitSummary.from_json(p), Path(p)) for p in fit_paths)
 
 
 # ------------------------------------------------------------------- finetune

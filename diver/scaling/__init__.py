@@ -11,7 +11,10 @@ model or training code - the fit sees runs as ``(N, D, U_D, loss)`` numbers.
 - :mod:`diver.scaling.bootstrap`: bootstrap intervals and leave-one-out refits;
 - :mod:`diver.scaling.frontier`: frontier table, iso-FLOP / iso-loss curves, plans;
 - :mod:`diver.scaling.plots`: figures;
-- :mod:`diver.scaling.cli`: ``diver scaling fit`` / ``plan`` (``register(subparsers)``).
+- :mod:`diver.scaling.runs`: the runs table of a grid, and which law it supports;
+- :mod:`diver.scaling.study`: :func:`fit_study`, a study's whole fit (files, figures,
+  ``fit.json``), and :func:`load_fit`;
+- :mod:`diver.scaling.cli`: ``diver scaling collect`` / ``fit`` / ``plan`` (argument parsing).
 """
 
 from diver.scaling.fit import FitResult, fit_law

@@ -1,4 +1,4 @@
-"""``diver scaling collect``, ``fit`` and ``plan``: argument parsing and file I/O.
+"""``diver scaling collect``, ``fit`` and ``plan``: argument parsing and printing.
 
 Wiring: ``register(subparsers)`` adds the ``scaling`` command (with ``collect``,
 ``fit`` and ``plan``) to the ``diver`` parser's subparsers; each subcommand sets ``func``, which
@@ -10,29 +10,10 @@ runs the same commands standalone.
 ``metrics.json`` files or from the study's MLflow children; with ``--config`` the
 grid's ``read_epochs`` make several points of one long run.
 
-``fit`` fits the rows selected by ``--where COLUMN=VALUE`` (subject-sweep rows never:
-the law has no variable for subjects).  ``--form auto`` fits the data-constrained law
-when the runs can determine it, else the Chinchilla law, else nothing
-(:func:`diver.scaling.runs.choose_form`); ``fit.json`` records the request, the form
-used and why.  With ``--parent-run`` the fit, its files and figures go to an MLflow
-child run (stage ``scaling``) of the study's parent.  ``fit`` writes into ``--out``:
-
-- ``bootstrap.csv``: one row per bootstrap refit, the law's natural parameters
-  (what ``plan`` needs for its intervals);
-- ``frontier.csv``: compute budgets from two decades below the runs' least compute to
-  two above their most, with SPEC §4's ``N_opt, D_opt`` and the predicted loss (fresh
-  data), and ``*_lo``/``*_hi`` 95 % bootstrap bands;
-- ``loss_vs_compute.png``, ``fitted_vs_observed.png``, ``iso_flop.png``;
-- ``fit.json`` last (so its presence means the rest is complete): point estimates
-  ``A, B, E, alpha, beta[, R_D_star, R_N_star]``, ``ci`` ``{name: [lo, hi]}``,
-  ``r2_linear``, ``r2_log``, ``loo_rmse_log``, ``loo_mape``, ``n_points``, ``form``,
-  ``bootstrap``, the file names, ``status`` (``fitted``), ``form_requested``,
-  ``form_reason``, ``design`` (the counts the auto rule looked at), ``selection``,
-  ``excluded`` and ``at_bound`` (parameters on the search box: not determined by the
-  runs).  When ``--form auto`` finds no law the runs can determine, ``fit.json`` alone
-  is written, with ``status`` ``skipped``, ``form`` null and the reason.
-
-Every file is written atomically (temporary name, then ``os.replace``).
+``fit`` parses its arguments into one call of :func:`diver.scaling.study.fit_study`
+(which module documents the files it writes) and prints the summary it returns;
+``plan`` reads a fit back (:func:`diver.scaling.study.load_fit`) and prints
+:func:`diver.scaling.frontier.plan`'s allocation.
 """
 
 from __future__ import annotations
@@ -46,41 +27,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
 from diver.argtypes import non_negative_int
-from diver.atomic import write_csv_atomic, write_text_atomic
+from diver.atomic import write_csv_atomic
 from diver.errors import DiverError
 from diver.exitcodes import EXIT_ERROR
-from diver.scaling import plots
 from diver.scaling.bootstrap import DEFAULT_BOOTSTRAP
-from diver.scaling.fit import fit_law
-from diver.scaling.frontier import flop_range, frontier_table, plan
-from diver.scaling.laws import FORMS, PARAM_NAMES, LawParams, predict
-from diver.scaling.observations import REQUIRED_COLUMNS, ScalingFitError, make_runs
-from diver.scaling.optimise import bounds
-from diver.scaling.runs import (
-    ReadEpochs,
-    choose_form,
-    collect_files,
-    collect_mlflow,
-    design_counts,
-    select_rows,
-)
+from diver.scaling.frontier import plan
+from diver.scaling.laws import FORMS
+from diver.scaling.runs import ReadEpochs, collect_files, collect_mlflow
+from diver.scaling.study import AUTO, FIT_JSON, fit_study, load_fit, source_label
+from diver.study.artifacts import FitSummary, PretrainMetrics, finite_or_none
 
 log = logging.getLogger("diver.scaling")
-
-FIT_JSON = "fit.json"
-BOOTSTRAP_CSV = "bootstrap.csv"
-FRONTIER_CSV = "frontier.csv"
-FIGURES = ("loss_vs_compute.png", "fitted_vs_observed.png", "iso_flop.png")
-AUTO = "auto"
-SCALING_STAGE = "scaling"
-U_N_DEFINITION = (
-    "U_N = min(N_opt(U_D), N), N_opt(U_D) = (alpha A / (beta B))^(1/alpha) U_D^(beta/alpha): "
-    "the compute-optimal N (C = 6 N D, SPEC §4) whose compute-optimal D is U_D"
-)
 
 
 def _positive_float(text: str) -> float:
@@ -179,27 +137,6 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _finite_or_none(value: Any) -> Any:
-    """JSON without NaN/Infinity (not valid JSON): non-finite floats become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite_or_none(v) for v in value]
-    return value
-
-
-def read_runs_csv(path: Path) -> pd.DataFrame:
-    """The runs table, or a :class:`ScalingFitError` naming ``path`` and the problem."""
-    if not path.is_file():
-        raise ScalingFitError(f"{path}: no such runs file")
-    try:
-        return pd.read_csv(path)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise ScalingFitError(f"{path}: not a readable CSV ({exc})") from exc
-
-
 def _tracking_uri(args: argparse.Namespace) -> str:
     if args.tracking_uri:
         return str(args.tracking_uri)
@@ -232,18 +169,15 @@ def _read_epochs_of_grid(config: str | None) -> ReadEpochs | None:
         if c.read_epochs
     }
 
-    def lookup(metrics: dict[str, Any]) -> tuple[int, ...]:
-        try:
-            key = (
-                str(metrics.get("family") or ""),
-                str(metrics["patch"]),
-                str(metrics["size"]),
-                float(metrics["data_fraction"]),
-                metrics.get("subjects"),
-                int(metrics["epochs"]),
-            )
-        except (KeyError, TypeError, ValueError):
-            return ()  # cell_rows reports what is missing, naming the file
+    def lookup(metrics: PretrainMetrics) -> tuple[int, ...]:
+        key = (
+            metrics.family or "",
+            metrics.patch,
+            metrics.size,
+            metrics.data_fraction,
+            metrics.subjects,
+            metrics.epochs,
+        )
         return tuple(table.get(key, ()))
 
     return lookup
@@ -266,239 +200,40 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_values(frame: pd.DataFrame, source: str) -> None:
-    """Missing columns and bad values fail before ``--form auto`` counts anything."""
-    missing = [c for c in REQUIRED_COLUMNS["chinchilla"] if c not in frame.columns]
-    if missing:
-        raise ScalingFitError(
-            f"{source}: missing column(s) {missing}; a fit needs "
-            f"{list(REQUIRED_COLUMNS['chinchilla'])} (and unique_tokens for the "
-            "data-constrained form)"
-        )
-    columns = [c for c in REQUIRED_COLUMNS["data-constrained"] if c in frame.columns]
-    values = frame[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
-    bad = np.flatnonzero(~np.all(np.isfinite(values) & (values > 0), axis=1))
-    if bad.size:
-        what = "NaN" if np.isnan(values[bad]).any() else "non-finite or non-positive"
-        raise ScalingFitError(
-            f"{source}: {what} values in {bad.size} row(s) of {columns} (0-based rows "
-            f"{bad[:10].tolist()}{' ...' if bad.size > 10 else ''}); every run needs finite "
-            "positive values"
-        )
-
-
-def _at_bound(x: np.ndarray, form: str) -> list[str]:
-    """Parameters the optimiser left on its search box: the runs do not determine them."""
-    names = PARAM_NAMES[form]
-    out = []
-    for i, (lo, hi) in enumerate(bounds(form)):
-        if min(abs(x[i] - lo), abs(x[i] - hi)) <= 1e-6 * (hi - lo):
-            out.append(names[i])
-    return out
-
-
-def _label(selection: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in selection.items()) or "all"
-
-
-def _publish(
-    out: Path,
-    summary: dict[str, Any],
-    files: list[str],
-    runs_path: Path,
-    tracking: tuple[str, str] | None,
-) -> None:
-    """Write fit.json last; with tracking, inside a child run holding the files and figures."""
-    text = json.dumps(_finite_or_none(summary), indent=2) + "\n"
-    if tracking is None:
-        write_text_atomic(out / FIT_JSON, text)
-        return
-    from diver.tracking.runs import child_run
-
-    uri, parent = tracking
-    label = _label(summary.get("selection") or {})
-    with child_run(uri, parent, stage=SCALING_STAGE, cell=label, name=f"scaling:{label}") as run:
-        params = {
-            "form": summary.get("form"),
-            "form_requested": summary.get("form_requested"),
-            "form_reason": summary.get("form_reason"),
-            "status": summary.get("status"),
-            "n_points": summary.get("n_points"),
-            "bootstrap": summary.get("bootstrap"),
-            "seed": summary.get("seed"),
-            "runs": str(runs_path),
-            **{f"where.{k}": v for k, v in (summary.get("selection") or {}).items()},
-        }
-        run.log_params({k: v for k, v in params.items() if v is not None})
-        metrics: dict[str, float] = {}
-        form = summary.get("form")
-        if form in FORMS:
-            for name in PARAM_NAMES[form]:
-                metrics[name] = summary[name]
-                lo_hi = (summary.get("ci") or {}).get(name)
-                if lo_hi:
-                    metrics[f"{name}_ci_lo"], metrics[f"{name}_ci_hi"] = lo_hi
-            for key in ("r2_linear", "r2_log", "loo_rmse_log", "loo_mape", "objective"):
-                metrics[key] = summary[key]
-        metrics["n_points"] = summary.get("n_points") or 0
-        run.log_metrics(
-            {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
-        )
-        for name in files:
-            run.log_artifact(out / name, artifact_path=SCALING_STAGE)
-        if runs_path.is_file():
-            run.log_artifact(runs_path, artifact_path=SCALING_STAGE)
-        write_text_atomic(out / FIT_JSON, text)
-        run.log_artifact(out / FIT_JSON, artifact_path=SCALING_STAGE)
-
-
 def cmd_fit(args: argparse.Namespace) -> int:
-    runs_path = Path(args.runs)
     out = Path(args.out)
-    if args.jobs < 1:
-        raise DiverError(f"--jobs must be at least 1, got {args.jobs}")
-    frame = read_runs_csv(runs_path)
-    tracking = _tracking(args)
-    source = str(runs_path)
-    selection: dict[str, str] = {}
-    excluded: dict[str, int] = {}
-    if args.where or "subjects" in frame.columns:
-        frame, selection, excluded = select_rows(frame, args.where, source=source)
-        if selection:
-            source = f"{runs_path} [{_label(selection)}]"
-    form = args.form
-    reason = f"{form} law requested"
-    if form == AUTO:
-        _check_values(frame, source)
-        choice = choose_form(frame)
-        reason = choice.reason
-        if choice.form is None:
-            summary = {
-                "status": "skipped",
-                "form": None,
-                "form_requested": AUTO,
-                "form_reason": reason,
-                "design": choice.counts,
-                "n_points": len(frame),
-                "selection": selection,
-                "excluded": excluded,
-                "runs": str(runs_path),
-                "files": {"bootstrap": None, "frontier": None, "figures": []},
-            }
-            out.mkdir(parents=True, exist_ok=True)
-            _publish(out, summary, [], runs_path, tracking)
-            print(f"{source}: {reason}")
-            print(f"-> {out / FIT_JSON}")
-            return 0
-        form = choice.form
-    runs = make_runs(frame, form, source=source)
-    log.info("fitting %s law to %d runs from %s", form, runs.n, source)
-    result = fit_law(runs, form, bootstrap=args.bootstrap, seed=args.seed, jobs=args.jobs)
-    names = PARAM_NAMES[form]
-
-    out.mkdir(parents=True, exist_ok=True)
-    samples = result.bootstrap_samples if result.bootstrap else None
-    if samples is not None:
-        write_csv_atomic(out / BOOTSTRAP_CSV, pd.DataFrame(samples, columns=list(names)))
-    budgets = flop_range(6.0 * runs.params * runs.tokens)
-    frontier = frontier_table(result.params, budgets, samples)
-    write_csv_atomic(out / FRONTIER_CSV, frontier)
-
-    unique = runs.unique_tokens if form == "data-constrained" else None
-    fitted = predict(result.params, runs.params, runs.tokens, unique)
-    plots.loss_vs_compute(
-        out / FIGURES[0],
-        runs.params,
-        runs.tokens,
-        runs.loss,
-        frontier,
-        title=f"{form} law, {runs.n} runs",
+    summary = fit_study(
+        args.runs,
+        out,
+        form=args.form,
+        where=args.where,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        jobs=args.jobs,
+        tracking=_tracking(args),
     )
-    plots.fitted_vs_observed(
-        out / FIGURES[1], runs.loss, fitted, r2_linear=result.r2_linear, r2_log=result.r2_log
-    )
-    run_flops = 6.0 * runs.params * runs.tokens
-    plots.iso_flop_curves(
-        out / FIGURES[2],
-        result.params,
-        np.logspace(np.log10(run_flops.min()), np.log10(run_flops.max()), 5),
-        (runs.params.min() / 10.0, runs.params.max() * 10.0),
-        unique_tokens=float(np.median(runs.unique_tokens)) if unique is not None else None,
-    )
-
-    summary = result.summary()
-    summary.update(
-        {
-            "status": "fitted",
-            "form_requested": args.form,
-            "form_reason": reason,
-            "design": design_counts(frame),
-            "selection": selection,
-            "excluded": excluded,
-            "at_bound": _at_bound(result.x, form),
-            "runs": str(runs_path),
-            "files": {
-                "bootstrap": BOOTSTRAP_CSV if samples is not None else None,
-                "frontier": FRONTIER_CSV,
-                "figures": list(FIGURES),
-            },
-            "compute": "C = 6 N D",
-        }
-    )
-    if form == "data-constrained":
-        summary["U_N_definition"] = U_N_DEFINITION
-    files = [*([BOOTSTRAP_CSV] if samples is not None else []), FRONTIER_CSV, *FIGURES]
-    _publish(out, summary, files, runs_path, tracking)
-
-    print(f"{form} law fitted to {runs.n} runs ({source})")
-    if args.form == AUTO:
-        print(f"  auto: {reason}")
-    for name in names:
-        value = summary[name]
-        ci = result.ci.get(name)
-        band = f"  [{ci[0]:.5g}, {ci[1]:.5g}]" if ci else ""
-        print(f"  {name:9s} {value:.5g}{band}")
-    print(
-        f"  R^2 linear {result.r2_linear:.4f}, log {result.r2_log:.4f}; "
-        f"leave-one-out RMSE(log loss) {result.loo_rmse_log:.4g}"
-    )
-    if summary["at_bound"]:
-        log.warning("on the search bounds (not determined by the runs): %s", summary["at_bound"])
-    if result.bootstrap_failed:
-        log.warning("%d of %d bootstrap refits failed", result.bootstrap_failed, args.bootstrap)
+    print_fit(summary)
     print(f"-> {out / FIT_JSON}")
     return 0
 
 
-def load_fit(path: Path) -> tuple[LawParams, dict[str, Any], np.ndarray | None]:
-    """``(params, fit.json content, bootstrap samples or None)`` from a fit.json."""
-    if not path.is_file():
-        raise DiverError(f"{path}: no such fit file")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DiverError(f"{path}: not valid JSON ({exc})") from exc
-    form = data.get("form") if isinstance(data, dict) else None
-    if isinstance(data, dict) and data.get("status") == "skipped":
-        raise DiverError(f"{path}: no law was fitted ({data.get('form_reason')})")
-    if form not in FORMS:
-        raise DiverError(f"{path}: 'form' must be one of {FORMS}, got {form!r}")
-    try:
-        params = LawParams.from_mapping(data, form)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DiverError(f"{path}: {exc}") from exc
-    samples = None
-    name = (data.get("files") or {}).get("bootstrap")
-    if name:
-        sample_path = path.parent / name
-        if not sample_path.is_file():
-            raise DiverError(f"{path}: its bootstrap samples {sample_path} are missing")
-        table = pd.read_csv(sample_path)
-        missing = [c for c in PARAM_NAMES[form] if c not in table.columns]
-        if missing:
-            raise DiverError(f"{sample_path}: missing column(s) {missing}")
-        samples = table[list(PARAM_NAMES[form])].to_numpy(dtype=float)
-    return params, data, samples
+def print_fit(summary: FitSummary) -> None:
+    """What ``diver scaling fit`` prints: the form and why, estimates with intervals."""
+    source = source_label(summary)
+    if not summary.fitted:
+        print(f"{source}: {summary.form_reason}")
+        return
+    print(f"{summary.form} law fitted to {summary.n_points} runs ({source})")
+    if summary.form_requested == AUTO:
+        print(f"  auto: {summary.form_reason}")
+    for name, value in summary.params.items():
+        ci = summary.ci.get(name)
+        band = f"  [{ci[0]:.5g}, {ci[1]:.5g}]" if ci else ""
+        print(f"  {name:9s} {value:.5g}{band}")
+    print(
+        f"  R^2 linear {summary.r2_linear:.4f}, log {summary.r2_log:.4f}; "
+        f"leave-one-out RMSE(log loss) {summary.loo_rmse_log:.4g}"
+    )
 
 
 def _line(label: str, entry: dict[str, Any], fmt: str = ".4g") -> str:
@@ -534,7 +269,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     params, _, samples = load_fit(path)
     result = plan(params, args.flops, args.unique_tokens, samples)
     if args.format == "json":
-        print(json.dumps(_finite_or_none(result), indent=2))
+        print(json.dumps(finite_or_none(result), indent=2))
     else:
         print(format_plan(result))
     return 0

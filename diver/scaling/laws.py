@@ -56,16 +56,16 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from diver.study.artifacts import FIT_PARAMETERS
 from diver.study.budget import TOKENS_PER_FULL_WINDOW
 
 Form = Literal["data-constrained", "chinchilla"]
 FORMS: tuple[Form, ...] = ("data-constrained", "chinchilla")
 
-#: Parameter names per form, in the order of the log-space vector.
-PARAM_NAMES: dict[str, tuple[str, ...]] = {
-    "chinchilla": ("A", "B", "E", "alpha", "beta"),
-    "data-constrained": ("A", "B", "E", "alpha", "beta", "R_D_star", "R_N_star"),
-}
+#: Parameter names per form, in the order of the log-space vector.  They are fit.json's
+#: keys, so the file's schema (:mod:`diver.study.artifacts`, below this package) owns them.
+PARAM_NAMES: dict[str, tuple[str, ...]] = dict(FIT_PARAMETERS)
+assert set(PARAM_NAMES) == set(FORMS)
 
 #: Names of the log-space coordinates the optimiser sees, same order as PARAM_NAMES.
 LOG_NAMES: dict[str, tuple[str, ...]] = {

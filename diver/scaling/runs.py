@@ -39,7 +39,6 @@ and the bootstrap intervals span decades.  The rule used here, stated in ``fit.j
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import tempfile
@@ -53,6 +52,7 @@ import pandas as pd
 
 from diver.errors import DiverError
 from diver.scaling.laws import n_params
+from diver.study.artifacts import PRETRAIN_METRICS, PretrainMetrics
 
 log = logging.getLogger(__name__)
 
@@ -75,22 +75,11 @@ RUNS_COLUMNS: tuple[str, ...] = (
     "source",
 )
 
-#: metrics.json keys every cell must have (what the law and the grid table need).
-REQUIRED_KEYS: tuple[str, ...] = (
-    "val_loss",
-    "n_params",
-    "tokens",
-    "unique_tokens",
-    "epochs",
-    "size",
-    "patch",
-    "data_fraction",
-)
 _POSITIVE_KEYS = ("val_loss", "n_params", "tokens", "unique_tokens")
 
 #: What a run with the MLflow stage tag of a pretraining cell is called (diver.tracking).
 PRETRAIN_STAGE = "pretrain"
-METRICS_ARTIFACT = "metrics.json"
+METRICS_ARTIFACT = PRETRAIN_METRICS
 
 #: Points per parameter the auto rule asks for (module doc).
 POINTS_PER_PARAMETER = 2
@@ -100,67 +89,39 @@ class CollectError(DiverError, ValueError):
     """A cell's results cannot be used; the message names the file or run."""
 
 
-ReadEpochs = Callable[[Mapping[str, Any]], Sequence[int]]
-
-
-def _number(metrics: Mapping[str, Any], key: str, where: str) -> float:
-    value = metrics.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise CollectError(f"{where}: {key!r} is {value!r}, not a number")
-    return float(value)
-
-
-def read_metrics(path: Path) -> dict[str, Any]:
-    """A cell's ``metrics.json`` as a dict, or a :class:`CollectError` naming ``path``."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise CollectError(f"{path}: no such metrics file (has the cell finished?)") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CollectError(f"{path}: not a readable metrics.json ({exc})") from exc
-    if not isinstance(data, dict):
-        raise CollectError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+ReadEpochs = Callable[[PretrainMetrics], Sequence[int]]
 
 
 def cell_rows(
-    metrics: Mapping[str, Any],
+    metrics: PretrainMetrics,
     *,
-    where: str,
     run_dir: str = "",
     read_epochs: Sequence[int] = (),
 ) -> list[dict[str, Any]]:
     """The runs-table rows of one cell (one per read epoch, else its final point).
 
-    ``where`` names the source (file or MLflow run) in error messages.
+    Errors name ``metrics.source`` (the file or MLflow run it was read from).
     """
-    missing = [k for k in REQUIRED_KEYS if k not in metrics]
-    if missing:
-        raise CollectError(
-            f"{where}: missing key(s) {missing} (not a diver pretrain metrics.json?)"
-        )
-    values = {k: _number(metrics, k, where) for k in (*_POSITIVE_KEYS, "epochs", "data_fraction")}
+    where = metrics.source
     for key in _POSITIVE_KEYS:
-        if not (math.isfinite(values[key]) and values[key] > 0):
+        value = float(getattr(metrics, key))
+        if not (math.isfinite(value) and value > 0):
             hint = " (the run diverged?)" if key == "val_loss" else ""
             raise CollectError(
-                f"{where}: {key} is {values[key]}, not a finite positive number{hint}; "
+                f"{where}: {key} is {value}, not a finite positive number{hint}; "
                 "rerun the cell or remove it from the grid"
             )
-    run_epochs = int(values["epochs"])
-    unique = values["unique_tokens"]
-    flops = metrics.get("flops")
-    flops_6nd = metrics.get("flops_6nd")
-    subjects = metrics.get("subjects")
+    run_epochs = metrics.epochs
+    unique = metrics.unique_tokens
+    flops, flops_6nd = metrics.flops, metrics.flops_6nd
     base = {
-        "family": str(metrics.get("family") or ""),
-        "patch": str(metrics["patch"]),
-        "size": str(metrics["size"]),
-        "fraction": values["data_fraction"],
-        "subjects": None if subjects is None else int(subjects),
+        "family": metrics.family or "",
+        "patch": metrics.patch,
+        "size": metrics.size,
+        "fraction": metrics.data_fraction,
+        "subjects": metrics.subjects,
         "run_epochs": run_epochs,
-        "params": values["n_params"],
+        "params": float(metrics.n_params),
         "unique_tokens": unique,
         "run_dir": run_dir,
         "source": where,
@@ -173,22 +134,15 @@ def cell_rows(
             "epochs": epoch,
             "tokens": tokens,
             "loss": loss,
-            "flops": float(flops) * scale if isinstance(flops, int | float) else math.nan,
-            "flops_6nd": float(flops_6nd) * scale
-            if isinstance(flops_6nd, int | float)
-            else math.nan,
+            "flops": flops * scale if flops is not None else math.nan,
+            "flops_6nd": flops_6nd * scale if flops_6nd is not None else math.nan,
             "steps": steps,
         }
 
     if not read_epochs:
-        return [row(run_epochs, values["tokens"], values["val_loss"], metrics.get("steps"))]
+        return [row(run_epochs, metrics.tokens, metrics.val_loss, metrics.steps)]
 
-    by_epoch = {}
-    for entry in metrics.get("val_by_epoch") or []:
-        try:
-            by_epoch[int(entry["epoch"])] = float(entry["val_loss"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CollectError(f"{where}: malformed val_by_epoch entry {entry!r}") from exc
+    by_epoch = metrics.loss_at_epochs()
     rows = []
     for epoch in sorted(set(int(e) for e in read_epochs)):
         loss = by_epoch.get(epoch)
@@ -199,8 +153,8 @@ def cell_rows(
             )
         if not (math.isfinite(loss) and loss > 0):
             raise CollectError(f"{where}: val_loss at epoch {epoch} is {loss} (diverged?)")
-        steps = metrics.get("steps")
-        if isinstance(steps, int | float) and epoch != run_epochs:
+        steps: Any = metrics.steps
+        if steps is not None and epoch != run_epochs:
             steps = math.nan  # the step of an epoch end is in val_log.csv, not here
         rows.append(row(epoch, epoch * unique, loss, steps))
     return rows
@@ -226,9 +180,9 @@ def collect_files(
     seen: dict[tuple, Path] = {}
     for raw in paths:
         path = Path(raw)
-        metrics = read_metrics(path)
+        metrics = PretrainMetrics.from_json(path)
         reads = tuple(read_epochs(metrics)) if read_epochs is not None else ()
-        new = cell_rows(metrics, where=str(path), run_dir=str(path.parent), read_epochs=reads)
+        new = cell_rows(metrics, run_dir=str(path.parent), read_epochs=reads)
         ident = _identity(new[0])
         if ident in seen:
             raise CollectError(f"{path} and {seen[ident]} are the same grid cell {ident}")
@@ -315,9 +269,9 @@ def collect_mlflow(
             local = with_retry(
                 client.download_artifacts, run.info.run_id, METRICS_ARTIFACT, str(dest)
             )
-            metrics = read_metrics(Path(local))
+            metrics = PretrainMetrics.from_json(Path(local), source=where)
             reads = tuple(read_epochs(metrics)) if read_epochs is not None else ()
-            rows.extend(cell_rows(metrics, where=where, read_epochs=reads))
+            rows.extend(cell_rows(metrics, read_epochs=reads))
     return runs_frame(rows)
 
 

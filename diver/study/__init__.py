@@ -1,5 +1,10 @@
-"""What a study *is*, independent of how it runs: the token budget (``budget``).
+"""What a study *is*, independent of how it runs.
 
-Modules here are pure functions of a config; nothing imports training, launching or
-tracking from them.
+- :mod:`diver.study.budget`: the token budget (SPEC §1);
+- :mod:`diver.study.cells`: the pretraining grid's cells, their folders and wildcards;
+- :mod:`diver.study.artifacts`: typed records of the result files one stage writes
+  and another reads (a cell's ``metrics.json``, a fit's ``fit.json``).
+
+Modules here are pure (functions of a config, or of a result file); nothing imports
+training, launching or tracking from them.
 """
