@@ -21,7 +21,6 @@ SEM is the sample standard deviation (``ddof = 1``) over ``sqrt(n)``, SPEC §5's
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from diver.errors import DiverError
+from diver.study.artifacts import read_json_object
 
 #: Metric names in report order (SPEC §5); others follow alphabetically.
 METRIC_ORDER = (
@@ -149,14 +149,7 @@ def is_baseline(model: str) -> bool:
 def read_finetune(path: Path) -> list[dict[str, Any]]:
     """Report rows (task, mode, pretrained, model, baseline, metrics) of one file."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise FinetuneReportError(f"{path}: no such fine-tuning metrics file") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FinetuneReportError(f"{path}: not readable JSON ({exc})") from exc
-    if not isinstance(data, Mapping):
-        raise FinetuneReportError(f"{path}: expected a JSON object")
+    data = read_json_object(path, what="fine-tuning metrics file")
     models = _models(data)
     if not models:
         raise FinetuneReportError(

@@ -47,6 +47,18 @@ class Runs:
         )
 
 
+def bad_rows(values: NDArray[np.float64]) -> str | None:
+    """Which rows of ``values`` (a column, or rows of columns) hold a value that is not a
+    finite positive number, said for an error message; None when there are none."""
+    table = values.reshape(values.shape[0], -1)
+    bad = np.flatnonzero(~np.all(np.isfinite(table) & (table > 0), axis=1))
+    if not bad.size:
+        return None
+    what = "NaN" if np.isnan(table[bad]).any() else "non-finite or non-positive"
+    more = " ..." if bad.size > 10 else ""
+    return f"{what} values in {bad.size} row(s) (0-based rows {bad[:10].tolist()}{more})"
+
+
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "data-constrained": ("params", "tokens", "unique_tokens", "loss"),
     "chinchilla": ("params", "tokens", "loss"),
@@ -74,13 +86,10 @@ def make_runs(columns: Mapping[str, Any], form: str, *, source: str = "runs") ->
             values = np.asarray(columns[name], dtype=float).ravel()
         except (TypeError, ValueError) as exc:
             raise ScalingFitError(f"{source}: column {name!r} is not numeric ({exc})") from exc
-        bad = np.flatnonzero(~np.isfinite(values) | (values <= 0))
-        if bad.size:
-            what = "NaN" if np.isnan(values[bad]).any() else "non-finite or non-positive"
+        problem = bad_rows(values)
+        if problem:
             raise ScalingFitError(
-                f"{source}: column {name!r} has {what} values in {bad.size} row(s) "
-                f"(0-based rows {bad[:10].tolist()}{' ...' if bad.size > 10 else ''}); "
-                "every run needs a finite positive value"
+                f"{source}: column {name!r} has {problem}; every run needs a finite positive value"
             )
         arrays[name] = values
     sizes = {v.size for v in arrays.values()}

@@ -49,7 +49,13 @@ from diver.scaling.bootstrap import DEFAULT_BOOTSTRAP
 from diver.scaling.fit import FitResult, fit_law
 from diver.scaling.frontier import flop_range, frontier_table
 from diver.scaling.laws import FORMS, PARAM_NAMES, LawParams, predict
-from diver.scaling.observations import REQUIRED_COLUMNS, Runs, ScalingFitError, make_runs
+from diver.scaling.observations import (
+    REQUIRED_COLUMNS,
+    Runs,
+    ScalingFitError,
+    bad_rows,
+    make_runs,
+)
 from diver.scaling.optimise import bounds
 from diver.scaling.runs import choose_form, design_counts, select_rows
 from diver.study.artifacts import FIT_SUMMARY, ArtifactError, FitSummary
@@ -89,13 +95,10 @@ def _check_values(frame: pd.DataFrame, source: str) -> None:
         )
     columns = [c for c in REQUIRED_COLUMNS["data-constrained"] if c in frame.columns]
     values = frame[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
-    bad = np.flatnonzero(~np.all(np.isfinite(values) & (values > 0), axis=1))
-    if bad.size:
-        what = "NaN" if np.isnan(values[bad]).any() else "non-finite or non-positive"
+    problem = bad_rows(values)
+    if problem:
         raise ScalingFitError(
-            f"{source}: {what} values in {bad.size} row(s) of {columns} (0-based rows "
-            f"{bad[:10].tolist()}{' ...' if bad.size > 10 else ''}); every run needs finite "
-            "positive values"
+            f"{source}: columns {columns} have {problem}; every run needs finite positive values"
         )
 
 
