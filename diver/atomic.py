@@ -22,16 +22,23 @@ def temporary_name(path: Path, suffix: str = "") -> Path:
 
 
 @contextmanager
-def replacing(path: Path | str, *, suffix: str = "") -> Iterator[Path]:
+def replacing(
+    path: Path | str, *, suffix: str = "", directory: Path | str | None = None
+) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; it replaces ``path`` when the block
     ends without error and is removed when it does not (``path`` is then untouched).
 
     ``suffix`` ends the temporary name, for writers that infer a format from it
-    (matplotlib's ``savefig``).
+    (matplotlib's ``savefig``).  ``directory`` holds the temporary file instead of
+    ``path``'s folder (it must be on the same file system), for trees where a
+    leftover of a killed run must not sit where readers look for files (the synthetic
+    corpus: its temporaries would match the corpus stage's recording globs).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(path, suffix)
+    if directory is not None:
+        tmp = Path(directory) / tmp.name
     try:
         yield tmp
         os.replace(tmp, path)

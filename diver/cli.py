@@ -43,7 +43,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from diver.corpus.synth import write_synthetic_corpus
+    from diver.corpus.synth.corpus import write_synthetic_corpus
 
     summary = write_synthetic_corpus(Path(args.out), hours=args.hours, seed=args.seed)
     print(

@@ -23,7 +23,7 @@ import yaml
 from torch import nn
 
 from diver.cli import main
-from diver.corpus.synth import TASK_CLASSES
+from diver.corpus.synth.task import TASK_CLASSES
 from diver.finetune.fit import fit
 from diver.finetune.heads import centred_tokens, make_head, mlp_hidden, token_mean
 from diver.finetune.metrics import classification_metrics

@@ -30,7 +30,7 @@ import torch
 
 from diver.config import CorpusConfig, DatasetConfig, PretrainConfig
 from diver.corpus.build import build_corpus
-from diver.corpus.synth import write_synthetic_corpus
+from diver.corpus.synth.corpus import write_synthetic_corpus
 from diver.exitcodes import EXIT_PREEMPTED
 from diver.model import DiverPretrainModel, ModelConfig, model_config
 from diver.model.flops import six_nd, training_flops

@@ -27,7 +27,7 @@ from matplotlib.image import imread
 from diver.cli import main as diver_main
 from diver.config import CorpusConfig, DatasetConfig
 from diver.corpus.build import build_corpus
-from diver.corpus.synth import write_synthetic_corpus
+from diver.corpus.synth.corpus import write_synthetic_corpus
 from diver.report.finetune import estimate, read_finetune
 from diver.scaling import cli as scaling_cli
 from diver.scaling.study import FIGURES, fit_study

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from scipy.signal import butter, sosfiltfilt, welch
 
-from diver.corpus.synth import (
+from diver.corpus.synth.corpus import SynthSummary, plan_synthetic_corpus, write_synthetic_corpus
+from diver.corpus.synth.subjects import (
     BRAIN_AXES_MM,
     BRAIN_CENTRE_MM,
     EEG_RAIL_UV,
@@ -27,9 +28,6 @@ from diver.corpus.synth import (
     MANIFEST_NAME,
     MAX_SECONDS,
     SynthRecording,
-    SynthSummary,
-    plan_synthetic_corpus,
-    write_synthetic_corpus,
 )
 
 HOURS, SEED = 0.5, 0

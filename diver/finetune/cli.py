@@ -48,7 +48,7 @@ def cmd_task_build(args: argparse.Namespace) -> int:
 
 
 def cmd_task_synth(args: argparse.Namespace) -> int:
-    from diver.corpus.synth import write_synthetic_task
+    from diver.corpus.synth.task import write_synthetic_task
 
     summary = write_synthetic_task(Path(args.out), seed=args.seed)
     print(f"{len(summary.paths)} recordings, trials {summary.trials} -> {summary.manifest}")
