@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from scipy.signal import butter, sosfiltfilt, welch
 
+from diver.atomic import replacing
 from diver.corpus.synth.corpus import SynthSummary, plan_synthetic_corpus, write_synthetic_corpus
 from diver.corpus.synth.subjects import (
     BRAIN_AXES_MM,
@@ -330,3 +331,21 @@ def test_deterministic_bytes_and_stale_files_removed(corpus: SynthSummary, tmp_p
     assert _tree(tmp_path) == reference
     assert again.items == corpus.items
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eeg", "ieeg", MANIFEST_NAME]
+
+
+def test_a_failed_write_leaves_no_temporary_in_the_dataset_folder(tmp_path: Path) -> None:
+    """The synthetic tree's temporaries live in a folder of their own (diver.atomic's
+    ``directory``): a write that fails leaves neither the target nor a leftover that a
+    recording glob of the corpus stage could match."""
+    target, scratch = tmp_path / "eeg" / "sub-01_run-01.edf", tmp_path / ".synth-tmp"
+    scratch.mkdir()
+    with pytest.raises(RuntimeError), replacing(target, directory=scratch) as tmp:
+        assert tmp.parent == scratch
+        tmp.write_bytes(b"partial")
+        raise RuntimeError("killed")
+    assert not target.exists() and list(scratch.iterdir()) == []
+    with replacing(target, directory=scratch, suffix=f"-{target.name}") as tmp:
+        assert tmp.name.endswith(target.name)
+        tmp.write_bytes(b"whole")
+    assert target.read_bytes() == b"whole"
+    assert list(scratch.iterdir()) == [] and list(target.parent.iterdir()) == [target]
