@@ -81,7 +81,7 @@ class TrackingTarget:
     ``manifest``: the corpus manifest the stage read, hashed into the child run's tags
     (``diver.corpus_manifest_sha256``) so its numbers trace back to the exact data.
     Build one with :meth:`from_run_file` from a command's ``--parent-run`` file and
-    hand it to :func:`diver.tracking.runs.stage_run`.
+    hand it to :func:`stage_run`.
     """
 
     uri: str
