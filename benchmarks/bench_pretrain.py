@@ -262,7 +262,7 @@ def plan(corpus: str, batch: int, steps: int, seed_config: Any) -> dict[str, Any
     a multiple of ``batch``: no short last step); ``epochs x k >= steps``, as few extra
     steps as the corpus allows.
     """
-    from diver.train.pretrain import make_splits
+    from diver.data import make_splits
 
     n_all = len(make_splits(corpus, 1.0, seed_config).train)
     k_max = n_all // batch
@@ -297,7 +297,8 @@ def side_deepspeed(args: argparse.Namespace, config: Any, p: dict[str, Any]) -> 
     """Run the product and read its per-step timings back from ``train_log.csv``."""
     import csv
 
-    from diver.train.pretrain import PretrainSettings, pretrain
+    from diver.study.settings import PretrainSettings
+    from diver.train.pretrain import pretrain
 
     settings = PretrainSettings(
         corpus=args.corpus,
@@ -330,11 +331,11 @@ def side_plain(args: argparse.Namespace, config: Any, p: dict[str, Any]) -> dict
     import torch
     from torch.utils.data import DataLoader
 
-    from diver.data import ResampleConfig, WindowDataset, collate_windows
+    from diver.data import ResampleConfig, WindowDataset, collate_windows, make_splits
     from diver.model import model_config
     from diver.model.mup_setup import build_model, make_optimizer
-    from diver.train.pretrain import _seed, make_splits, model_inputs
     from diver.train.schedule import cosine_schedule
+    from diver.train.validation import mixed_seed, model_inputs
 
     c = config
     cuda = torch.cuda.is_available()
@@ -342,7 +343,7 @@ def side_plain(args: argparse.Namespace, config: Any, p: dict[str, Any]) -> dict
     cfg = model_config(args.size, args.patch)
     splits = make_splits(args.corpus, p["fraction"], c)
     total_steps = p["epochs"] * p["steps_per_epoch"]
-    torch.manual_seed(c.seed)  # as _Run._build_engine: the same initial weights
+    torch.manual_seed(c.seed)  # as diver.train.engine.build_engine: the same initial weights
     model = build_model(cfg).to(device).train()
     optimizer = make_optimizer(model, lr=c.lr, weight_decay=c.weight_decay, betas=c.betas)
     scheduler = cosine_schedule(
@@ -374,10 +375,12 @@ def side_plain(args: argparse.Namespace, config: Any, p: dict[str, Any]) -> dict
         batches = iter(loader)
         for _ in range(p["steps_per_epoch"]):
             t0 = time.perf_counter()
-            torch.manual_seed(_seed(c.seed, step, 0))  # dropout, as _Run._step
+            torch.manual_seed(mixed_seed(c.seed, step, 0))  # dropout, as TrainingLoop._step
             batch = next(batches).to(device)
             n_tokens = float(batch.token_mask.sum())
-            generator = torch.Generator(device=device).manual_seed(_seed(c.seed, step, 0, 0, 1))
+            generator = torch.Generator(device=device).manual_seed(
+                mixed_seed(c.seed, step, 0, 0, 1)
+            )
             with autocast:
                 out = model(**model_inputs(batch), generator=generator)
             out.loss.backward()

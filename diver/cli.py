@@ -13,9 +13,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
 
-from diver.argtypes import non_negative_int, positive_int
 from diver.config import ConfigError, DatasetConfig, StudyConfig, load_config
 from diver.errors import DiverError
 from diver.exitcodes import EXIT_ERROR, EXIT_QUARANTINED
@@ -194,66 +192,6 @@ def cmd_model_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def pretrain_settings(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The (PretrainSettings, TrackingTarget | None) that `diver pretrain` flags describe."""
-    from diver.train.pretrain import PretrainSettings, TrackingTarget, settings_with_overrides
-
-    study = _study(args.config)
-    family_name = args.family or next(iter(study.families))
-    family = study.families.get(family_name)
-    if family is None:
-        raise ConfigError(
-            f"--family {family_name!r} is not in the config's families: {sorted(study.families)}"
-        )
-    family_lr, family_wd = family.optimiser(args.patch, study.pretrain)
-    config = settings_with_overrides(
-        replace(study.pretrain, lr=family_lr, weight_decay=family_wd),
-        zero_stage=args.zero_stage,
-        global_batch=args.global_batch,
-        micro_batch=args.micro_batch,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-        val_every=args.val_every,
-        keep_checkpoints=args.keep_checkpoints,
-    )
-    settings = PretrainSettings(
-        corpus=args.corpus,
-        out=args.out,
-        size=args.size,
-        patch=args.patch,
-        data_fraction=args.data_fraction,
-        epochs=args.epochs,
-        config=config,
-        family=family_name,
-        modalities=family.modalities,
-        datasets=family.datasets,
-        subjects=args.subjects,
-        init_from=args.init_from,
-        model_options=dict(study.model),
-    )
-    tracking = None
-    if args.parent_run:
-        from diver.tracking.runid import read_run_id
-
-        manifest = Path(args.corpus) / "manifest.csv"
-        tracking = TrackingTarget(
-            uri=study.tracking_uri(),
-            parent_run_id=read_run_id(Path(args.parent_run)),
-            manifest=manifest if manifest.exists() else None,
-        )
-    return settings, tracking
-
-
-def cmd_pretrain(args: argparse.Namespace) -> int:
-    from diver.train.pretrain import pretrain
-
-    settings, tracking = pretrain_settings(args)
-    logging.getLogger("diver.train").setLevel(logging.INFO)
-    return pretrain(settings, tracking=tracking)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diver", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
@@ -316,61 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True, help="the model.pt to write")
     m.set_defaults(func=cmd_model_import)
 
-    p = sub.add_parser(
-        "pretrain",
-        help="pretrain one grid cell on DeepSpeed (SPEC §3); resumes from its checkpoints",
-        description="Pretrain one cell (size x patch x data fraction x epochs). Settings not "
-        "given as flags come from the config's pretrain section. Rerunning with the same --out "
-        "resumes from the newest complete checkpoint, or does nothing when the run is complete. "
-        "Exit status 75 means a preemption signal was handled: rerun to continue.",
-    )
-    p.add_argument("--corpus", required=True, help="corpus folder (output of `diver corpus`)")
-    p.add_argument("--size", required=True, help="model size (debug, tiny, small, ... xxl)")
-    p.add_argument(
-        "--patch", choices=["1s", "0.1s"], default="1s", help="patch length (default 1s)"
-    )
-    p.add_argument(
-        "--family",
-        help="corpus family from the config's families: its datasets, lr and weight decay "
-        "(default: the first family)",
-    )
-    p.add_argument(
-        "--subjects",
-        type=positive_int,
-        help="train on this many training subjects (a nested subset; SPEC §3 subject sweep)",
-    )
-    p.add_argument(
-        "--init-from",
-        metavar="MODEL",
-        help="warm start from these weights (a model.pt, or the authors' checkpoint); the "
-        "architecture must be the cell's size and patch",
-    )
-    p.add_argument(
-        "--data-fraction",
-        type=float,
-        default=1.0,
-        help="fraction of the training subjects' windows (nested across fractions)",
-    )
-    p.add_argument("--epochs", type=positive_int, required=True, help="passes over the fraction")
-    p.add_argument("--out", required=True, help="run folder (logs, checkpoints, model.pt)")
-    p.add_argument("--config", help="study config (its pretrain and tracking sections)")
-    p.add_argument("--parent-run", help="file holding the MLflow parent run id; log a child run")
-    p.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], help="DeepSpeed ZeRO stage")
-    p.add_argument("--global-batch", type=positive_int, help="windows per optimizer step")
-    p.add_argument("--micro-batch", type=positive_int, help="windows per forward pass and rank")
-    p.add_argument("--lr", type=float, help="peak learning rate at the muP base width")
-    p.add_argument("--weight-decay", type=float, help="MuAdamW weight decay")
-    p.add_argument("--seed", type=non_negative_int, help="training seed")
-    p.add_argument(
-        "--checkpoint-every",
-        type=non_negative_int,
-        help="checkpoint every K steps (0: only on preemption signals)",
-    )
-    p.add_argument(
-        "--val-every", type=non_negative_int, help="validate every K steps (0: epoch ends only)"
-    )
-    p.add_argument("--keep-checkpoints", type=positive_int, help="complete checkpoints kept")
-    p.set_defaults(func=cmd_pretrain)
+    from diver.train.cli import register as register_pretrain
+
+    register_pretrain(sub)
 
     from diver.scaling.cli import register as register_scaling
 

@@ -6,9 +6,10 @@ from collections import Counter
 
 import pytest
 
-from diver.cli import build_parser, pretrain_settings
+from diver.cli import build_parser
 from diver.config import config_from_dict, load_config
 from diver.study.cells import Cell, find_cell, grid_cells
+from diver.train.cli import pretrain_settings
 from tests.conftest import REPO_ROOT
 
 

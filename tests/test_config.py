@@ -76,7 +76,7 @@ def test_model_section_defaults_to_the_authors_code_and_reaches_each_cell() -> N
     from dataclasses import asdict
 
     from diver.model.config import MODEL_OPTIONS, ModelConfig
-    from diver.train.settings import PretrainSettings
+    from diver.study.settings import PretrainSettings
 
     study = config_from_dict({})
     assert set(study.model) == set(MODEL_OPTIONS)

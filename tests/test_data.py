@@ -346,14 +346,14 @@ def test_subjects_nested_and_sweep_at_fixed_data() -> None:
         take_subjects(big, 41)
     # SPEC §3 subject sweep through make_splits: the same data size at every subject count.
     from diver.config import PretrainConfig
-    from diver.train.pretrain import PretrainError, make_splits
+    from diver.data import SplitError, make_splits
 
     config = PretrainConfig(val_fraction=0.1, val_stratify=False)
     sizes = {
         n: len(make_splits("mem", 0.04, config, index=big, subjects=n).train) for n in (2, 4, 8)
     }
     assert len(set(sizes.values())) == 1, sizes
-    with pytest.raises(PretrainError, match="fewer than"):
+    with pytest.raises(SplitError, match="fewer than"):
         make_splits("mem", 0.5, config, index=big, subjects=2)
 
 

@@ -31,18 +31,14 @@ import torch
 from diver.config import CorpusConfig, DatasetConfig, PretrainConfig
 from diver.corpus.build import build_corpus
 from diver.corpus.synth.corpus import write_synthetic_corpus
+from diver.data import make_splits, micro_batches_per_epoch
 from diver.exitcodes import EXIT_PREEMPTED
 from diver.model import DiverPretrainModel, ModelConfig, model_config
 from diver.model.flops import six_nd, training_flops
 from diver.model.mup_setup import attach_base_shapes, build_model, count_parameters
-from diver.train.pretrain import (
-    batch_geometry,
-    enable_activation_checkpointing,
-    evaluate,
-    make_splits,
-    micro_batches_per_epoch,
-)
+from diver.train.engine import batch_geometry, enable_activation_checkpointing
 from diver.train.schedule import CosineFactor, cosine_schedule
+from diver.train.validation import evaluate
 from tests.conftest import REPO_ROOT
 
 EPOCHS = 2
@@ -740,7 +736,7 @@ def test_pretrain_config_section_defaults() -> None:
 
 
 def test_preemption_flag_records_each_submitit_signal_and_restores_handlers() -> None:
-    from diver.train.pretrain import PREEMPT_SIGNALS, PreemptionFlag
+    from diver.train.preemption import PREEMPT_SIGNALS, PreemptionFlag
 
     assert set(PREEMPT_SIGNALS) == {signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2}
     before = {sig: signal.getsignal(sig) for sig in PREEMPT_SIGNALS}

@@ -4,7 +4,9 @@
   train/validation split and the nested data fraction (the scaling grid's D axis);
 - ``resample``: spatio-temporal resampling of SPEC §2 (channel and patch crops);
 - ``dataset``: ``WindowDataset`` sharded by rank and loader worker, and
-  ``collate_windows`` padding variable channel counts into a ``WindowBatch``.
+  ``collate_windows`` padding variable channel counts into a ``WindowBatch``;
+- ``splits``: a pretraining cell's training fraction and fixed validation set
+  (``make_splits``), its unique tokens U_D and micro-batches per epoch.
 """
 
 from diver.data.dataset import (
@@ -34,6 +36,13 @@ from diver.data.resample import (
     draw_crop,
     eval_crop,
 )
+from diver.data.splits import (
+    SplitError,
+    Splits,
+    make_splits,
+    micro_batches_per_epoch,
+    unique_tokens,
+)
 
 __all__ = [
     "CHANNEL_SUBTYPE_IDS",
@@ -44,6 +53,8 @@ __all__ = [
     "CorpusIndexError",
     "Crop",
     "ResampleConfig",
+    "SplitError",
+    "Splits",
     "WindowBatch",
     "WindowDataset",
     "WindowSample",
@@ -52,9 +63,12 @@ __all__ = [
     "collate_windows",
     "draw_crop",
     "eval_crop",
+    "make_splits",
+    "micro_batches_per_epoch",
     "split_subjects",
     "stable_hash64",
     "take_fraction",
     "take_subjects",
+    "unique_tokens",
     "window_hashes",
 ]

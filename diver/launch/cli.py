@@ -29,12 +29,10 @@ def _launch_flops(argv: list[str]) -> float | None:
     """FLOPs of a ``pretrain`` command (None for commands without an estimate)."""
     if not argv or argv[0] != "pretrain":
         return None
-    from diver.cli import build_parser, pretrain_settings
-    from diver.train.pretrain import planned_flops
+    from diver.study.settings import planned_flops
+    from diver.train.cli import settings_from_argv
 
-    args = build_parser().parse_args(argv)
-    settings, _ = pretrain_settings(args)
-    return planned_flops(settings)
+    return planned_flops(settings_from_argv(argv[1:]))
 
 
 def run_local(argv: list[str], ranks: int) -> int:

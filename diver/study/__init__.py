@@ -2,6 +2,8 @@
 
 - :mod:`diver.study.budget`: the token budget (SPEC §1);
 - :mod:`diver.study.cells`: the pretraining grid's cells, their folders and wildcards;
+- :mod:`diver.study.settings`: one cell's resolved pretraining settings, their identity
+  and planned FLOPs (what ``diver pretrain`` and ``diver launch`` both build);
 - :mod:`diver.study.artifacts`: typed records of the result files one stage writes
   and another reads (a cell's ``metrics.json``, a fit's ``fit.json``).
 
