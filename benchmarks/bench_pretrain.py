@@ -264,7 +264,7 @@ def plan(corpus: str, batch: int, steps: int, seed_config: Any) -> dict[str, Any
     """
     from diver.data import make_splits
 
-    n_all = len(make_splits(corpus, 1.0, seed_config).train)
+    n_all = len(make_splits(corpus, 1.0, seed_config.validation).train)
     k_max = n_all // batch
     if k_max < 1:
         raise SystemExit(f"corpus {corpus} has {n_all} training windows, fewer than {batch}")
@@ -273,7 +273,7 @@ def plan(corpus: str, batch: int, steps: int, seed_config: Any) -> dict[str, Any
     target = k * batch
     for fraction in (target / n_all, (target + 0.25) / n_all, (target - 0.25) / n_all):
         fraction = min(fraction, 1.0)
-        if len(make_splits(corpus, fraction, seed_config).train) == target:
+        if len(make_splits(corpus, fraction, seed_config.validation).train) == target:
             return {"fraction": fraction, "epochs": epochs, "steps_per_epoch": k}
     raise SystemExit(f"no data fraction of {n_all} windows gives exactly {target}")
 
@@ -282,14 +282,16 @@ def pretrain_config(args: argparse.Namespace) -> Any:
     """The ``pretrain`` settings of the product run (and the plain loop's constants)."""
     from diver.config import PretrainConfig
 
-    return PretrainConfig(
-        zero_stage=args.zero_stage,
-        global_batch=args.batch,
-        micro_batch=args.batch,
-        checkpoint_every=0,  # none: a checkpoint would only add untimed I/O
-        val_at_start=False,
-        val_max_windows=args.batch,  # one validation batch per epoch end (untimed)
-        log_every=10**6,
+    return PretrainConfig.from_flat(
+        {
+            "zero_stage": args.zero_stage,
+            "global_batch": args.batch,
+            "micro_batch": args.batch,
+            "checkpoint_every": 0,  # none: a checkpoint would only add untimed I/O
+            "val_at_start": False,
+            "val_max_windows": args.batch,  # one validation batch per epoch end (untimed)
+            "log_every": 10**6,
+        }
     )
 
 
@@ -337,23 +339,23 @@ def side_plain(args: argparse.Namespace, config: Any, p: dict[str, Any]) -> dict
     from diver.train.schedule import cosine_schedule
     from diver.train.validation import mixed_seed, model_inputs
 
-    c = config
+    c, opt, seed = config, config.optimiser, config.runtime.seed
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")
     cfg = model_config(args.size, args.patch)
-    splits = make_splits(args.corpus, p["fraction"], c)
+    splits = make_splits(args.corpus, p["fraction"], c.validation)
     total_steps = p["epochs"] * p["steps_per_epoch"]
-    torch.manual_seed(c.seed)  # as diver.train.engine.build_engine: the same initial weights
+    torch.manual_seed(seed)  # as diver.train.engine.build_engine: the same initial weights
     model = build_model(cfg).to(device).train()
-    optimizer = make_optimizer(model, lr=c.lr, weight_decay=c.weight_decay, betas=c.betas)
+    optimizer = make_optimizer(model, lr=opt.lr, weight_decay=opt.weight_decay, betas=opt.betas)
     scheduler = cosine_schedule(
-        optimizer, total_steps, warmup_steps=c.warmup_steps, min_ratio=c.min_lr_ratio
+        optimizer, total_steps, warmup_steps=opt.warmup_steps, min_ratio=opt.min_lr_ratio
     )
     dataset = WindowDataset(
         splits.train,
         cfg.patch_samples,
         resample=ResampleConfig(enabled=True),
-        seed=c.seed,
+        seed=seed,
         shuffle=True,
         rank=0,
         world_size=1,
@@ -363,8 +365,8 @@ def side_plain(args: argparse.Namespace, config: Any, p: dict[str, Any]) -> dict
         dataset,
         batch_size=args.batch,
         collate_fn=collate_windows,
-        num_workers=c.num_workers,
-        generator=torch.Generator().manual_seed(c.seed),
+        num_workers=c.batch.num_workers,
+        generator=torch.Generator().manual_seed(seed),
     )
     params = list(model.parameters())
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
@@ -375,16 +377,16 @@ def side_plain(args: argparse.Namespace, config: Any, p: dict[str, Any]) -> dict
         batches = iter(loader)
         for _ in range(p["steps_per_epoch"]):
             t0 = time.perf_counter()
-            torch.manual_seed(mixed_seed(c.seed, step, 0))  # dropout, as TrainingLoop._step
+            torch.manual_seed(mixed_seed(seed, step, 0))  # dropout, as TrainingLoop._step
             batch = next(batches).to(device)
             n_tokens = float(batch.token_mask.sum())
             generator = torch.Generator(device=device).manual_seed(
-                mixed_seed(c.seed, step, 0, 0, 1)
+                mixed_seed(seed, step, 0, 0, 1)
             )
             with autocast:
                 out = model(**model_inputs(batch), generator=generator)
             out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, opt.grad_clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

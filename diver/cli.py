@@ -36,7 +36,8 @@ def _parse_input(spec: str) -> tuple[str, Path]:
 
 def cmd_config(args: argparse.Namespace) -> int:
     study = load_config(args.config)
-    print(json.dumps(asdict(study), indent=2, default=str))
+    data = {**asdict(study), "pretrain": study.pretrain.flat()}  # the file's flat keys
+    print(json.dumps(data, indent=2, default=str))
     return 0
 
 

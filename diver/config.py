@@ -13,7 +13,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -125,8 +125,9 @@ class FamilyConfig:
 
     def optimiser(self, patch: str, pretrain: PretrainConfig) -> tuple[float, float]:
         """(lr, weight_decay) for a cell of this family at ``patch``."""
-        lr = self.lr if self.lr is not None else pretrain.lr
-        wd = self.weight_decay if self.weight_decay is not None else pretrain.weight_decay
+        base = pretrain.optimiser
+        lr = self.lr if self.lr is not None else base.lr
+        wd = self.weight_decay if self.weight_decay is not None else base.weight_decay
         override = self.by_patch.get(patch, {})
         return float(override.get("lr", lr)), float(override.get("weight_decay", wd))
 
@@ -166,40 +167,134 @@ class LauncherConfig:
     poll_seconds: float = 5.0
 
 
-@dataclass(frozen=True)
-class PretrainConfig:
-    """Pretraining settings (SPEC §3); ``diver pretrain`` flags override them per cell.
+OPERATIONAL: Mapping[str, bool] = {"operational": True}
+"""Field metadata of a ``pretrain`` key that does not change what a run trains
+(cadence, logging, timeouts; activation checkpointing, whose recomputation replays the
+same RNG): it may differ between attempts of one run, and is left out of the run's
+identity (:meth:`PretrainConfig.identity`).  Every other key changes the result, so a
+rerun or resume with another value is refused."""
 
-    The embedded default is sized for CPU runs of the ``debug`` ladder (global batch 8);
-    the paper's values (global batch 192, ZeRO-2, bf16 on GPUs) go in the study config.
+
+@dataclass(frozen=True)
+class OptimiserConfig:
+    """MuAdamW and its per-group cosine (SPEC §3).
+
     ``lr``/``weight_decay`` default to SPEC §3's Small / iEEG / 1 s optimum, transferred
-    to every width by muP.
+    to every width by muP; a family (``FamilyConfig.optimiser``) may replace them.
     """
 
-    zero_stage: int = 2
-    global_batch: int = 8
-    micro_batch: int | None = None
     lr: float = 2.30e-3
     weight_decay: float = 2.17e-7
     betas: tuple[float, float] = (0.9, 0.95)
     min_lr_ratio: float = 0.01
     warmup_steps: int = 0
     grad_clip: float = 1.0
-    precision: str = "auto"
-    activation_checkpointing: bool = False
-    seed: int = 0
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """Windows per optimizer step, per forward pass and rank, and the loader workers
+    (which split each rank's windows, so they change the epoch's batches)."""
+
+    global_batch: int = 8
+    micro_batch: int | None = None
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """The held-out subjects (``split_seed`` also seeds the training fraction and the
+    validation masks) and how often the fixed validation loss is measured."""
+
     split_seed: int = 0
     val_fraction: float = 0.2
     val_stratify: bool = True
     val_batch: int = 8
     val_max_windows: int | None = None
-    val_every: int = 0
+    val_every: int = field(default=0, metadata=OPERATIONAL)
     val_at_start: bool = True
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2
-    num_workers: int = 0
-    dist_timeout_s: float = 60.0
-    log_every: int = 10
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """How often a run checkpoints and how many complete checkpoints it keeps."""
+
+    checkpoint_every: int = field(default=100, metadata=OPERATIONAL)
+    keep_checkpoints: int = field(default=2, metadata=OPERATIONAL)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How the processes train: ZeRO stage, precision, the training seed, logging."""
+
+    zero_stage: int = 2
+    precision: str = "auto"
+    activation_checkpointing: bool = field(default=False, metadata=OPERATIONAL)
+    seed: int = 0
+    dist_timeout_s: float = field(default=60.0, metadata=OPERATIONAL)
+    log_every: int = field(default=10, metadata=OPERATIONAL)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Pretraining settings (SPEC §3), one small config per component.
+
+    The study config's ``pretrain`` section and the ``diver pretrain`` flags stay flat:
+    every flat key belongs to exactly one component (:meth:`from_flat`, :meth:`flat`).
+    The embedded default is sized for CPU runs of the ``debug`` ladder (global batch 8);
+    the paper's values (global batch 192, ZeRO-2, bf16 on GPUs) go in the study config.
+    """
+
+    optimiser: OptimiserConfig = field(default_factory=OptimiserConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    checkpointing: CheckpointConfig = field(default_factory=CheckpointConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    @classmethod
+    def keys(cls) -> dict[str, tuple[str, bool]]:
+        """Flat key -> (its component, whether it is operational), component by component."""
+        owners: dict[str, tuple[str, bool]] = {}
+        for component in fields(cls):
+            for key in fields(component.default_factory()):  # type: ignore[misc]
+                owners[key.name] = (component.name, bool(key.metadata.get("operational")))
+        return owners
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, Any]) -> PretrainConfig:
+        """From the flat ``pretrain`` mapping (missing keys keep their defaults)."""
+        owners = cls.keys()
+        unknown = set(flat) - set(owners)
+        if unknown:
+            raise ValueError(f"unknown pretrain settings {sorted(unknown)}")
+        parts: dict[str, dict[str, Any]] = {f.name: {} for f in fields(cls)}
+        for key, value in flat.items():
+            parts[owners[key][0]][key] = tuple(value) if key == "betas" else value
+        return cls(
+            **{f.name: f.default_factory(**parts[f.name]) for f in fields(cls)}  # type: ignore[misc]
+        )
+
+    def flat(self) -> dict[str, Any]:
+        """The flat ``pretrain`` mapping (the config file's and the flags' keys)."""
+        return {
+            key: getattr(getattr(self, component), key)
+            for key, (component, _) in self.keys().items()
+        }
+
+    def identity(self) -> dict[str, Any]:
+        """The keys that change what a run trains (not :data:`OPERATIONAL` ones)."""
+        values = {k: v for k, v in self.flat().items() if not self.keys()[k][1]}
+        values["betas"] = list(values["betas"])
+        return values
+
+    def with_overrides(self, **overrides: Any) -> PretrainConfig:
+        """This config with the non-None ``overrides`` (flat keys: command-line flags)
+        applied, validated against the same schema as the config file (so ``--lr -1``
+        fails like ``lr: -1``)."""
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        merged = PretrainConfig.from_flat({**self.flat(), **changes})
+        validate_config({"pretrain": merged.flat()}, source="<command line>")
+        return merged
 
 
 @dataclass(frozen=True)
@@ -291,8 +386,6 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "<config>") -> St
     }
     grid = tuple(_grid_block(block) for block in data["grid"])
     _check_grid(grid, families, {ds.name for ds in datasets}, source)
-    pretrain = dict(data["pretrain"])
-    pretrain["betas"] = tuple(pretrain["betas"])
     return StudyConfig(
         study=data["study"],
         results_dir=results_dir,
@@ -302,7 +395,7 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "<config>") -> St
         families=families,
         grid=grid,
         model=dict(data["model"]),
-        pretrain=PretrainConfig(**pretrain),
+        pretrain=PretrainConfig.from_flat(data["pretrain"]),
         launcher=LauncherConfig(**data["launcher"]),
         finetune=FinetuneConfig(
             **{

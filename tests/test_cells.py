@@ -59,7 +59,10 @@ def test_cell_flags_round_trip_through_diver_pretrain(tmp_path) -> None:
     settings, tracking = pretrain_settings(args)
     assert tracking is None
     assert settings.cell == cell.key == "ieeg/0.1s/small/s4_f0.03_e2"
-    assert (settings.config.lr, settings.config.weight_decay) == (4.91e-3, 3.75e-6)
+    assert (settings.config.optimiser.lr, settings.config.optimiser.weight_decay) == (
+        4.91e-3,
+        3.75e-6,
+    )
     assert settings.modalities == ("ieeg",) and settings.subjects == 4
 
 

@@ -123,3 +123,29 @@ def test_fingerprint_ignores_parallelism_only() -> None:
     c = config_from_dict({"corpus": {"signal_dtype": "float32"}}).corpus
     assert a.fingerprint() == b.fingerprint()
     assert a.fingerprint() != c.fingerprint()
+
+
+def test_pretrain_components_own_the_schemas_flat_keys_once() -> None:
+    """Each flat ``pretrain`` key of the schema belongs to exactly one component config,
+    and flattening gives back the mapping the config was built from."""
+    from dataclasses import fields
+
+    from diver.config import PretrainConfig
+
+    schema = load_schema("config")["properties"]["pretrain"]["properties"]
+    per_component = [
+        f.name for c in fields(PretrainConfig) for f in fields(c.default_factory())
+    ]
+    assert len(per_component) == len(set(per_component))
+    assert set(per_component) == set(schema) == set(PretrainConfig.keys())
+    defaults = {k: v["default"] for k, v in schema.items()}
+    flat = PretrainConfig.from_flat(defaults).flat()
+    assert {**flat, "betas": list(flat["betas"])} == defaults
+    assert config_from_dict({"pretrain": {"lr": 0.5}}).pretrain.optimiser.lr == 0.5
+    # Cadence, logging, timeouts and recomputation do not change a run's result.
+    operational = {k for k, (_, op) in PretrainConfig.keys().items() if op}
+    assert operational == {
+        "checkpoint_every", "keep_checkpoints", "val_every", "log_every", "dist_timeout_s",
+        "activation_checkpointing",
+    }
+    assert set(PretrainConfig().identity()) == set(schema) - operational

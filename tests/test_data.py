@@ -345,10 +345,10 @@ def test_subjects_nested_and_sweep_at_fixed_data() -> None:
     with pytest.raises(ValueError, match="41 subjects requested"):
         take_subjects(big, 41)
     # SPEC §3 subject sweep through make_splits: the same data size at every subject count.
-    from diver.config import PretrainConfig
+    from diver.config import ValidationConfig
     from diver.data import SplitError, make_splits
 
-    config = PretrainConfig(val_fraction=0.1, val_stratify=False)
+    config = ValidationConfig(val_fraction=0.1, val_stratify=False)
     sizes = {
         n: len(make_splits("mem", 0.04, config, index=big, subjects=n).train) for n in (2, 4, 8)
     }

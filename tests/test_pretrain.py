@@ -22,13 +22,18 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 
-from diver.config import CorpusConfig, DatasetConfig, PretrainConfig
+from diver.config import (
+    BatchConfig,
+    CorpusConfig,
+    DatasetConfig,
+    PretrainConfig,
+    ValidationConfig,
+)
 from diver.corpus.build import build_corpus
 from diver.corpus.synth.corpus import write_synthetic_corpus
 from diver.data import make_splits, micro_batches_per_epoch
@@ -296,11 +301,11 @@ def test_cosine_warmup_and_bad_arguments() -> None:
 
 
 def test_batch_geometry_and_epoch_length() -> None:
-    config = PretrainConfig(global_batch=192)
+    config = BatchConfig(global_batch=192)
     assert batch_geometry(config, 8) == (24, 1)
-    assert batch_geometry(PretrainConfig(global_batch=192, micro_batch=4), 8) == (4, 6)
+    assert batch_geometry(BatchConfig(global_batch=192, micro_batch=4), 8) == (4, 6)
     with pytest.raises(ValueError, match=r"192 is not a multiple of micro batch 5 x world size 8"):
-        batch_geometry(PretrainConfig(global_batch=192, micro_batch=5), 8)
+        batch_geometry(BatchConfig(global_batch=192, micro_batch=5), 8)
     # One rank, no workers: ceil(n / micro) micro-batches.
     assert micro_batches_per_epoch(44, 1, 0, 8) == 6
     # Two ranks x two workers of 5 windows each, micro 4: two batches per worker.
@@ -362,7 +367,7 @@ def test_debug_pretrains_and_writes_complete_outputs(reference: Path, corpus: Pa
 
     metrics = _metrics(out)
     config = model_config("debug", "1s")
-    splits = make_splits(corpus, 1.0, PretrainConfig())
+    splits = make_splits(corpus, 1.0, ValidationConfig())
     steps_per_epoch = math.ceil(len(splits.train) / GLOBAL_BATCH)
     assert metrics["steps"] == EPOCHS * steps_per_epoch == 12
     assert metrics["n_params"] == count_parameters(config)
@@ -404,7 +409,7 @@ def test_model_file_loads_without_deepspeed_and_reproduces_val_loss(
     model = DiverPretrainModel(config)
     model.load_state_dict(payload["state_dict"])
     attach_base_shapes(model)
-    defaults = PretrainConfig()
+    defaults = ValidationConfig()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the runs (OMP_NUM_THREADS=1): same reduction order
     try:
@@ -730,9 +735,10 @@ def test_pretrain_config_section_defaults() -> None:
     """The embedded default is the CPU-sized one; SPEC §3's constants are the defaults
     where SPEC fixes them."""
     config = PretrainConfig()
-    assert asdict(config)["global_batch"] == 8
-    assert (config.zero_stage, config.lr, config.weight_decay) == (2, 2.30e-3, 2.17e-7)
-    assert (config.min_lr_ratio, config.grad_clip, config.warmup_steps) == (0.01, 1.0, 0)
+    opt = config.optimiser
+    assert config.flat()["global_batch"] == 8
+    assert (config.runtime.zero_stage, opt.lr, opt.weight_decay) == (2, 2.30e-3, 2.17e-7)
+    assert (opt.min_lr_ratio, opt.grad_clip, opt.warmup_steps) == (0.01, 1.0, 0)
 
 
 def test_preemption_flag_records_each_submitit_signal_and_restores_handlers() -> None:

@@ -28,7 +28,7 @@ from diver.errors import DiverError
 from diver.study.budget import window_tokens
 
 if TYPE_CHECKING:
-    from diver.config import PretrainConfig
+    from diver.config import ValidationConfig
 
 
 class SplitError(DiverError, RuntimeError):
@@ -47,7 +47,7 @@ class Splits:
 def make_splits(
     corpus: Path | str,
     data_fraction: float,
-    config: PretrainConfig,
+    config: ValidationConfig,
     index: CorpusIndex | None = None,
     *,
     modalities: tuple[str, ...] | None = None,

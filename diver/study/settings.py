@@ -12,30 +12,15 @@ neither (``diver.model.config``, whose package imports torch, is imported on use
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from diver.config import ConfigError, PretrainConfig, StudyConfig, validate_config
+from diver.config import ConfigError, PretrainConfig, StudyConfig
 from diver.study.cells import cell_key
 
 if TYPE_CHECKING:
     from diver.model.config import ModelConfig
-
-# Settings that change what is trained: a rerun or resume with different values is an
-# error.  The rest (checkpoint/validation cadence, logging, timeouts, activation
-# checkpointing - recomputation replays the same RNG) may change between attempts.
-OPERATIONAL_KEYS = frozenset(
-    {
-        "checkpoint_every",
-        "keep_checkpoints",
-        "val_every",
-        "log_every",
-        "dist_timeout_s",
-        "activation_checkpointing",
-    }
-)
-
 
 @dataclass(frozen=True)
 class PretrainSettings:
@@ -87,8 +72,6 @@ class PretrainSettings:
         """What must match for a rerun to be a no-op or a resume."""
         from diver.model.config import MODEL_OPTIONS
 
-        config = {k: v for k, v in asdict(self.config).items() if k not in OPERATIONAL_KEYS}
-        config["betas"] = list(config["betas"])
         return {
             "corpus": str(Path(self.corpus).resolve()),
             "size": self.size,
@@ -101,7 +84,7 @@ class PretrainSettings:
             "subjects": self.subjects,
             "init_from": None if self.init_from is None else str(Path(self.init_from).resolve()),
             "model": {k: getattr(self.model_config(), k) for k in MODEL_OPTIONS},
-            **config,
+            **self.config.identity(),
         }
 
     def model_config(self) -> ModelConfig:
@@ -109,18 +92,6 @@ class PretrainSettings:
         from diver.model.config import model_config
 
         return model_config(self.size, self.patch, **self.model_options)
-
-
-def settings_with_overrides(base: PretrainConfig, **overrides: Any) -> PretrainConfig:
-    """``base`` with the non-None ``overrides`` (command-line flags) applied, validated
-    against the same schema as the config file (so ``--lr -1`` fails like ``lr: -1``)."""
-    changes = {k: v for k, v in overrides.items() if v is not None}
-    unknown = set(changes) - set(PretrainConfig.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"unknown pretrain settings {sorted(unknown)}")
-    merged = replace(base, **changes)
-    validate_config({"pretrain": asdict(merged)}, source="<command line>")
-    return merged
 
 
 def cell_settings(
@@ -138,8 +109,8 @@ def cell_settings(
     **overrides: Any,
 ) -> PretrainSettings:
     """The settings of one cell of ``study``: its ``pretrain`` section with the family's
-    optimiser (``family``: default the first) and ``overrides`` (``pretrain`` keys; None
-    keeps the config's value) applied; what ``diver pretrain``'s flags describe."""
+    optimiser (``family``: default the first) and ``overrides`` (flat ``pretrain`` keys;
+    None keeps the config's value) applied; what ``diver pretrain``'s flags describe."""
     family_name = family or next(iter(study.families))
     chosen = study.families.get(family_name)
     if chosen is None:
@@ -147,8 +118,9 @@ def cell_settings(
             f"--family {family_name!r} is not in the config's families: {sorted(study.families)}"
         )
     family_lr, family_wd = chosen.optimiser(patch, study.pretrain)
-    config = settings_with_overrides(
-        replace(study.pretrain, lr=family_lr, weight_decay=family_wd), **overrides
+    given = {k: v for k, v in overrides.items() if v is not None}  # flags win
+    config = study.pretrain.with_overrides(
+        **{"lr": family_lr, "weight_decay": family_wd, **given}
     )
     return PretrainSettings(
         corpus=corpus,
@@ -177,7 +149,7 @@ def planned_flops(settings: PretrainSettings) -> float:
     from diver.model.flops import training_flops
 
     splits = make_splits(
-        settings.corpus, settings.data_fraction, settings.config,
+        settings.corpus, settings.data_fraction, settings.config.validation,
         modalities=settings.modalities, datasets=settings.datasets, subjects=settings.subjects,
     )
     cfg = settings.model_config()

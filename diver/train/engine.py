@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from diver.config import ConfigError, PretrainConfig
+from diver.config import BatchConfig, ConfigError, PretrainConfig, RuntimeConfig
 from diver.model import DiverPretrainModel, ModelConfig
 from diver.model.load import load_checkpoint, load_weights
 from diver.model.mup_setup import build_model, make_optimizer
@@ -25,7 +25,7 @@ from diver.train.distributed import DistEnv
 from diver.train.schedule import cosine_schedule
 
 
-def batch_geometry(config: PretrainConfig, world_size: int) -> tuple[int, int]:
+def batch_geometry(config: BatchConfig, world_size: int) -> tuple[int, int]:
     """``(micro_batch, accumulation)`` with ``global = micro x accumulation x world``."""
     micro = config.micro_batch
     if micro is None:
@@ -44,7 +44,7 @@ def batch_geometry(config: PretrainConfig, world_size: int) -> tuple[int, int]:
     return micro, config.global_batch // per_step
 
 
-def resolve_precision(config: PretrainConfig) -> bool:
+def resolve_precision(config: RuntimeConfig) -> bool:
     """Whether to train in bf16 (``auto``: exactly when CUDA is available)."""
     cuda = torch.cuda.is_available()
     if config.precision == "bf16" and not cuda:
@@ -66,8 +66,8 @@ def deepspeed_config(
         "train_batch_size": micro * accumulation * world_size,
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": accumulation,
-        "gradient_clipping": config.grad_clip,
-        "zero_optimization": {"stage": config.zero_stage},
+        "gradient_clipping": config.optimiser.grad_clip,
+        "zero_optimization": {"stage": config.runtime.zero_stage},
         "zero_allow_untested_optimizer": True,
         "bf16": {"enabled": bf16},
         "steps_per_print": 2**31 - 1,
@@ -157,18 +157,17 @@ def build_engine(
     """The muP model (``model_config``: the cell's), MuAdamW and the per-group cosine,
     wrapped by DeepSpeed."""
     config = settings.config
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.runtime.seed)
     model = build_model(model_config)
     if settings.init_from is not None:
         warm_start(model, model_config, settings.init_from, size=settings.size)
     n_params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions
-    if config.activation_checkpointing:
+    if config.runtime.activation_checkpointing:
         enable_activation_checkpointing(model)
-    optimizer = make_optimizer(
-        model, lr=config.lr, weight_decay=config.weight_decay, betas=config.betas
-    )
+    opt = config.optimiser
+    optimizer = make_optimizer(model, lr=opt.lr, weight_decay=opt.weight_decay, betas=opt.betas)
     ds_config = deepspeed_config(config, micro, accumulation, world_size, bf16)
-    warmup, min_ratio = config.warmup_steps, config.min_lr_ratio
+    warmup, min_ratio = opt.warmup_steps, opt.min_lr_ratio
 
     def scheduler(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
         return cosine_schedule(opt, total_steps, warmup_steps=warmup, min_ratio=min_ratio)

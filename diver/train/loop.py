@@ -111,14 +111,14 @@ class TrainingLoop:
     def train(self, flag: PreemptionFlag) -> int:
         """Steps to the end (0) or to a preemption signal (checkpoint, EXIT_PREEMPTED)."""
         s, c, env, st, plan = self.s, self.c, self.env, self.state, self.plan
-        if self.resumed_from is None and c.val_at_start:
+        if self.resumed_from is None and c.validation.val_at_start:
             self._validate()
         loader = DataLoader(
             plan.dataset,
             batch_size=plan.micro,
             collate_fn=collate_windows,
-            num_workers=c.num_workers,
-            generator=torch.Generator().manual_seed(c.seed),
+            num_workers=c.batch.num_workers,
+            generator=torch.Generator().manual_seed(c.runtime.seed),
         )
         last_saved = st.step if self.resumed_from is not None else -1
         started = time.perf_counter() - st.elapsed_s
@@ -154,10 +154,12 @@ class TrainingLoop:
                 if epoch_done:
                     st.epoch += 1
                     st.batches_in_epoch = 0
-                if epoch_done or (c.val_every and st.step % c.val_every == 0):
+                val_every = c.validation.val_every
+                if epoch_done or (val_every and st.step % val_every == 0):
                     self._validate(epoch=st.epoch - 1 if epoch_done else st.epoch)
                 stop = any_rank(flag.raised, self.engine.device)
-                due = c.checkpoint_every and st.step % c.checkpoint_every == 0
+                every = c.checkpointing.checkpoint_every
+                due = every and st.step % every == 0
                 final = st.step == plan.total_steps
                 if (due and not final) or (stop and st.step != last_saved and not final):
                     self._save()
@@ -181,7 +183,7 @@ class TrainingLoop:
             self.mlflow.log_metrics(
                 {f"train_{k}": float(v) for k, v in row.items() if k != "step"}, step=st.step
             )
-        if st.step % self.c.log_every == 0 or st.step == self.plan.total_steps:
+        if st.step % self.c.runtime.log_every == 0 or st.step == self.plan.total_steps:
             log.info(
                 "step %d/%d epoch %d loss %.4f lr %.3g grad %.3g %.0f tok/s",
                 st.step,
@@ -198,7 +200,8 @@ class TrainingLoop:
         end of an epoch; the gradient is then the mean over those ``k``)."""
         engine, env, st = self.engine.engine, self.env, self.state
         device, dtype = self.engine.device, self.engine.dtype
-        torch.manual_seed(mixed_seed(self.c.seed, st.step, env.rank))  # dropout
+        seed = self.c.runtime.seed
+        torch.manual_seed(mixed_seed(seed, st.step, env.rank))  # dropout
         lr = float(engine.optimizer.param_groups[0]["lr"])
         sums = np.zeros(1 + len(LOSS_PARTS))
         tokens = 0.0
@@ -206,7 +209,7 @@ class TrainingLoop:
             batch = next(batches).to(device)
             tokens += float(batch.token_mask.sum())
             generator = torch.Generator(device=device).manual_seed(
-                mixed_seed(self.c.seed, st.step, env.rank, micro, 1)
+                mixed_seed(seed, st.step, env.rank, micro, 1)
             )
             engine.set_gradient_accumulation_boundary(micro == k - 1)
             out = engine(**model_inputs(batch, dtype), generator=generator)
@@ -214,7 +217,7 @@ class TrainingLoop:
             parts = [float(out.losses[p].detach()) if p in out.losses else 0.0 for p in LOSS_PARTS]
             sums += np.array([float(out.loss.detach()), *parts]) / k
         manual_norm = None
-        if self.c.zero_stage == 0:
+        if self.c.runtime.zero_stage == 0:
             # Stage 0 clips with torch's clip_grad_norm_ and does not keep the norm.
             grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
             manual_norm = float(
@@ -243,8 +246,8 @@ class TrainingLoop:
             self.engine.engine,
             self.plan.splits.val,
             self.plan.patch_samples,
-            batch_size=self.c.val_batch,
-            mask_seed=self.c.split_seed,
+            batch_size=self.c.validation.val_batch,
+            mask_seed=self.c.validation.split_seed,
             device=self.engine.device,
             rank=self.env.rank,
             world_size=self.env.world_size,
@@ -286,7 +289,7 @@ class TrainingLoop:
             self.state.step,
             client_state,
             self.env,
-            keep=self.c.keep_checkpoints,
+            keep=self.c.checkpointing.keep_checkpoints,
         )
         if self.env.is_main:
             log.info("checkpoint %s", folder)
@@ -298,7 +301,7 @@ class TrainingLoop:
         if st.last_val is None or st.last_val.get("step") != st.step:
             self._validate()
         assert st.last_val is not None
-        state_dict = consolidated_state_dict(self.engine.engine, c.zero_stage, env)
+        state_dict = consolidated_state_dict(self.engine.engine, c.runtime.zero_stage, env)
         if env.is_main:
             assert state_dict is not None
             save_model_file(self.out / "model.pt", self.model_config, state_dict, step=st.step)
@@ -324,13 +327,13 @@ class TrainingLoop:
                 "d_model": self.model_config.d_model,
                 "train_windows": len(plan.splits.train),
                 "val_windows": len(plan.splits.val),
-                "global_batch": c.global_batch,
+                "global_batch": c.batch.global_batch,
                 "micro_batch": plan.micro,
                 "world_size": env.world_size,
-                "zero_stage": c.zero_stage,
-                "lr": c.lr,
-                "weight_decay": c.weight_decay,
-                "seed": c.seed,
+                "zero_stage": c.runtime.zero_stage,
+                "lr": c.optimiser.lr,
+                "weight_decay": c.optimiser.weight_decay,
+                "seed": c.runtime.seed,
                 "elapsed_s": st.elapsed_s,
                 "resumed_from_step": self.resumed_from,
             }

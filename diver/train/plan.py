@@ -46,9 +46,9 @@ class RunPlan:
     def loader_state(self, settings: PretrainSettings, world_size: int) -> dict[str, Any]:
         """What the position in an epoch means: the same values make skipping exact."""
         return {
-            "seed": settings.config.seed,
+            "seed": settings.config.runtime.seed,
             "world_size": world_size,
-            "num_workers": settings.config.num_workers,
+            "num_workers": settings.config.batch.num_workers,
             "micro_batch": self.micro,
             "accumulation": self.accumulation,
             "train_windows": len(self.splits.train),
@@ -62,7 +62,7 @@ def plan_run(
     """The cell's data and length on this rank, for ``(micro, accumulation)`` batches."""
     s, c = settings, settings.config
     splits = make_splits(
-        s.corpus, s.data_fraction, c,
+        s.corpus, s.data_fraction, c.validation,
         modalities=s.modalities, datasets=s.datasets, subjects=s.subjects,
     )
     tokens = unique_tokens(splits.train, patch_samples)
@@ -70,14 +70,14 @@ def plan_run(
         splits.train,
         patch_samples,
         resample=ResampleConfig(enabled=True),
-        seed=c.seed,
+        seed=c.runtime.seed,
         shuffle=True,
         rank=env.rank,
         world_size=env.world_size,
         drop_uneven=True,
     )
     micro_per_epoch = micro_batches_per_epoch(
-        len(splits.train), env.world_size, c.num_workers, micro
+        len(splits.train), env.world_size, c.batch.num_workers, micro
     )
     if micro_per_epoch < 1:
         raise PretrainError(
@@ -85,9 +85,9 @@ def plan_run(
         )
     steps_per_epoch = math.ceil(micro_per_epoch / accumulation)
     total_steps = s.epochs * steps_per_epoch
-    if c.warmup_steps >= total_steps:
+    if c.optimiser.warmup_steps >= total_steps:
         raise ConfigError(
-            f"warmup_steps {c.warmup_steps} must be below the run's {total_steps} steps"
+            f"warmup_steps {c.optimiser.warmup_steps} must be below the run's {total_steps} steps"
         )
     return RunPlan(
         splits=splits,

@@ -67,7 +67,7 @@ def pretrain(settings: PretrainSettings, *, tracking: TrackingTarget | None = No
     check_identity(out, identity)
     # Before any process group or model exists: a broken checkpoints/ folder fails fast.
     resume = ckpt.find_resume_checkpoint(out / ckpt.CHECKPOINTS_DIR)
-    env = setup_distributed(settings.config.dist_timeout_s)
+    env = setup_distributed(settings.config.runtime.dist_timeout_s)
     try:
         return _run(settings, env, tracking, resume)
     finally:
@@ -82,8 +82,8 @@ def _run(
 ) -> int:
     """Set up, resume if asked, train, write the outputs; the exit status."""
     s, out = settings, Path(settings.out)
-    bf16 = resolve_precision(s.config)
-    micro, accumulation = batch_geometry(s.config, env.world_size)
+    bf16 = resolve_precision(s.config.runtime)
+    micro, accumulation = batch_geometry(s.config.batch, env.world_size)
     model_config = s.model_config()
     plan = plan_run(s, env, model_config.patch_samples, micro, accumulation)
     engine = build_engine(
@@ -114,7 +114,11 @@ def _run(
         out.mkdir(parents=True, exist_ok=True)
         write_json(
             out / "run_config.json",
-            {"identity": s.identity(), "settings": asdict(s), "cell": s.cell},
+            {
+                "identity": s.identity(),
+                "settings": {**asdict(s), "config": s.config.flat()},  # the keys users know
+                "cell": s.cell,
+            },
         )
     logs = RunLogs.open(
         out, keep_until=state.step if resumed_from is not None else -1, truncate=env.is_main
@@ -187,8 +191,8 @@ def _log_run_start(
         "unique_tokens": plan.unique_tokens,
         "token_budget": plan.token_budget,
         "total_steps": plan.total_steps,
-        **{k: v for k, v in asdict(s.config).items() if k != "betas"},
-        "betas": ",".join(str(b) for b in s.config.betas),
+        **{k: v for k, v in s.config.flat().items() if k != "betas"},
+        "betas": ",".join(str(b) for b in s.config.optimiser.betas),
     }
     mlflow.log_params(params)
     for row in logs.train_rows:
