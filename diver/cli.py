@@ -14,7 +14,18 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from diver.config import ConfigError, DatasetConfig, StudyConfig, load_config
+import yaml
+
+from diver.atomic import write_text_atomic
+from diver.config import (
+    ConfigError,
+    DatasetConfig,
+    StudyConfig,
+    config_from_dict,
+    load_config,
+    read_config_mapping,
+    validate_config,
+)
 from diver.errors import DiverError
 from diver.exitcodes import EXIT_ERROR, EXIT_QUARANTINED
 
@@ -35,9 +46,18 @@ def _parse_input(spec: str) -> tuple[str, Path]:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    study = load_config(args.config)
-    data = {**asdict(study), "pretrain": study.pretrain.flat()}  # the file's flat keys
-    print(json.dumps(data, indent=2, default=str))
+    raw = read_config_mapping(args.config)
+    source = "<stdin>" if args.config == "-" else args.config
+    study = config_from_dict(raw, source=source)
+    if args.write is None:
+        data = {**asdict(study), "pretrain": study.pretrain.flat()}  # the file's flat keys
+        print(json.dumps(data, indent=2, default=str))
+        return 0
+    resolved = validate_config(raw, source=source)  # the same file with defaults filled
+    text = yaml.safe_dump(resolved, sort_keys=True)
+    out = Path(args.write)
+    if not out.exists() or out.read_text() != text:  # untouched when unchanged
+        write_text_atomic(out, text)
     return 0
 
 
@@ -199,7 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("config", help="validate a study config and print it with defaults")
-    p.add_argument("config", help="YAML config file")
+    p.add_argument("config", help="YAML config file (- reads standard input)")
+    p.add_argument(
+        "--write",
+        metavar="FILE",
+        help="write the validated config with defaults filled in (YAML) instead of printing",
+    )
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("synth", help="write a synthetic EEG + iEEG corpus (real file formats)")

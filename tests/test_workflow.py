@@ -37,6 +37,7 @@ def test_dry_run(profile: str, jobs: set[str], tmp_path: Path) -> None:
     for job in jobs:
         assert f"\n{job} " in table, (job, table)
     assert ("\nsynth " in table) == ("synth" in jobs)
+    assert not (tmp_path / "results").exists()  # a dry run writes nothing, not even the config
 
 
 def test_invalid_config_fails_before_any_job(tmp_path: Path) -> None:
