@@ -62,7 +62,7 @@ from diver.finetune.taskset import SFREQ, load_taskset
 from diver.model.config import ModelConfig
 from diver.model.encoder import DiverEncoder
 from diver.model.load import load_checkpoint, load_encoder
-from diver.study.cells import cell_of_model
+from diver.study.artifacts import cell_of_model
 from diver.tracking import TrackingTarget, stage_run
 
 if TYPE_CHECKING:

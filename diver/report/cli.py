@@ -15,6 +15,8 @@ from typing import Any
 
 from diver.errors import DiverError
 from diver.report.build import ReportInputs, existing, write_report
+from diver.study.layout import StudyLayout
+from diver.tracking import TrackingTarget, stage_run
 
 REPORT_STAGE = "report"
 
@@ -55,15 +57,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from diver.config import StudyConfig, load_config
 
     study = load_config(args.config) if args.config else StudyConfig()
-    results = study.results_path
-    corpus = Path(args.corpus) if args.corpus else results / "corpus"
+    layout = StudyLayout(study.results_path)
+    corpus = Path(args.corpus) if args.corpus else layout.corpus_dir
     if args.corpus and not corpus.is_dir():
         raise DiverError(f"--corpus {corpus}: no such folder")
-    runs = existing([args.runs])[0] if args.runs else results / "scaling" / "runs.csv"
-    if args.fits is None:
-        fits = tuple(sorted((results / "scaling").glob("**/fit.json")))
-    else:
-        fits = existing(args.fits)
+    runs = existing([args.runs])[0] if args.runs else layout.scaling_runs
+    fits = tuple(layout.fit_summaries()) if args.fits is None else existing(args.fits)
     inputs = ReportInputs(
         study=study.study,
         config=Path(args.config) if args.config else None,
@@ -73,16 +72,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         finetune=existing(args.finetune),
     )
     out = Path(args.out)
-    if not args.parent_run:
-        write_report(inputs, out)
-    else:
-        from diver.tracking.runid import read_run_id
-        from diver.tracking.runs import child_run
-
-        parent = read_run_id(Path(args.parent_run))
+    target = None
+    if args.parent_run:
         uri = args.tracking_uri or study.tracking_uri()
-        with child_run(uri, parent, stage=REPORT_STAGE, name=REPORT_STAGE) as run:
-            write_report(inputs, out)
+        target = TrackingTarget.from_run_file(uri, args.parent_run)
+    with stage_run(target, stage=REPORT_STAGE, name=REPORT_STAGE) as run:
+        write_report(inputs, out)
+        if run is not None:
             run.log_params({"fits": len(fits), "finetune_files": len(inputs.finetune)})
             run.log_artifact(out, artifact_path=REPORT_STAGE)
     print(f"report -> {out}")

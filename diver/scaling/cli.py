@@ -37,6 +37,7 @@ from diver.scaling.laws import FORMS
 from diver.scaling.runs import ReadEpochs, collect_files, collect_mlflow
 from diver.scaling.study import AUTO, FIT_JSON, fit_study, load_fit, source_label
 from diver.study.artifacts import FitSummary, PretrainMetrics, finite_or_none
+from diver.tracking import TrackingTarget
 
 log = logging.getLogger("diver.scaling")
 
@@ -147,13 +148,11 @@ def _tracking_uri(args: argparse.Namespace) -> str:
     raise DiverError("MLflow needs --tracking-uri or --config (whose tracking URI is used)")
 
 
-def _tracking(args: argparse.Namespace) -> tuple[str, str] | None:
-    """``(tracking URI, parent run id)`` when ``--parent-run`` is given, checked up front."""
+def _tracking(args: argparse.Namespace) -> TrackingTarget | None:
+    """Where to log when ``--parent-run`` is given (its file checked up front)."""
     if not args.parent_run:
         return None
-    from diver.tracking.runid import read_run_id
-
-    return _tracking_uri(args), read_run_id(Path(args.parent_run))
+    return TrackingTarget.from_run_file(_tracking_uri(args), args.parent_run)
 
 
 def _read_epochs_of_grid(config: str | None) -> ReadEpochs | None:
@@ -188,9 +187,10 @@ def cmd_collect(args: argparse.Namespace) -> int:
     if args.from_mlflow:
         if not args.parent_run:
             raise DiverError("--from-mlflow needs --parent-run (the study's parent run id file)")
-        uri, parent = _tracking(args) or ("", "")
-        frame = collect_mlflow(uri, parent, read_epochs=read_epochs)
-        where = f"MLflow parent run {parent}"
+        target = _tracking(args)
+        assert target is not None  # --parent-run is given
+        frame = collect_mlflow(target.uri, target.parent_run_id, read_epochs=read_epochs)
+        where = f"MLflow parent run {target.parent_run_id}"
     else:
         frame = collect_files(args.metrics, read_epochs=read_epochs)
         where = f"{len(args.metrics)} metrics.json files"

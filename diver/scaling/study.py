@@ -59,6 +59,7 @@ from diver.scaling.observations import (
 from diver.scaling.optimise import bounds
 from diver.scaling.runs import choose_form, design_counts, select_rows
 from diver.study.artifacts import FIT_SUMMARY, ArtifactError, FitSummary
+from diver.tracking import TrackingTarget, stage_run
 
 log = logging.getLogger("diver.scaling")
 
@@ -124,17 +125,15 @@ def _publish(
     summary: FitSummary,
     files: list[str],
     runs_path: Path,
-    tracking: tuple[str, str] | None,
+    tracking: TrackingTarget | None,
 ) -> None:
     """Write fit.json last; with tracking, inside a child run holding the files and figures."""
     if tracking is None:
         summary.write(out / FIT_JSON)
         return
-    from diver.tracking.runs import child_run
-
-    uri, parent = tracking
     label = summary.selection_label
-    with child_run(uri, parent, stage=SCALING_STAGE, cell=label, name=f"scaling:{label}") as run:
+    with stage_run(tracking, stage=SCALING_STAGE, cell=label, name=f"scaling:{label}") as run:
+        assert run is not None  # a target gives a run
         params = {
             "form": summary.form,
             "form_requested": summary.form_requested,
@@ -202,15 +201,15 @@ def fit_study(
     bootstrap: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
     jobs: int = 1,
-    tracking: tuple[str, str] | None = None,
+    tracking: TrackingTarget | None = None,
 ) -> FitSummary:
     """Fit a law to the runs table ``runs_csv`` (``diver scaling collect``'s RUNS.csv)
     and write the fit's files into ``out`` (module doc); returns what ``fit.json`` holds.
 
     ``form``: one of :data:`~diver.scaling.laws.FORMS` or ``"auto"``.  ``where``:
     ``COLUMN=VALUE`` filters.  ``bootstrap`` resamples (0: no intervals) with ``seed``;
-    ``jobs`` processes for them (results do not depend on it).  ``tracking``: ``(tracking
-    URI, parent run id)`` to log the fit as a child run.  Input the fit cannot use raises
+    ``jobs`` processes for them (results do not depend on it).  ``tracking``: where to log
+    the fit as a child run.  Input the fit cannot use raises
     a :class:`~diver.errors.DiverError` naming the file and the problem.
     """
     runs_path, out = Path(runs_csv), Path(out)

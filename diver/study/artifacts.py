@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 
 from diver.atomic import write_text_atomic
 from diver.errors import DiverError
+from diver.study.cells import cell_key
 
 #: A scaling law's parameters (SPEC §4) per form, as fit.json holds them at its top level
 #: (natural units, in the order of the fit's log-space vector); the scaling code's
@@ -278,9 +279,6 @@ class PretrainMetrics:
         """The grid cell (:func:`diver.study.cells.cell_key`, e.g. ``mixed/1s/debug/f1.0_e2``)."""
         if self.family is None:
             raise ArtifactError(f"{self.source}: no 'family', so no grid cell")
-        # Imported here: diver.study.cells reads metrics.json through this module.
-        from diver.study.cells import cell_key
-
         return cell_key(
             self.family, self.patch, self.size, self.data_fraction, self.epochs, self.subjects
         )
@@ -511,3 +509,13 @@ def _optional_float(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{value!r} is not a number")
     return float(value)
+
+
+def cell_of_model(model_path: str | Path) -> str:
+    """The grid cell a ``model.pt`` was pretrained as (e.g. ``mixed/1s/debug/f1.0_e2``),
+    read back from the run's ``metrics.json``; the run folder's name when there is none
+    (an imported or hand-made model) or it names no cell."""
+    try:
+        return PretrainMetrics.from_json(Path(model_path).with_name(PRETRAIN_METRICS)).cell
+    except ArtifactError:
+        return Path(model_path).resolve().parent.name

@@ -15,9 +15,7 @@ folder is spelled in one place::
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from diver.config import GridBlock, StudyConfig
 
@@ -141,18 +139,3 @@ def finetune_cells(study: StudyConfig) -> list[Cell]:
             f"{cells[0].key!r}"
         )
     return [by_key[key] for key in wanted]
-
-
-def cell_of_model(model_path: str | Path) -> str:
-    """The grid cell a ``model.pt`` was pretrained as (e.g. ``mixed/1s/debug/f1.0_e2``),
-    read back from the run's ``metrics.json``; the run folder's name when there is none
-    (an imported or hand-made model)."""
-    metrics = Path(model_path).with_name("metrics.json")
-    try:
-        m = json.loads(metrics.read_text())
-        return cell_key(
-            m["family"], m["patch"], m["size"], float(m["data_fraction"]), int(m["epochs"]),
-            m.get("subjects"),
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return Path(model_path).resolve().parent.name

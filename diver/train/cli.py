@@ -17,7 +17,7 @@ from typing import Any
 from diver.argtypes import non_negative_int, positive_int
 from diver.config import StudyConfig, load_config
 from diver.study.settings import PretrainSettings, cell_settings
-from diver.train.settings import TrackingTarget
+from diver.tracking import TrackingTarget
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -104,13 +104,9 @@ def pretrain_settings(args: argparse.Namespace) -> tuple[PretrainSettings, Track
     settings = _settings(study, args)
     tracking = None
     if args.parent_run:
-        from diver.tracking.runid import read_run_id
-
         manifest = Path(args.corpus) / "manifest.csv"
-        tracking = TrackingTarget(
-            uri=study.tracking_uri(),
-            parent_run_id=read_run_id(Path(args.parent_run)),
-            manifest=manifest if manifest.exists() else None,
+        tracking = TrackingTarget.from_run_file(
+            study.tracking_uri(), args.parent_run, manifest if manifest.exists() else None
         )
     return settings, tracking
 

@@ -33,11 +33,12 @@ from diver.exitcodes import EXIT_PREEMPTED
 from diver.model import ModelConfig
 from diver.model.flops import six_nd, training_flops
 from diver.model.load import save_model_file
+from diver.study.artifacts import PRETRAIN_METRICS, PretrainMetrics
 from diver.study.settings import PretrainSettings
 from diver.train import checkpoint as ckpt
 from diver.train.distributed import DistEnv, all_reduce_sum, any_rank, barrier
 from diver.train.engine import TrainEngine, consolidated_state_dict
-from diver.train.outputs import RunLogs, plot_losses, val_by_epoch, write_json
+from diver.train.outputs import RunLogs, plot_losses, val_by_epoch
 from diver.train.plan import RunPlan
 from diver.train.preemption import PreemptionFlag
 from diver.train.validation import LOSS_PARTS, evaluate, mixed_seed, model_inputs
@@ -349,9 +350,10 @@ class TrainingLoop:
                 self.mlflow.log_metrics(final, step=st.step)
                 for name in ("run_config.json", "ds_config.json", "loss_curve.png"):
                     self.mlflow.log_artifact(self.out / name)
-            write_json(self.out / "metrics.json", metrics)
+            path = self.out / PRETRAIN_METRICS
+            PretrainMetrics.from_dict(metrics, source=str(path)).write(path)  # checked on write
             if self.mlflow is not None:
-                self.mlflow.log_artifact(self.out / "metrics.json")
+                self.mlflow.log_artifact(path)
             print(
                 f"pretrain {s.cell}: {st.step} steps, {self.engine.n_params:,} params, val_loss "
                 f"{st.last_val['val_loss']:.5f} -> {self.out}",

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from diver.atomic import replacing, write_text_atomic
-from diver.train.settings import PretrainError
+from diver.train.errors import PretrainError
 
 TRAIN_COLUMNS = (
     "step",

@@ -25,7 +25,7 @@ from diver.data import (
 )
 from diver.study.settings import PretrainSettings
 from diver.train.distributed import DistEnv
-from diver.train.settings import PretrainError
+from diver.train.errors import PretrainError
 
 
 @dataclass(frozen=True)

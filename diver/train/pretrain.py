@@ -4,7 +4,7 @@ A cell is (size, patch, data fraction, epochs) on one corpus.  This module puts 
 together and is the one place that knows the order of its parts; each part has its
 own module, whose docstring says what it guarantees:
 
-- ``diver.train.settings``: what the run is (:class:`PretrainSettings`) and its identity;
+- ``diver.study.settings``: what the run is (:class:`PretrainSettings`) and its identity;
 - ``diver.data.splits``: the held-out validation subjects and the nested training data;
 - ``diver.train.plan``: the token budget, this rank's stream, the epoch length in steps;
 - ``diver.train.engine``: batch geometry, precision, the muP model and MuAdamW under
@@ -33,6 +33,7 @@ from typing import Any
 from diver.exitcodes import EXIT_PREEMPTED
 from diver.model import ModelConfig
 from diver.study.settings import PretrainSettings
+from diver.tracking import TrackingTarget, stage_run
 from diver.train import checkpoint as ckpt
 from diver.train.distributed import DistEnv, barrier, setup_distributed, teardown_distributed
 from diver.train.engine import batch_geometry, build_engine, resolve_precision
@@ -47,7 +48,6 @@ from diver.train.outputs import (
 )
 from diver.train.plan import RunPlan, plan_run
 from diver.train.preemption import Preempted, PreemptionFlag
-from diver.train.settings import TrackingTarget
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,10 @@ def _run(
         with contextlib.ExitStack() as stack:
             mlflow = None
             if env.is_main and tracking is not None:
-                mlflow = stack.enter_context(_child_run(s, tracking, resumed_from))
+                resumed = {"diver.resumed_from_step": str(resumed_from)} if resumed_from else None
+                mlflow = stack.enter_context(
+                    stage_run(tracking, stage="pretrain", cell=s.cell, tags=resumed)
+                )
                 _log_run_start(mlflow, s, env, plan, engine.n_params, model_config, logs)
             flag = stack.enter_context(PreemptionFlag())
             stack.callback(logs.close)
@@ -142,26 +145,11 @@ def _run(
             if loop.train(flag) == EXIT_PREEMPTED:
                 if mlflow is not None:
                     mlflow.set_tags({"diver.preempted_at_step": str(state.step)})
-                raise Preempted  # through child_run, which marks the run KILLED
+                raise Preempted  # through stage_run, which marks the run KILLED
             loop.finish()
     except Preempted:
         return EXIT_PREEMPTED
     return 0
-
-
-def _child_run(
-    settings: PretrainSettings, tracking: TrackingTarget, resumed_from: int | None
-) -> contextlib.AbstractContextManager[Any]:
-    from diver.tracking.runs import child_run
-
-    return child_run(
-        tracking.uri,
-        tracking.parent_run_id,
-        stage="pretrain",
-        cell=settings.cell,
-        manifest=tracking.manifest,
-        tags={"diver.resumed_from_step": str(resumed_from)} if resumed_from else None,
-    )
 
 
 def _log_run_start(

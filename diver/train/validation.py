@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from diver.data import CorpusIndex, ResampleConfig, WindowBatch, WindowDataset, collate_windows
 from diver.train.distributed import all_reduce_sum
-from diver.train.settings import PretrainError
+from diver.train.errors import PretrainError
 
 LOSS_PARTS = ("time", "fft", "stft")
 """The parts of the pretraining loss, logged beside their sum."""
