@@ -99,10 +99,16 @@ def test_config_section_defaults_match_the_dataclass(section: str, cls: type) ->
 
 
 def test_pretrain_section_defaults_match_pretrain_config() -> None:
-    """The place for the pretrain section's check, once PretrainConfig's restructuring
-    lands: ``_check_section(cfg.PretrainConfig, <schema pretrain properties>,
-    _config_filled()["pretrain"])`` (or the classes it becomes)."""
-    pytest.skip("PretrainConfig is being restructured; its check goes here")
+    """The flat ``pretrain`` section against the component configs that own its keys."""
+    properties = load_schema("config")["properties"]["pretrain"]["properties"]
+    filled = _config_filled()["pretrain"]
+    owners = cfg.PretrainConfig.keys()  # flat key -> (component, operational)
+    assert set(properties) == set(owners)
+    for component in {owner for owner, _ in owners.values()}:
+        cls = type(getattr(cfg.PretrainConfig(), component))
+        mine = {k: v for k, v in properties.items() if owners[k][0] == component}
+        _check_section(cls, mine, filled)
+    assert cfg.PretrainConfig.from_flat(filled) == cfg.PretrainConfig()
 
 
 def test_config_nested_defaults_match_the_dataclasses() -> None:
