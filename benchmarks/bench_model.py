@@ -5,7 +5,7 @@ For each size (``debug`` and ``tiny`` by default) on this CPU:
 
 - DIVER-1: the muP pretraining model (``build_model``, train mode) on a batch of
   B windows of C channels x N patches (1 s patches unless ``--patch 0.1s``), with a
-  fixed half-masked token mask; one step = ``model(**batch).loss.backward()``.
+  fixed half-masked token mask; one step = ``model(inputs, mask).loss.backward()``.
 - plain: ``nn.TransformerEncoder(nn.TransformerEncoderLayer(d, d // 32 heads, 4 d,
   dropout 0.1, batch_first, norm_first), depth)`` on a (B, C x N, d) input - the same
   number of tokens - with a linear d -> d head and an MSE loss; one step = forward +
@@ -41,6 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from diver.model.config import ModelConfig, model_config
 from diver.model.flops import forward_flops
+from diver.model.inputs import EncoderInputs
 from diver.model.mup_setup import build_model
 
 # (batch, channels, patches) per size; tiny gets a smaller batch to keep the run short.
@@ -75,13 +76,13 @@ def diver_step(config: ModelConfig, b: int, c: int, n: int) -> tuple[Callable[[]
         "subtype_ids": torch.full((b, c), 4, dtype=torch.long),  # depth
         "channel_mask": channel_mask,
         "patch_mask": patch_mask,
-        "mask": model.draw_mask(valid, g),
     }
-    mask_fraction = batch["mask"].float().mean().item()
+    inputs, mask = EncoderInputs(**batch), model.draw_mask(valid, g)
+    mask_fraction = mask.float().mean().item()
     flops = b * forward_flops(config, c, n, mask_prob=mask_fraction).training
 
     def step() -> None:
-        model(**batch).loss.backward()
+        model(inputs, mask).loss.backward()
         model.zero_grad(set_to_none=True)
 
     return step, flops

@@ -337,7 +337,7 @@ def side_plain(args: argparse.Namespace, config: Any, p: dict[str, Any]) -> dict
     from diver.model import model_config
     from diver.model.mup_setup import build_model, make_optimizer
     from diver.train.schedule import cosine_schedule
-    from diver.train.validation import mixed_seed, model_inputs
+    from diver.train.validation import mixed_seed
 
     c, opt, seed = config, config.optimiser, config.runtime.seed
     cuda = torch.cuda.is_available()
@@ -384,7 +384,7 @@ def side_plain(args: argparse.Namespace, config: Any, p: dict[str, Any]) -> dict
                 mixed_seed(seed, step, 0, 0, 1)
             )
             with autocast:
-                out = model(**model_inputs(batch), generator=generator)
+                out = model(batch.encoder_inputs(), generator=generator)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(params, opt.grad_clip)
             optimizer.step()

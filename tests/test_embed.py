@@ -70,10 +70,7 @@ def test_embed_cli_matches_the_encoder_on_corpus_windows(
     batch = collate_windows(list(dataset))
     encoder = load_encoder(reference / "model.pt")
     with torch.no_grad():
-        tokens = encoder(
-            batch.signal, batch.coords, batch.channel_type_ids, batch.channel_subtype_ids,
-            batch.channel_mask, batch.patch_mask,
-        )  # fmt: skip
+        tokens = encoder(batch.encoder_inputs())
     expected = pool_tokens(tokens, batch.channel_mask, batch.patch_mask).numpy()
     # float16 (corpus) vs float32 (embed) storage differ far less than windows differ.
     assert np.abs(embedding - expected).max() < 1e-3

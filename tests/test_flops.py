@@ -26,6 +26,7 @@ from diver.model.flops import (
     six_nd,
     training_flops,
 )
+from diver.model.inputs import EncoderInputs
 from diver.model.mup_setup import build_model, count_parameters
 
 # (size, patch, C, N): both published-width debug and tiny, and a window shorter than
@@ -56,6 +57,10 @@ def make_batch(config: ModelConfig, c: int, n: int, batch: int = BATCH) -> dict[
     }
 
 
+def inputs_and_mask(batch: dict[str, torch.Tensor]) -> tuple[EncoderInputs, torch.Tensor]:
+    return EncoderInputs(**{k: v for k, v in batch.items() if k != "mask"}), batch["mask"]
+
+
 def mask_fraction(batch: dict[str, torch.Tensor]) -> float:
     return batch["mask"].float().mean().item()
 
@@ -66,7 +71,7 @@ def test_training_flops_match_flop_counter(size: str, patch: str, c: int, n: int
     model = build_model(config).train()
     batch = make_batch(config, c, n)
     account = forward_flops(config, c, n, mask_prob=mask_fraction(batch))
-    measured = measured_flops(model, batch)
+    measured = measured_flops(model, *inputs_and_mask(batch))
     assert measured == pytest.approx(BATCH * account.training, rel=1e-6)
     assert all(p.grad is None for p in model.parameters())  # no side effect on the model
 
@@ -77,7 +82,7 @@ def test_forward_terms_match_flop_counter_by_module(size: str, patch: str, c: in
     model = build_model(config).train()
     batch = make_batch(config, c, n)
     account = forward_flops(config, c, n, mask_prob=mask_fraction(batch))
-    counts = measured_flop_counts(model, batch, backward=False)
+    counts = measured_flop_counts(model, *inputs_and_mask(batch), backward=False)
     root = "DiverPretrainModel"
 
     def module(name: str, ops: tuple[str, ...] | None = None) -> int:

@@ -12,6 +12,7 @@ width-scaling of activations (muP coordinate check) by tests/test_mup.py.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -26,6 +27,7 @@ from diver.model.config import (
     model_config,
 )
 from diver.model.embedding import ModalityEmbedding
+from diver.model.inputs import EncoderInputs
 from diver.model.layers import AnyVariateAttention, rotary
 from diver.model.mup_setup import build_model, count_parameters, make_optimizer
 from diver.model.pretrain import DiverPretrainModel
@@ -55,7 +57,7 @@ def eval_model(patch: str, seed: int = 0, **overrides: object) -> DiverPretrainM
 
 def random_batch(
     patch: str, shapes: list[tuple[int, int]], seed: int = 0
-) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+) -> tuple[EncoderInputs, list[EncoderInputs]]:
     """A padded batch of windows with (channels, patches) ``shapes``, and each window alone.
 
     Padding is filled with loud garbage (large signal, random coordinates and ids), so
@@ -96,22 +98,22 @@ def random_batch(
         batch["subtype_ids"][i, :c] = single["subtype_ids"][0]
         batch["channel_mask"][i, :c] = True
         batch["patch_mask"][i, :n] = True
-    return batch, singles
+    return EncoderInputs(**batch), [EncoderInputs(**single) for single in singles]
 
 
-def encode(model: DiverPretrainModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def encode(model: DiverPretrainModel, batch: EncoderInputs) -> torch.Tensor:
     with torch.no_grad():
-        return model.encoder(**batch)
+        return model.encoder(batch)
 
 
 def permute_channels(
-    batch: dict[str, torch.Tensor], perm: torch.Tensor, keys: tuple[str, ...]
-) -> dict[str, torch.Tensor]:
-    return {k: (v[:, perm] if k in keys else v) for k, v in batch.items()}
+    batch: EncoderInputs, perm: torch.Tensor, keys: tuple[str, ...]
+) -> EncoderInputs:
+    return replace(batch, **{k: getattr(batch, k)[:, perm] for k in keys})
 
 
-def valid_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return batch["channel_mask"][:, :, None] & batch["patch_mask"][:, None, :]
+def valid_tokens(batch: EncoderInputs) -> torch.Tensor:
+    return batch.valid_tokens()
 
 
 # --- 1. any-variate properties ----------------------------------------------------------
@@ -137,7 +139,7 @@ def test_channel_permutation_equivariant_without_positions(patch: str) -> None:
     # not vacuous: channels differ from each other, so a wrong permutation would show
     assert not torch.allclose(out[1, PERM], out[1], atol=1e-2)
     # and the coordinates really are unused
-    shuffled = dict(batch, coords_mm=batch["coords_mm"].flip(1))
+    shuffled = replace(batch, coords_mm=batch.coords_mm.flip(1))
     assert torch.allclose(encode(model, shuffled)[valid], out[valid], atol=ATOL, rtol=RTOL)
 
 
@@ -217,13 +219,13 @@ def test_padded_batch_matches_each_window_alone(patch: str) -> None:
     g = torch.Generator().manual_seed(2)
     mask = torch.rand(valid_tokens(batch).shape, generator=g) < 0.5  # also over padding
     with torch.no_grad():
-        full = model(**batch, mask=mask)
+        full = model(batch, mask=mask)
         assert torch.equal(full.mask, mask & valid_tokens(batch))
         parts, counts = [], []
         for i, ((c, n), single) in enumerate(zip(MIXED_SHAPES, singles, strict=True)):
             own = mask[i : i + 1, :c, :n]
             assert own.any()
-            parts.append(model(**single, mask=own).losses)
+            parts.append(model(single, mask=own).losses)
             counts.append(int(own.sum()))
     assert set(full.losses) == set(LAMBDA[patch])
     for key, value in full.losses.items():
@@ -236,7 +238,7 @@ def test_padded_batch_matches_each_window_alone(patch: str) -> None:
 
 def _capture_encoder_input(model: DiverPretrainModel) -> tuple[list[torch.Tensor], object]:
     seen: list[torch.Tensor] = []
-    handle = model.encoder.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    handle = model.encoder.register_forward_pre_hook(lambda _m, args: seen.append(args[0].patches))
     return seen, handle
 
 
@@ -249,20 +251,20 @@ def test_loss_equals_manual_masked_reconstruction(patch: str) -> None:
     mask = (torch.rand(valid.shape, generator=g) < 0.5) & valid
     seen, handle = _capture_encoder_input(model)
     with torch.no_grad():
-        out = model(**batch, mask=mask)
+        out = model(batch, mask=mask)
     handle.remove()
 
     # masked patches are zeros before the encoder; the rest are the patches themselves
     visible = seen[0]
     assert torch.equal(visible[mask], torch.zeros_like(visible[mask]))
-    assert torch.equal(visible[~mask], batch["patches"][~mask])
+    assert torch.equal(visible[~mask], batch.patches[~mask])
 
     # the loss, rebuilt from the model's parts and SPEC §2's lambdas
-    zeroed = batch["patches"] * (~mask)[..., None]
-    inputs = {k: v for k, v in batch.items() if k != "patches"}
+    zeroed = batch.patches * (~mask)[..., None]
+
     with torch.no_grad():
-        h = model.encoder(zeroed, **inputs)[mask]
-        targets = compute_targets(batch["patches"][mask], model.target_spec)
+        h = model.encoder(batch.with_patches(zeroed))[mask]
+        targets = compute_targets(batch.patches[mask], model.target_spec)
         mse = {k: ((model.heads[k](h) - targets[k]) ** 2).mean() for k in LAMBDA[patch]}
     assert set(out.losses) == set(LAMBDA[patch])
     for key in LAMBDA[patch]:
@@ -286,25 +288,25 @@ def test_masked_patch_reaches_the_loss_only_as_a_target(patch: str) -> None:
     def run(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         seen, handle = _capture_encoder_input(model)
         with torch.no_grad():
-            loss = model(**dict(batch, patches=patches), mask=mask).loss
+            loss = model(batch.with_patches(patches), mask=mask).loss
         handle.remove()
         return loss, seen[0]
 
-    base_loss, base_input = run(batch["patches"])
+    base_loss, base_input = run(batch.patches)
     bump = 3 * torch.sin(torch.arange(PATCH_SAMPLES[patch]) * 0.7)
 
-    changed = batch["patches"].clone()
+    changed = batch.patches.clone()
     changed[masked_token] += bump
     loss, encoder_input = run(changed)
     assert torch.equal(encoder_input, base_input)  # the encoder never sees it...
     assert not torch.isclose(loss, base_loss, rtol=1e-3)  # ...the target does
 
-    changed = batch["patches"].clone()
+    changed = batch.patches.clone()
     changed[unmasked_token] += bump
     _, encoder_input = run(changed)
     assert not torch.equal(encoder_input, base_input)  # a visible patch is input
 
-    changed = batch["patches"].clone()
+    changed = batch.patches.clone()
     changed[padded_token] += 1e3 * bump
     loss, _ = run(changed)
     assert torch.allclose(loss, base_loss, atol=1e-6, rtol=1e-6)  # padding: nowhere
@@ -322,7 +324,7 @@ def test_loss_gradient_flows_only_from_masked_tokens() -> None:
         outputs.append(output)
 
     handle = model.encoder.register_forward_hook(keep)
-    model(**batch, mask=mask).loss.backward()
+    model(batch, mask=mask).loss.backward()
     handle.remove()
     grad = outputs[0].grad
     assert grad is not None
@@ -366,7 +368,7 @@ def test_mask_never_empty_and_forward_mask_within_valid() -> None:
     model = eval_model("0.1s")
     batch, _ = random_batch("0.1s", MIXED_SHAPES, seed=12)
     with torch.no_grad():
-        out = model(**batch, generator=torch.Generator().manual_seed(13))
+        out = model(batch, generator=torch.Generator().manual_seed(13))
     valid = valid_tokens(batch)
     assert out.mask.any() and not (out.mask & ~valid).any()
     assert torch.isfinite(out.loss)
@@ -423,15 +425,15 @@ def test_debug_model_overfits_one_batch() -> None:
     optimizer = make_optimizer(model, lr=1e-3, weight_decay=0.0)
     losses = []
     for _ in range(250):
-        loss = model(**batch, mask=mask).loss
+        loss = model(batch, mask=mask).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
     model.eval()
     with torch.no_grad():
-        final = model(**batch, mask=mask).loss.item()
-    targets = compute_targets(batch["patches"][mask], model.target_spec)
+        final = model(batch, mask=mask).loss.item()
+    targets = compute_targets(batch.patches[mask], model.target_spec)
     constant = sum(
         w * targets[k].var(dim=0, unbiased=False).mean().item() for k, w in LAMBDA["1s"].items()
     )
@@ -478,7 +480,7 @@ def test_debug_ladder_trains(size: str, patch: str) -> None:
     optimizer = make_optimizer(model, lr=1e-3, weight_decay=0.01)
     batch, _ = random_batch(patch, [(3, 5), (2, 8)], seed=16)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    loss = model(**batch, generator=torch.Generator().manual_seed(17)).loss
+    loss = model(batch, generator=torch.Generator().manual_seed(17)).loss
     assert torch.isfinite(loss)
     optimizer.zero_grad()
     loss.backward()

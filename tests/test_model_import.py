@@ -56,7 +56,7 @@ def fixture_tokens(parity_data: Path, model_file: Path, name: str = SMALL) -> fl
     io = torch.load(parity_data / f"{name}.io.pt", weights_only=True)
     model = load_pretrained(model_file)
     with torch.no_grad():
-        tokens = model.encoder(**official_inputs(io["x"], io["coords"], meta["batch"], "1s"))
+        tokens = model.encoder(official_inputs(io["x"], io["coords"], meta["batch"], "1s"))
     return (tokens - io["y"]).abs().max().item()
 
 

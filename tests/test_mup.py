@@ -26,6 +26,7 @@ from mup.coord_check import _get_coord_data
 from torch import nn
 
 from diver.model.config import model_config
+from diver.model.inputs import EncoderInputs
 from diver.model.mup_setup import (
     BASE_WIDTH,
     attach_base_shapes,
@@ -56,7 +57,13 @@ class _LossOnly(nn.Module):
         self.model = model
 
     def forward(self, **batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"loss": self.model(**batch).loss}
+        return {"loss": self.model(*inputs_and_mask(batch)).loss}
+
+
+def inputs_and_mask(batch: dict[str, torch.Tensor]) -> tuple[EncoderInputs, torch.Tensor]:
+    """``coord_batch``'s dict (mup's loader hands it over as keywords) as model arguments."""
+    mask = batch["mask"]
+    return EncoderInputs(**{k: v for k, v in batch.items() if k != "mask"}), mask
 
 
 def _config(width: int, patch: str):
@@ -263,10 +270,10 @@ def test_attach_base_shapes_restores_a_checkpoint_exactly() -> None:
     model = build_model(config).eval()
     batch = coord_batch("1s")
     with torch.no_grad():
-        want = model(**batch).loss
+        want = model(*inputs_and_mask(batch)).loss
         loaded = DiverPretrainModel(config).eval()
         loaded.load_state_dict(model.state_dict())
         attach_base_shapes(loaded)
-        got = loaded(**batch).loss
+        got = loaded(*inputs_and_mask(batch)).loss
     assert torch.equal(got, want)
     assert loaded.heads["time"].width_mult() == 0.5

@@ -65,17 +65,12 @@ def diver_outputs(name: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.T
     )
     inputs = official_inputs(io["x"], io["coords"], meta["batch"], config.patch)
     with torch.no_grad():
-        embedding = model.encoder.embed(
-            inputs["patches"],
-            inputs["coords_mm"],
-            inputs["type_ids"],
-            inputs["subtype_ids"],
-        )
+        embedding = model.encoder.embed(inputs)
         embedding = embedding + model.encoder.stcpe(
-            embedding, inputs["channel_mask"], inputs["patch_mask"]
+            embedding, inputs.channel_mask, inputs.patch_mask
         )
-        tokens = model.encoder(**inputs)
-        targets = compute_targets(inputs["patches"], model.target_spec)
+        tokens = model.encoder(inputs)
+        targets = compute_targets(inputs.patches, model.target_spec)
         ours = {"embedding_output": embedding, "y": tokens}
         for key, head in HEADS.items():
             if head in model.heads:

@@ -40,6 +40,7 @@ from diver.data import make_splits, micro_batches_per_epoch
 from diver.exitcodes import EXIT_PREEMPTED
 from diver.model import DiverPretrainModel, ModelConfig, model_config
 from diver.model.flops import six_nd, training_flops
+from diver.model.inputs import EncoderInputs
 from diver.model.mup_setup import attach_base_shapes, build_model, count_parameters
 from diver.train.engine import batch_geometry, enable_activation_checkpointing
 from diver.train.schedule import CosineFactor, cosine_schedule
@@ -335,7 +336,7 @@ def test_activation_checkpointing_recomputes_blocks_with_identical_results() -> 
         for block in model.encoder.blocks:
             block.attn.register_forward_hook(lambda *_: calls.append(1))
         torch.manual_seed(2)  # dropout is on: the recomputation must replay it
-        out = model(**batch, generator=torch.Generator().manual_seed(3))
+        out = model(EncoderInputs(**batch), generator=torch.Generator().manual_seed(3))
         out.loss.backward()
         grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
         return float(out.loss.detach()), grads, len(calls)

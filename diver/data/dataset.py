@@ -40,6 +40,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from diver.corpus.shards import coords_of, signals_of
 from diver.data.index import CorpusIndex, window_hashes
 from diver.data.resample import ResampleConfig, apply_crop, choose_crop
+from diver.model.inputs import EncoderInputs
 
 PAD_ID = 0
 # Neural channel types kept for pretraining (SPEC §1); anything else maps to OTHER.
@@ -152,6 +153,22 @@ class WindowBatch:
     def pin_memory(self) -> WindowBatch:
         """Called by ``DataLoader(pin_memory=True)`` on custom batch types."""
         return self._map(lambda t: t.pin_memory())
+
+    def encoder_inputs(self, dtype: torch.dtype = torch.float32) -> EncoderInputs:
+        """What the model reads of the batch.
+
+        The signal goes in the model's compute dtype (bf16 under DeepSpeed's bf16 mode,
+        which casts the module, not its inputs); the model computes its reconstruction
+        targets in fp32 and coordinates stay fp32 for the position encoding.
+        """
+        return EncoderInputs(
+            patches=self.signal.to(dtype),
+            coords_mm=self.coords,
+            type_ids=self.channel_type_ids,
+            subtype_ids=self.channel_subtype_ids,
+            channel_mask=self.channel_mask,
+            patch_mask=self.patch_mask,
+        )
 
 
 def collate_windows(samples: Sequence[WindowSample]) -> WindowBatch:

@@ -148,10 +148,7 @@ def embed_recordings(
             for b in range(0, len(samples), batch_size):
                 batch = collate_windows(samples[b : b + batch_size]).to(device)
                 with torch.no_grad():
-                    tokens = encoder(
-                        batch.signal, batch.coords, batch.channel_type_ids,
-                        batch.channel_subtype_ids, batch.channel_mask, batch.patch_mask,
-                    )  # fmt: skip
+                    tokens = encoder(batch.encoder_inputs())
                     pooled = pool_tokens(tokens, batch.channel_mask, batch.patch_mask)
                 for j, vector in enumerate(pooled.float().cpu().numpy()):
                     k = b + j

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from diver.model.encoder import DiverEncoder
+from diver.model.inputs import EncoderInputs
 
 MLP_UNITS_PER_SECOND = 200  # the authors' hidden sizes: [num_seconds * 200, 200]
 MLP_LAST_HIDDEN = 200
@@ -138,14 +139,8 @@ class DiverClassifier(nn.Module):
             "centre", torch.zeros(()) if centre is None else centre.detach().clone()
         )
 
-    def forward(
-        self,
-        patches: torch.Tensor,
-        coords_mm: torch.Tensor,
-        type_ids: torch.Tensor,
-        subtype_ids: torch.Tensor,
-        channel_mask: torch.Tensor,
-        patch_mask: torch.Tensor,
-    ) -> torch.Tensor:
-        tokens = self.encoder(patches, coords_mm, type_ids, subtype_ids, channel_mask, patch_mask)
-        return self.head(centred_tokens(tokens, self.centre, channel_mask, patch_mask))
+    def forward(self, inputs: EncoderInputs) -> torch.Tensor:
+        tokens = self.encoder(inputs)
+        return self.head(
+            centred_tokens(tokens, self.centre, inputs.channel_mask, inputs.patch_mask)
+        )

@@ -20,6 +20,7 @@ from diver.finetune.heads import masked_tokens, valid_tokens
 from diver.finetune.tasks import TaskError
 from diver.finetune.taskset import TaskSet
 from diver.model.encoder import DiverEncoder
+from diver.model.inputs import EncoderInputs
 
 __all__ = ["ModelInputs", "encode_all"]
 
@@ -67,16 +68,16 @@ class ModelInputs:
             patch_mask=torch.ones(t, n_patches, dtype=torch.bool),
         )
 
-    def batch(self, idx: np.ndarray, device: str) -> dict[str, torch.Tensor]:
+    def batch(self, idx: np.ndarray, device: str) -> EncoderInputs:
         index = torch.as_tensor(idx, dtype=torch.long)
-        return {
-            "patches": self.patches[index].to(device),
-            "coords_mm": self.coords[index].to(device),
-            "type_ids": self.type_ids[index].to(device),
-            "subtype_ids": self.subtype_ids[index].to(device),
-            "channel_mask": self.channel_mask[index].to(device),
-            "patch_mask": self.patch_mask[index].to(device),
-        }
+        return EncoderInputs(
+            patches=self.patches[index],
+            coords_mm=self.coords[index],
+            type_ids=self.type_ids[index],
+            subtype_ids=self.subtype_ids[index],
+            channel_mask=self.channel_mask[index],
+            patch_mask=self.patch_mask[index],
+        ).to(device)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -107,6 +108,6 @@ def encode_all(
     for start in range(0, len(order), batch):
         idx = order[start : start + batch]
         b = inputs.batch(idx, device)
-        tokens = encoder(**b)
-        out.append(masked_tokens(tokens, b["channel_mask"], b["patch_mask"]).cpu())
+        tokens = encoder(b)
+        out.append(masked_tokens(tokens, b.channel_mask, b.patch_mask).cpu())
     return torch.cat(out)

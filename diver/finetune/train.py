@@ -237,7 +237,7 @@ def _finetune(settings: FinetuneSettings, cell: str) -> dict:
                     module = DiverClassifier(encoder, head, centre)
 
                     def forward(idx: np.ndarray, _m: nn.Module = module) -> torch.Tensor:
-                        return _m(**inputs.batch(idx, device))
+                        return _m(inputs.batch(idx, device))
 
                 result = fit(
                     module, forward, labels, fold, recipe, seed, n_classes,

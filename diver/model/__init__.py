@@ -8,6 +8,7 @@ from diver.model.config import (
     model_config,
 )
 from diver.model.encoder import DiverEncoder
+from diver.model.inputs import EncoderInputs
 from diver.model.load import CheckpointError, load_encoder, load_pretrained, pool_tokens
 from diver.model.pretrain import DiverPretrainModel, PretrainOutput
 
@@ -18,6 +19,7 @@ __all__ = [
     "CheckpointError",
     "DiverEncoder",
     "DiverPretrainModel",
+    "EncoderInputs",
     "ModelConfig",
     "PretrainOutput",
     "load_encoder",

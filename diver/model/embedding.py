@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diver.model.config import ModelConfig
+from diver.model.inputs import EncoderInputs
 
 TYPE_EEG, TYPE_SEEG, TYPE_ECOG = 1, 2, 3
 SUBTYPE_FIRST = 2  # grid; strip = 3, depth = 4
@@ -154,26 +155,21 @@ class TokenEmbedding(nn.Module):
         self.position_dim = 3 * config.d_model // 4
         self.modality = ModalityEmbedding(config.d_model - self.position_dim)
 
-    def forward(
-        self,
-        patches: torch.Tensor,
-        coords_mm: torch.Tensor,
-        type_ids: torch.Tensor,
-        subtype_ids: torch.Tensor,
-        valid: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """``patches`` (B, C, N, P) (masked ones already zero) -> tokens (B, C, N, d).
+    def forward(self, inputs: EncoderInputs, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """``inputs.patches`` (B, C, N, P) (masked ones already zero) -> tokens (B, C, N, d).
 
         ``valid`` (B, C, N) marks real tokens (None: all), the ones the CNN's GroupNorm
         pools its statistics over.
         """
+        patches = inputs.patches
         tokens = self.cnn(patches, valid)
         source = tokens if self.config.spectral_input == "token" else patches
         tokens = tokens + self.spectral(source)
         position = sinusoidal_position(
-            coords_mm, self.position_dim, self.config.position_temperature
+            inputs.coords_mm, self.position_dim, self.config.position_temperature
         )
         if not self.config.use_position:
             position = torch.zeros_like(position)
-        channel = torch.cat([position.to(tokens.dtype), self.modality(type_ids, subtype_ids)], -1)
+        modality = self.modality(inputs.type_ids, inputs.subtype_ids)
+        channel = torch.cat([position.to(tokens.dtype), modality], -1)
         return tokens + channel[:, :, None, :]

@@ -13,6 +13,7 @@ from torch import nn
 
 from diver.model.config import ModelConfig
 from diver.model.embedding import TokenEmbedding
+from diver.model.inputs import EncoderInputs
 from diver.model.layers import Block, rms_norm
 from diver.model.stcpe import STCPE
 
@@ -37,20 +38,12 @@ class DiverEncoder(nn.Module):
         )
         self.norm = rms_norm(d)
 
-    def forward(
-        self,
-        patches: torch.Tensor,
-        coords_mm: torch.Tensor,
-        type_ids: torch.Tensor,
-        subtype_ids: torch.Tensor,
-        channel_mask: torch.Tensor,
-        patch_mask: torch.Tensor,
-    ) -> torch.Tensor:
-        """``patches`` (B, C, N, P), masked patches already zero -> (B, C, N, d)."""
-        b, c, n, _ = patches.shape
+    def forward(self, inputs: EncoderInputs) -> torch.Tensor:
+        """``inputs.patches`` (B, C, N, P), masked patches already zero -> (B, C, N, d)."""
+        b, c, n, _ = inputs.patches.shape
         d = self.config.d_model
-        valid_tokens = channel_mask[:, :, None] & patch_mask[:, None, :]
-        x = self.embed(patches, coords_mm, type_ids, subtype_ids, valid_tokens)
+        channel_mask, patch_mask = inputs.channel_mask, inputs.patch_mask
+        x = self.embed(inputs, inputs.valid_tokens())
         x = x + self.stcpe(x, channel_mask, patch_mask)
 
         grid = x.new_empty(b, c + 1, n + 1, d)

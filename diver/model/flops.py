@@ -69,7 +69,6 @@ token count per epoch is uncertain.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 import torch
@@ -79,6 +78,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from diver.model.config import ModelConfig
 from diver.model.embedding import PatchCNN
+from diver.model.inputs import EncoderInputs
 from diver.model.mup_setup import count_parameters
 from diver.model.pretrain import DiverPretrainModel
 from diver.model.targets import TargetSpec
@@ -270,9 +270,13 @@ def six_nd(config: ModelConfig, tokens: float, *, params: str = "total") -> floa
 
 
 def measured_flop_counts(
-    model: DiverPretrainModel, batch: Mapping[str, torch.Tensor], *, backward: bool = True
+    model: DiverPretrainModel,
+    inputs: EncoderInputs,
+    mask: torch.Tensor | None = None,
+    *,
+    backward: bool = True,
 ) -> dict[str, dict[str, int]]:
-    """``FlopCounterMode``'s counts of one forward (+ backward) of ``model(**batch)``:
+    """``FlopCounterMode``'s counts of one forward (+ backward) of ``model(inputs, mask)``:
     ``{module path: {aten op: FLOPs}}``, with the whole run under ``"Global"``.
 
     Attention runs on the math SDPA backend, which decomposes into ``bmm`` that the
@@ -284,7 +288,7 @@ def measured_flop_counts(
     """
     counter = FlopCounterMode(display=False)
     with sdpa_kernel(SDPBackend.MATH), counter:
-        out = model(**batch)
+        out = model(inputs, mask)
         if backward:
             params = [p for p in model.parameters() if p.requires_grad]
             torch.autograd.grad(out.loss, params, allow_unused=True)
@@ -295,8 +299,13 @@ def measured_flop_counts(
 
 
 def measured_flops(
-    model: DiverPretrainModel, batch: Mapping[str, torch.Tensor], *, backward: bool = True
+    model: DiverPretrainModel,
+    inputs: EncoderInputs,
+    mask: torch.Tensor | None = None,
+    *,
+    backward: bool = True,
 ) -> int:
     """Total FLOPs of one forward (+ backward) by ``FlopCounterMode`` (see
     :func:`measured_flop_counts`), to check the analytic account against."""
-    return sum(measured_flop_counts(model, batch, backward=backward)["Global"].values())
+    counts = measured_flop_counts(model, inputs, mask, backward=backward)
+    return sum(counts["Global"].values())

@@ -7,10 +7,11 @@ checkpoints (their released files, DeepSpeed's ``{"module": ...}``, a bare state
 see :mod:`diver.model.official`) load the same way.  Loading needs neither DeepSpeed
 nor the corpus, and never unpickles objects (``weights_only=True``)::
 
-    from diver.model import load_encoder, pool_tokens
+    from diver.model import EncoderInputs, load_encoder, pool_tokens
 
     encoder = load_encoder("results/pretrain/tiny/1s/f1_e8/model.pt")   # eval mode
-    tokens = encoder(patches, coords_mm, type_ids, subtype_ids, channel_mask, patch_mask)
+    inputs = EncoderInputs(patches, coords_mm, type_ids, subtype_ids, channel_mask, patch_mask)
+    tokens = encoder(inputs)
     features = pool_tokens(tokens, channel_mask, patch_mask)            # (B, d)
 
 Inputs, as in pretraining (SPEC §1-§2): ``patches`` (B, C, N, P) of the 500 Hz signal

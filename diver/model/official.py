@@ -34,6 +34,7 @@ import torch
 from diver.errors import CheckpointError
 from diver.model.config import PATCH_SAMPLES, ModelConfig
 from diver.model.embedding import SUBTYPE_FIRST, TYPE_ECOG, TYPE_EEG, TYPE_SEEG
+from diver.model.inputs import EncoderInputs
 
 NO_SUBTYPE = SUBTYPE_FIRST - 1  # diver.data's "no subtype" id (tests/test_model.py checks)
 
@@ -240,7 +241,7 @@ def official_inputs(
     coords: torch.Tensor,
     batch: Sequence[Mapping[str, Any]],
     patch: str,
-) -> dict[str, torch.Tensor]:
+) -> EncoderInputs:
     """diver's encoder inputs for the authors' ``model(x, data_info_list)``.
 
     ``x`` (B, C, T) signal (scaled as for pretraining); ``coords`` (C, 3) shared or
@@ -278,14 +279,14 @@ def official_inputs(
                 type_ids[i, j] = TYPE_ECOG if kind in ("grid", "strip") else TYPE_SEEG
             if kind is not None:
                 subtype_ids[i, j] = _SUBTYPE_IDS[kind]
-    return {
-        "patches": patches,
-        "coords_mm": coords,
-        "type_ids": type_ids,
-        "subtype_ids": subtype_ids,
-        "channel_mask": torch.ones(b, c, dtype=torch.bool),
-        "patch_mask": torch.ones(b, patches.shape[2], dtype=torch.bool),
-    }
+    return EncoderInputs(
+        patches=patches,
+        coords_mm=coords,
+        type_ids=type_ids,
+        subtype_ids=subtype_ids,
+        channel_mask=torch.ones(b, c, dtype=torch.bool),
+        patch_mask=torch.ones(b, patches.shape[2], dtype=torch.bool),
+    )
 
 
 def _subtype(name: object) -> str | None:

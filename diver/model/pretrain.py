@@ -19,6 +19,7 @@ from torch import nn
 
 from diver.model.config import ModelConfig
 from diver.model.encoder import DiverEncoder
+from diver.model.inputs import EncoderInputs
 from diver.model.targets import TargetSpec, compute_targets
 
 TARGETS = ("time", "fft", "stft")
@@ -68,22 +69,19 @@ class DiverPretrainModel(nn.Module):
 
     def forward(
         self,
-        patches: torch.Tensor,
-        coords_mm: torch.Tensor,
-        type_ids: torch.Tensor,
-        subtype_ids: torch.Tensor,
-        channel_mask: torch.Tensor,
-        patch_mask: torch.Tensor,
+        inputs: EncoderInputs,
         mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> PretrainOutput:
-        """``patches`` (B, C, N, P) scaled signal; masks (B, C), (B, N) bool."""
-        valid = channel_mask[:, :, None] & patch_mask[:, None, :]
+        """``inputs`` a batch of scaled windows; ``mask`` (B, C, N) the tokens to hide
+        (None: drawn with ``generator``)."""
+        patches = inputs.patches
+        valid = inputs.valid_tokens()
         if mask is None:
             mask = self.draw_mask(valid, generator)
         mask = mask & valid
         visible = torch.where(mask[..., None], self.mask_token.to(patches.dtype), patches)
-        h = self.encoder(visible, coords_mm, type_ids, subtype_ids, channel_mask, patch_mask)
+        h = self.encoder(inputs.with_patches(visible))
         h_masked = h[mask]  # (M, d)
         with torch.no_grad():
             targets = compute_targets(patches[mask].float(), self.target_spec)

@@ -41,7 +41,7 @@ from diver.train.engine import TrainEngine, consolidated_state_dict
 from diver.train.outputs import RunLogs, plot_losses, val_by_epoch
 from diver.train.plan import RunPlan
 from diver.train.preemption import PreemptionFlag
-from diver.train.validation import LOSS_PARTS, evaluate, mixed_seed, model_inputs
+from diver.train.validation import LOSS_PARTS, evaluate, mixed_seed
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ class TrainingLoop:
                 mixed_seed(seed, st.step, env.rank, micro, 1)
             )
             engine.set_gradient_accumulation_boundary(micro == k - 1)
-            out = engine(**model_inputs(batch, dtype), generator=generator)
+            out = engine(batch.encoder_inputs(dtype), generator=generator)
             engine.backward(out.loss / k, scale_wrt_gas=False)
             parts = [float(out.losses[p].detach()) if p in out.losses else 0.0 for p in LOSS_PARTS]
             sums += np.array([float(out.loss.detach()), *parts]) / k

@@ -34,23 +34,6 @@ def mixed_seed(*parts: int) -> int:
     return (int(state[0]) << 31) ^ int(state[1])
 
 
-def model_inputs(batch: WindowBatch, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """Keyword arguments of ``DiverPretrainModel.forward`` from a collated batch.
-
-    The signal goes in the model's compute dtype (bf16 under DeepSpeed's bf16 mode,
-    which casts the module, not its inputs); the model computes its reconstruction
-    targets in fp32 and coordinates stay fp32 for the position encoding.
-    """
-    return {
-        "patches": batch.signal.to(dtype),
-        "coords_mm": batch.coords,
-        "type_ids": batch.channel_type_ids,
-        "subtype_ids": batch.channel_subtype_ids,
-        "channel_mask": batch.channel_mask,
-        "patch_mask": batch.patch_mask,
-    }
-
-
 def validation_loader(
     val: CorpusIndex,
     patch_samples: int,
@@ -114,7 +97,7 @@ def evaluate(
     try:
         for b, batch in zip(batch_ids, loader, strict=True):
             generator = torch.Generator(device=device).manual_seed(mixed_seed(mask_seed, b))
-            out = model(**model_inputs(batch.to(device), dtype), generator=generator)
+            out = model(batch.to(device).encoder_inputs(dtype), generator=generator)
             weight = float(out.mask.sum())
             parts = [float(out.losses[k]) if k in out.losses else 0.0 for k in LOSS_PARTS]
             sums += weight * np.array([1.0, float(out.loss), *parts])
