@@ -47,7 +47,7 @@ from diver.atomic import write_csv_atomic, write_text_atomic
 from diver.finetune.baselines import linear_baseline, stft_features
 from diver.finetune.fit import fit
 from diver.finetune.heads import DiverClassifier, centred_tokens, make_head, token_mean
-from diver.finetune.inputs import ModelInputs, encode_all
+from diver.finetune.inputs import encode_all, task_inputs, trial_batch
 from diver.finetune.metrics import (
     classification_metrics,
     json_number,
@@ -146,8 +146,8 @@ def _finetune(settings: FinetuneSettings, cell: str) -> dict:
     labels = taskset.labels
     config, _, _ = load_checkpoint(s.pretrained)
     pretrained = load_encoder(s.pretrained, device=device)
-    inputs = ModelInputs.build(taskset, config.patch_samples)
-    n_channels, n_patches = inputs.shape
+    inputs = task_inputs(taskset, config.patch_samples)
+    _, n_channels, n_patches, _ = inputs.patches.shape
     seconds = n_patches * config.patch_samples / SFREQ  # sizes the mlp head
     metric = selection_metric(n_classes, recipe.select)
     split = s.task.split
@@ -166,13 +166,17 @@ def _finetune(settings: FinetuneSettings, cell: str) -> dict:
         # trains on, and where every fold's centre for the pretrained model comes from.
         features = encode_all(pretrained, inputs, s.eval_batch, device)
 
+    def valid_of(idx: np.ndarray) -> torch.Tensor:
+        """(T, C, N) present tokens of the trials at ``idx``."""
+        return inputs.select(torch.as_tensor(idx)).valid_tokens()
+
     def centre_of(encoder: DiverEncoder, fold: Fold) -> torch.Tensor | None:
         """Mean token of the fold's training trials under a fresh ``encoder`` (None: no
         centring)."""
         if not recipe.centre:
             return None
         tokens = encode_all(encoder, inputs, s.eval_batch, device, fold.train)
-        return token_mean(tokens, inputs.valid(fold.train)).to(device)
+        return token_mean(tokens, valid_of(fold.train)).to(device)
 
     def record(model: str, fold: Fold, seed: int | None, proba: np.ndarray, extra: dict) -> None:
         scores = classification_metrics(labels[fold.test], proba, n_classes)
@@ -204,7 +208,7 @@ def _finetune(settings: FinetuneSettings, cell: str) -> dict:
         pretrained_centre = probe_features = None
         if recipe.centre:
             assert features is not None
-            pretrained_centre = token_mean(features[fold.train], inputs.valid(fold.train))
+            pretrained_centre = token_mean(features[fold.train], valid_of(fold.train))
         if s.mode == "linear-probe":
             probe_features = features
             if pretrained_centre is not None:
@@ -237,7 +241,7 @@ def _finetune(settings: FinetuneSettings, cell: str) -> dict:
                     module = DiverClassifier(encoder, head, centre)
 
                     def forward(idx: np.ndarray, _m: nn.Module = module) -> torch.Tensor:
-                        return _m(inputs.batch(idx, device))
+                        return _m(trial_batch(inputs, idx, device))
 
                 result = fit(
                     module, forward, labels, fold, recipe, seed, n_classes,
