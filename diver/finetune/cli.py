@@ -9,10 +9,15 @@ import argparse
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from diver.argtypes import non_negative_int, positive_int
 from diver.finetune.metrics import SELECTABLE
 from diver.finetune.recipes import HEADS, MODES, PRESETS
+from diver.tracking import TrackingTarget
+
+if TYPE_CHECKING:
+    from diver.finetune.train import FinetuneSettings
 
 
 def _set_threads(threads: int | None) -> None:
@@ -55,18 +60,13 @@ def cmd_task_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_finetune(args: argparse.Namespace) -> int:
-    if int(os.environ.get("RANK", "0")) > 0:
-        # Fine-tuning is one process; launched by torchrun (``launcher.local_ranks`` > 1),
-        # only rank 0 works and writes, instead of every rank writing the same files.
-        return 0
+def finetune_settings(args: argparse.Namespace) -> FinetuneSettings:
+    """The job the flags describe; builds (or checks) its task set first."""
     from diver.finetune.recipes import recipe
     from diver.finetune.tasks import load_task
     from diver.finetune.taskset import build_taskset, check_taskset
-    from diver.finetune.train import FinetuneSettings, finetune
-    from diver.tracking import TrackingTarget
+    from diver.finetune.train import FinetuneSettings
 
-    _set_threads(args.threads)
     task = load_task(args.task)
     out = Path(args.out)
     if args.taskset:
@@ -75,47 +75,58 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     else:
         taskset = out / "taskset.parquet"
         build_taskset(task, taskset, results_dir=_results_dir(args))
-    settings = FinetuneSettings(
+    overrides = {
+        key: getattr(args, key)
+        for key in (
+            "head", "lr", "weight_decay", "batch_size", "epochs", "patience",
+            "label_smoothing", "grad_clip", "dropout", "seeds", "select", "centre",
+        )
+    }  # fmt: skip
+    return FinetuneSettings(
         task=task,
         taskset=taskset,
         pretrained=Path(args.pretrained),
         mode=args.mode,
-        recipe=recipe(
-            args.recipe or task.recipe,
-            head=args.head,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            batch_size=args.batch_size,
-            epochs=args.epochs,
-            patience=args.patience,
-            label_smoothing=args.label_smoothing,
-            grad_clip=args.grad_clip,
-            dropout=args.dropout,
-            seeds=args.seeds,
-            select=args.select,
-            centre=args.centre,
-        ),
+        recipe=recipe(args.recipe or task.recipe, **overrides),
         out=out,
         baselines=tuple(args.baselines),
         device=args.device,
         cell=args.cell,
     )
-    tracking = None
-    if args.parent_run:
-        from diver.config import StudyConfig, load_config
 
-        study = load_config(args.config) if args.config else StudyConfig()
-        tracking = TrackingTarget.from_run_file(study.tracking_uri(), args.parent_run)
-    logging.getLogger("diver.finetune").setLevel(logging.INFO)
-    metrics = finetune(settings, tracking=tracking)
+
+def _tracking(args: argparse.Namespace) -> TrackingTarget | None:
+    if not args.parent_run:
+        return None
+    from diver.config import StudyConfig, load_config
+
+    study = load_config(args.config) if args.config else StudyConfig()
+    return TrackingTarget.from_run_file(study.tracking_uri(), args.parent_run)
+
+
+def _print_summary(name: str, mode: str, metrics: dict[str, Any]) -> None:
     for model, entry in metrics["models"].items():
         parts = []
-        for name, stats in entry["summary"].items():
+        for metric, stats in entry["summary"].items():
             if stats["mean"] is not None:
                 sem = f" ± {stats['sem']:.3f}" if stats["sem"] is not None else ""
-                parts.append(f"{name} {stats['mean']:.3f}{sem}")
-        print(f"{task.name} {args.mode} {model}: " + ", ".join(parts))
-    print(f"-> {out / 'metrics.json'}")
+                parts.append(f"{metric} {stats['mean']:.3f}{sem}")
+        print(f"{name} {mode} {model}: " + ", ".join(parts))
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    if int(os.environ.get("RANK", "0")) > 0:
+        # Fine-tuning is one process; launched by torchrun (``launcher.local_ranks`` > 1),
+        # only rank 0 works and writes, instead of every rank writing the same files.
+        return 0
+    from diver.finetune.train import finetune
+
+    _set_threads(args.threads)
+    settings = finetune_settings(args)
+    logging.getLogger("diver.finetune").setLevel(logging.INFO)
+    metrics = finetune(settings, tracking=_tracking(args))
+    _print_summary(settings.task.name, args.mode, metrics)
+    print(f"-> {settings.out / 'metrics.json'}")
     return 0
 
 
