@@ -1,7 +1,8 @@
 """What a study *is*, independent of how it runs.
 
 - :mod:`diver.study.budget`: the token budget (SPEC §1);
-- :mod:`diver.study.cells`: the pretraining grid's cells, their folders and wildcards;
+- :mod:`diver.study.cells`: the pretraining grid's cells, their keys and wildcards;
+- :mod:`diver.study.layout`: every path under the results folder (rules, report, scaling);
 - :mod:`diver.study.settings`: one cell's resolved pretraining settings, their identity
   and planned FLOPs (what ``diver pretrain`` and ``diver launch`` both build);
 - :mod:`diver.study.artifacts`: typed records of the result files one stage writes
