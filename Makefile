@@ -28,10 +28,10 @@ lint: setup
 	snakefmt --check Snakefile workflow
 
 test: setup lint
-	pytest -n 2 --dist loadgroup
+	pytest -n 2
 
 test-slow: setup
-	pytest -m slow -n 2 --dist loadgroup
+	pytest -m slow -n 2
 
 bench: setup
 	python benchmarks/bench_corpus.py

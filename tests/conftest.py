@@ -9,10 +9,12 @@ clone, and fail under CI (``CI=true``), where its absence is a broken setup.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,45 @@ def run_snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
         check=False,
         env={**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"},
     )
+
+
+# ---------------------------------------------------------- sharing across xdist workers
+# pytest-xdist's ``xdist_group`` cannot keep tests together under pytest 9 (it renames
+# ``item._nodeid``, which pytest 9's nodes no longer read), so a fixture that several
+# workers may need at once coordinates through files in the session's shared folder.
+
+
+def shared_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder shared by every xdist worker of this test session (or this session's
+    own when not under xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the workers' basetemps are popen-gwN under one session root
+    root = base / name
+    root.mkdir(exist_ok=True)
+    return root
+
+
+@contextmanager
+def locked(root: Path) -> Iterator[None]:
+    """An exclusive lock on ``root`` across processes."""
+    with (root / ".lock").open("w") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        yield
+
+
+@contextmanager
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Path | None]:
+    """A folder built once per test session, even across pytest-xdist workers.
+
+    Yields the folder to build into, or None when another worker (or an earlier
+    fixture) already built it; the lock serialises the builders, and the ``.done``
+    marker is written only when the build returned without error.
+    """
+    root = shared_dir(tmp_path_factory, name)
+    with locked(root):
+        if (root / ".done").exists():
+            yield None
+            return
+        yield root
+        (root / ".done").touch()

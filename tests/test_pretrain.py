@@ -10,7 +10,6 @@ with ``==`` on the logged losses.  Multi-process and per-ZeRO-stage runs are ``s
 from __future__ import annotations
 
 import csv
-import fcntl
 import itertools
 import json
 import math
@@ -20,8 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,7 +43,7 @@ from diver.model.mup_setup import attach_base_shapes, build_model, count_paramet
 from diver.train.engine import batch_geometry, enable_activation_checkpointing
 from diver.train.schedule import CosineFactor, cosine_schedule
 from diver.train.validation import evaluate
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, built_once
 
 EPOCHS = 2
 GLOBAL_BATCH = 8
@@ -57,31 +55,9 @@ LOSS_COLUMNS = ("step", "epoch", "loss", "loss_time", "loss_fft", "loss_stft", "
 # ------------------------------------------------------------------- fixtures
 
 
-@contextmanager
-def _built_once(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Path | None]:
-    """A folder built once per test session, even across pytest-xdist workers.
-
-    Yields the folder to build into, or None when another worker (or an earlier
-    fixture) already built it; a file lock serialises the builders, and the ``.done``
-    marker is written only when the build returned without error.
-    """
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent  # shared by the workers of this session
-    root = base / name
-    root.mkdir(exist_ok=True)
-    with (root / ".lock").open("w") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        if (root / ".done").exists():
-            yield None
-            return
-        yield root
-        (root / ".done").touch()
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    with _built_once(tmp_path_factory, "pretrain-corpus") as root:
+    with built_once(tmp_path_factory, "pretrain-corpus") as root:
         if root is not None:
             write_synthetic_corpus(root / "synth", hours=0.3, seed=0)
             datasets = [
@@ -233,7 +209,7 @@ def _shared_root(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
 @pytest.fixture(scope="module")
 def reference(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Run A: uninterrupted, ZeRO-2, world size 1, logged to MLflow (built once)."""
-    with _built_once(tmp_path_factory, "pretrain-reference") as root:
+    with built_once(tmp_path_factory, "pretrain-reference") as root:
         if root is not None:
             config, run_file, _ = _make_tracking(root)
             cmd = _command(

@@ -25,9 +25,9 @@ from mlflow import MlflowClient
 
 from diver import localslurm
 from diver.launch.slurm import JOB_FILE, job_state
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, built_once, locked, shared_dir
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
+pytestmark = [pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
@@ -70,22 +70,32 @@ def _long_cell(epochs: int) -> tuple[dict, Path, str]:
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster() -> Iterator[None]:
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The local cluster, started for the tests and stopped after unless it was up before.
 
-    Every test of this module runs in one xdist worker (``xdist_group``, and the suite
-    runs with ``--dist loadgroup``), so no other worker uses the cluster when it stops.
+    Several xdist workers may run these tests at once (``xdist_group`` does not hold
+    under pytest 9: see tests/conftest.py), so the workers count their users of the
+    cluster in a shared folder and the last one out stops it.
     """
     reason = localslurm.missing_requirements()
     if reason:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the SLURM tests: {reason}")
         pytest.skip(reason)
-    was_up = all(localslurm.status().values())
-    localslurm.start()
+    root = shared_dir(tmp_path_factory, "slurm-cluster")
+    users, was_up = root / "users", root / "was_up"
+    with locked(root):
+        count = int(users.read_text()) if users.exists() else 0
+        if count == 0:  # the first user: remember whether someone else had it up
+            was_up.write_text(str(all(localslurm.status().values())))
+        localslurm.start()
+        users.write_text(str(count + 1))
     yield
-    if not was_up:
-        localslurm.stop()
+    with locked(root):
+        count = int(users.read_text()) - 1
+        users.write_text(str(count))
+        if count == 0 and was_up.read_text() == "False":
+            localslurm.stop()
 
 
 def _snakemake(workdir: Path, *args: str, **kwargs: object) -> subprocess.Popen | subprocess.CompletedProcess:  # noqa: E501
@@ -110,12 +120,14 @@ def _write_study(workdir: Path, extra_cells: list[dict] | None = None) -> None:
 
 @pytest.fixture(scope="module")
 def finished_study(slurm_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The 2-cell grid run to the end through the SLURM profile (test 1's subject)."""
-    workdir = tmp_path_factory.mktemp("slurm-study")
-    _write_study(workdir)
-    proc = _snakemake(workdir)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return workdir
+    """The 2-cell grid run to the end through the SLURM profile (test 1's subject), once
+    per session even when several xdist workers run these tests."""
+    with built_once(tmp_path_factory, "slurm-study") as workdir:
+        if workdir is not None:
+            _write_study(workdir)
+            proc = _snakemake(workdir)
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return shared_dir(tmp_path_factory, "slurm-study")
 
 
 def _copy_study(src: Path, dst: Path, extra_cells: list[dict]) -> Path:

@@ -25,6 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from diver.atomic import temporary_name
+
 SIGNAL_DTYPES = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
 
 METADATA_COLUMNS = (
@@ -155,7 +157,7 @@ class ShardWriter:
         self.signal_compression = signal_compression
         self.schema = window_schema(signal_dtype)
         self.row_group_windows = row_group_windows
-        self._tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        self._tmp = temporary_name(self.path)  # renamed into place by close()
         self._pending: list[Window] = []
         self._writer: pq.ParquetWriter | None = None
         self.n_written = 0
