@@ -23,5 +23,5 @@ rule corpus:
         out=path(LAYOUT.corpus_dir),
         settings=section_hash("corpus"),
     shell:
-        "diver corpus --config {params.config} --out {params.out} --jobs {threads} "
-        "--parent-run {input.parent} --quiet > {log} 2>&1"
+        "diver corpus --config {params.config:q} --out {params.out:q} --jobs {threads} "
+        "--parent-run {input.parent:q} --quiet > {log:q} 2>&1"

@@ -20,7 +20,7 @@ if TASK_FILES:
             out=path(LAYOUT.synth_task_dir),
             seed=config["synth"]["seed"],
         shell:
-            "diver task synth --out {params.out} --seed {params.seed} > {log} 2>&1"
+            "diver task synth --out {params.out:q} --seed {params.seed:q} > {log:q} 2>&1"
 
     rule task_build:
         input:
@@ -35,8 +35,8 @@ if TASK_FILES:
         params:
             config=STUDY_CONFIG,
         shell:
-            "diver task build --config {params.config} --task {input.task} --out {output} "
-            "> {log} 2>&1"
+            "diver task build --config {params.config:q} --task {input.task:q} --out {output:q} "
+            "> {log:q} 2>&1"
 
     localrules:
         finetune,
@@ -59,8 +59,8 @@ if TASK_FILES:
             name=lambda w: f"ft-{w.task}-{w.mode}-{w.family}-{w.patch}-{w.size}-{w.data}-e{w.epochs}",
             flags=finetune_flags,
         shell:
-            "diver launch --config {params.config} --out {params.out} --size {wildcards.size} "
-            "--name {params.name} -- finetune --config {params.config} --task {input.task} "
-            "--taskset {input.taskset} --pretrained {input.model} --mode {wildcards.mode} "
-            "--cell {params.cell} {params.flags} --out {params.out} "
-            "--parent-run {input.parent} > {log} 2>&1"
+            "diver launch --config {params.config:q} --out {params.out:q} --size {wildcards.size:q} "
+            "--name {params.name:q} -- finetune --config {params.config:q} --task {input.task:q} "
+            "--taskset {input.taskset:q} --pretrained {input.model:q} --mode {wildcards.mode:q} "
+            "--cell {params.cell:q} {params.flags} --out {params.out:q} "
+            "--parent-run {input.parent:q} > {log:q} 2>&1"

@@ -29,12 +29,12 @@ rule pretrain:
         config=STUDY_CONFIG,
         corpus=path(LAYOUT.corpus_dir),
         out=cell_dir,
-        cell=cell_args,
+        cell_flags=cell_args,
         name=lambda w: f"diver-{w.family}-{w.patch}-{w.size}-{w.data}-e{w.epochs}",
         settings=section_hash("pretrain"),
         model=section_hash("model"),
         family=family_hash,
     shell:
-        "diver launch --config {params.config} --out {params.out} --size {wildcards.size} "
-        "--name {params.name} -- pretrain --config {params.config} --corpus {params.corpus} "
-        "{params.cell} --out {params.out} --parent-run {input.parent} > {log} 2>&1"
+        "diver launch --config {params.config:q} --out {params.out:q} --size {wildcards.size:q} "
+        "--name {params.name:q} -- pretrain --config {params.config:q} --corpus {params.corpus:q} "
+        "{params.cell_flags} --out {params.out:q} --parent-run {input.parent:q} > {log:q} 2>&1"

@@ -23,6 +23,6 @@ rule report:
         config=STUDY_CONFIG,
         corpus=path(LAYOUT.corpus_dir),
     shell:
-        "diver report --config {params.config} --corpus {params.corpus} --runs {input.runs} "
-        "--fits {input.fits} --finetune {input.finetune} --parent-run {input.parent} "
-        "--out {output} > {log} 2>&1"
+        "diver report --config {params.config:q} --corpus {params.corpus:q} --runs {input.runs:q} "
+        "--fits {input.fits:q} --finetune {input.finetune:q} --parent-run {input.parent:q} "
+        "--out {output:q} > {log:q} 2>&1"

@@ -19,8 +19,8 @@ rule scaling_collect:
         config=STUDY_CONFIG,
         grid=section_hash("grid"),
     shell:
-        "diver scaling collect --config {params.config} --metrics {input.metrics} "
-        "--out {output} > {log} 2>&1"
+        "diver scaling collect --config {params.config:q} --metrics {input.metrics:q} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 rule scaling_fit:
@@ -41,7 +41,7 @@ rule scaling_fit:
         bootstrap=config["scaling"]["bootstrap"],
         seed=config["scaling"]["seed"],
     shell:
-        "diver scaling fit --runs {input.runs} --out {params.out} --form {params.form} "
-        "--where family={wildcards.family} --where patch={wildcards.patch} "
-        "--bootstrap {params.bootstrap} --seed {params.seed} --jobs {threads} "
-        "--config {params.config} --parent-run {input.parent} > {log} 2>&1"
+        "diver scaling fit --runs {input.runs:q} --out {params.out:q} --form {params.form:q} "
+        "--where family={wildcards.family:q} --where patch={wildcards.patch:q} "
+        "--bootstrap {params.bootstrap:q} --seed {params.seed:q} --jobs {threads} "
+        "--config {params.config:q} --parent-run {input.parent:q} > {log:q} 2>&1"

@@ -12,4 +12,4 @@ rule synth:
         hours=config["synth"]["hours"],
         seed=config["synth"]["seed"],
     shell:
-        "diver synth --out {params.out} --hours {params.hours} --seed {params.seed} > {log} 2>&1"
+        "diver synth --out {params.out:q} --hours {params.hours:q} --seed {params.seed:q} > {log:q} 2>&1"

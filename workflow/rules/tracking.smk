@@ -17,4 +17,4 @@ rule track_init:
         study=config["study"],
         tracking=config["tracking"],
     shell:
-        "diver track init --config {params.config} --out {output} > {log} 2>&1"
+        "diver track init --config {params.config:q} --out {output:q} > {log:q} 2>&1"
