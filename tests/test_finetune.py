@@ -31,11 +31,9 @@ from diver.finetune.recipes import recipe
 from diver.finetune.splits import Fold
 from diver.finetune.tasks import load_task, task_from_dict
 from diver.finetune.taskset import build_taskset, load_taskset
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, built_once, shared_dir
 from tests.test_pretrain import (
-    _built_once,
     _make_tracking,
-    _shared_root,
     corpus,  # noqa: F401  (fixture that reference needs)
     reference,  # noqa: F401  (fixture: the debug model pretrained on the synthetic corpus)
 )
@@ -49,10 +47,10 @@ CENTRAL = ["C3", "Cz", "C4", "Pz"]
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A results folder holding the synthetic labelled task (``synth_task/``)."""
-    with _built_once(tmp_path_factory, "finetune-results") as root:
+    with built_once(tmp_path_factory, "finetune-results") as root:
         if root is not None:  # through the command the DAG runs
             assert main(["task", "synth", "--out", str(root / "synth_task"), "--seed", "0"]) == 0
-    return _shared_root(tmp_path_factory, "finetune-results")
+    return shared_dir(tmp_path_factory, "finetune-results")
 
 
 def _task_file(folder: Path, name: str, **changes: object) -> Path:

@@ -43,7 +43,7 @@ from diver.model.mup_setup import attach_base_shapes, build_model, count_paramet
 from diver.train.engine import batch_geometry, enable_activation_checkpointing
 from diver.train.schedule import CosineFactor, cosine_schedule
 from diver.train.validation import evaluate
-from tests.conftest import REPO_ROOT, built_once
+from tests.conftest import REPO_ROOT, built_once, shared_dir
 
 EPOCHS = 2
 GLOBAL_BATCH = 8
@@ -75,7 +75,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 ),
             ]
             build_corpus(datasets, CorpusConfig(), root / "corpus", progress=False)
-    return _shared_root(tmp_path_factory, "pretrain-corpus") / "corpus"
+    return shared_dir(tmp_path_factory, "pretrain-corpus") / "corpus"
 
 
 def _env() -> dict[str, str]:
@@ -199,13 +199,6 @@ def _child_runs(uri: str, run_file: Path) -> list:
     )
 
 
-def _shared_root(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent
-    return base / name
-
-
 @pytest.fixture(scope="module")
 def reference(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Run A: uninterrupted, ZeRO-2, world size 1, logged to MLflow (built once)."""
@@ -216,7 +209,7 @@ def reference(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                 corpus, root / "run", "--config", str(config), "--parent-run", str(run_file)
             )
             _ok(_run(cmd))
-    return _shared_root(tmp_path_factory, "pretrain-reference") / "run"
+    return shared_dir(tmp_path_factory, "pretrain-reference") / "run"
 
 
 @pytest.fixture(scope="module")
@@ -576,6 +569,43 @@ def test_damaged_complete_checkpoints_are_errors(
     assert proc.returncode == 2
     assert "cannot load checkpoint" in proc.stderr and "step-9" in proc.stderr
     assert not (garbage / "model.pt").exists()
+
+
+class _Payload:
+    """Pickles as a call of ``open(path, "w")``: loading it with ``weights_only=False``
+    creates ``path`` (what an attacker's code would do, without a shell)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (str(self.path), "w"))
+
+
+def test_a_crafted_pickle_in_any_checkpoint_file_is_refused(
+    reference: Path, corpus: Path, tmp_path: Path
+) -> None:
+    """Issue 13: resuming a copied run folder must not run code.  Each file of a
+    checkpoint is replaced by a pickle whose loading would create a file, with the
+    marker's recorded size updated as an attacker would."""
+    step = reference / "checkpoints" / "step-9"
+    names = sorted(p.name for p in step.glob("*.pt"))
+    assert {"rng_rank0.pt", "mp_rank_00_model_states.pt"} <= set(names)
+    assert any("optim_states" in name for name in names)
+    for name in names:
+        out = tmp_path / name
+        shutil.copytree(step, out / "checkpoints" / "step-9")
+        folder = out / "checkpoints" / "step-9"
+        planted = tmp_path / f"pwned-{name}"
+        torch.save({"state": _Payload(planted)}, folder / name)
+        marker = json.loads((folder / "diver_checkpoint.json").read_text())
+        marker["files"][name] = (folder / name).stat().st_size
+        (folder / "diver_checkpoint.json").write_text(json.dumps(marker))
+        proc = _run(_command(corpus, out))
+        assert not planted.exists(), f"loading {name} ran the payload"
+        assert proc.returncode == 2, (name, proc.stderr[-3000:])
+        assert name in proc.stderr and ("refused" in proc.stderr or "weights" in proc.stderr)
+        assert not (out / "train_log.csv").exists()
 
 
 def test_bad_batch_geometry_names_the_numbers(corpus: Path, tmp_path: Path) -> None:
