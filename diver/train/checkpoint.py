@@ -142,10 +142,19 @@ def verify_files(info: CheckpointInfo) -> None:
 
 
 def capture_rng() -> dict[str, Any]:
-    """This process's python, numpy and torch (CPU and CUDA) generator states."""
+    """This process's python, numpy and torch (CPU and CUDA) generator states, as
+    tensors and plain data only, so the file loads with ``weights_only=True``."""
+    version, internal, gauss = random.getstate()
+    key, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {"version": version, "state": list(internal), "gauss": gauss},
+        "numpy": {
+            "key": str(key),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -155,8 +164,13 @@ def capture_rng() -> dict[str, Any]:
 
 def restore_rng(state: Mapping[str, Any]) -> None:
     """Inverse of :func:`capture_rng`."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npy = state["numpy"]
+    keys = npy["keys"].numpy().astype(np.uint32)
+    np.random.set_state(
+        (npy["key"], keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -256,8 +270,10 @@ def load_checkpoint(engine: Any, info: CheckpointInfo, env: DistEnv) -> dict[str
         )
     rng_path = info.path / _rng_file(env.rank)
     try:
-        rng = torch.load(rng_path, weights_only=False)
+        rng = torch.load(rng_path, weights_only=True)  # never code from a copied folder
     except Exception as exc:
-        raise CheckpointError(f"cannot read {rng_path}: {exc}") from exc
+        raise CheckpointError(
+            f"cannot read {rng_path} as RNG states (tensors and plain data only): {exc}"
+        ) from exc
     restore_rng(rng)
     return dict(client_state)

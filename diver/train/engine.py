@@ -179,6 +179,9 @@ def build_engine(
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
+    from diver.train import safe_checkpoint
+
+    safe_checkpoint.install(engine)  # resuming never unpickles code from the folder
     return TrainEngine(
         engine=engine,
         device=engine.device,
