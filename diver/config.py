@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -40,6 +41,11 @@ class QCConfig:
     cbramod_threshold_uv: float = 100.0
 
 
+SAFE_NAME = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9._-]+$")
+"""A dataset name: it becomes a folder under the corpus's ``windows/`` (the schema's
+``$defs/dataset`` has the same pattern), so no separators and not ``.`` or ``..``."""
+
+
 @dataclass(frozen=True)
 class DatasetConfig:
     """One named corpus and how its recordings are typed and filtered."""
@@ -55,6 +61,15 @@ class DatasetConfig:
     channel_types: Mapping[str, str] = field(default_factory=dict)
     ieeg_subtypes: Mapping[str, str] = field(default_factory=dict)
     coord_frame: str = "unknown"
+
+    def __post_init__(self) -> None:
+        # Names also come from the command line (``diver corpus --input NAME=DIR``),
+        # past the schema: checked here too, so a name cannot lead out of the corpus.
+        if not SAFE_NAME.match(self.name):
+            raise ConfigError(
+                f"dataset name {self.name!r} is not allowed: use letters, digits, '.', '_' "
+                "and '-' (not '.' or '..'); it names a folder of the corpus"
+            )
 
     def harmonics_for(self, is_ieeg: bool) -> bool:
         """Whether to notch harmonics of the line frequency (SPEC §1: for iEEG)."""

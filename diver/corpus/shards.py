@@ -250,5 +250,18 @@ def coords_of(table: pa.Table) -> list[np.ndarray]:
 
 
 def shard_path(corpus_dir: Path, dataset: str, recording: str) -> Path:
-    """Where a recording's shard lives; recording ids may contain ``/``."""
-    return Path(corpus_dir) / "windows" / dataset / (recording.replace("/", "__") + ".parquet")
+    """Where a recording's shard lives; recording ids may contain ``/``.
+
+    Always inside ``<corpus_dir>/windows/<dataset>/``: a dataset name or recording id
+    that would lead elsewhere (``..``, an absolute path) is a ValueError, never a write
+    outside the corpus.
+    """
+    windows = Path(corpus_dir) / "windows"
+    path = windows / dataset / (recording.replace("/", "__") + ".parquet")
+    inside = windows.resolve() / Path(dataset).name
+    if dataset in ("", ".", "..") or path.resolve().parent != inside:
+        raise ValueError(
+            f"dataset {dataset!r}, recording {recording!r}: the shard path {path} leaves "
+            f"{windows}"
+        )
+    return path
