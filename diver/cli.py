@@ -113,7 +113,9 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     if args.parent_run:
         target = TrackingTarget.from_run_file(study.tracking_uri(), args.parent_run)
     with stage_run(target, stage="corpus", name="corpus") as run:
-        result = build_corpus(datasets, corpus, out, progress=not args.quiet)
+        result = build_corpus(
+            datasets, corpus, out, progress=not args.quiet, prune=args.prune
+        )
         if run is not None:
             _log_corpus(run, corpus, out)
     print(
@@ -253,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--parent-run", help="file holding the MLflow parent run id; log a child run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--prune",
+        action="store_true",
+        help="delete the shards and receipts of recordings no longer among the inputs of the "
+        "datasets built (listed as removed); without it their presence is an error",
+    )
     p.set_defaults(func=cmd_corpus)
 
     p = sub.add_parser("model", help="the DIVER-1 model family (SPEC §2)")

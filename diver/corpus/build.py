@@ -10,16 +10,24 @@ A receipt is written (atomically) only after its shard is in place, and carries 
 fingerprint of the input file and of every setting that shapes the output; a rerun
 skips recordings whose receipt matches, so an interrupted run resumes where it
 stopped and finishes with output identical to an uninterrupted one.
+
+A run's scope is the datasets it builds: it never touches another dataset's files, so
+``--dataset X`` updates X and keeps the rest, and the tables are merged from the
+receipts of every dataset in the folder.  Files of a dataset in scope whose recording
+is no longer among its inputs are an error unless ``prune`` is given, and then each is
+logged as it is removed.  Each dataset is locked for the run (``.locks/<dataset>.lock``):
+a second run over the same dataset is refused, runs over other datasets go on.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
-import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -34,6 +42,7 @@ from diver.corpus.discovery import RecordingSource, discover_recordings
 from diver.corpus.manifest import write_manifest
 from diver.corpus.recording import QC_COLUMNS, RecordingReport, process_recording
 from diver.corpus.shards import shard_path
+from diver.errors import DiverError
 
 log = logging.getLogger(__name__)
 
@@ -104,25 +113,83 @@ def _write_receipt(
     )
 
 
-def _prune_stale(out_dir: Path, sources: Iterable[RecordingSource]) -> None:
-    """Remove shards and receipts of recordings that are no longer among the inputs."""
-    wanted_shards = {shard_path(out_dir, s.dataset, s.recording) for s in sources}
-    wanted_receipts = {_receipt_path(out_dir, s) for s in sources}
-    for folder, wanted, pattern in (
-        (out_dir / "windows", wanted_shards, "*.parquet"),
-        (out_dir / "receipts", wanted_receipts, "*.json"),
-    ):
-        if not folder.exists():
-            continue
-        for path in sorted(folder.rglob(pattern)):
-            if path not in wanted:
-                log.info("removing stale %s", path)
-                path.unlink()
-        for tmp in folder.rglob("*.tmp-*"):
-            tmp.unlink()  # left by a killed run
-        for sub in sorted(folder.iterdir(), reverse=True):
-            if sub.is_dir() and not any(sub.iterdir()):
-                shutil.rmtree(sub)
+class CorpusError(DiverError, RuntimeError):
+    """The corpus folder cannot be built as asked; the message says why."""
+
+
+def _stale_files(
+    out_dir: Path, names: Iterable[str], sources: Iterable[RecordingSource]
+) -> list[Path]:
+    """Shards and receipts of the named datasets whose recording is no longer an input."""
+    wanted = {shard_path(out_dir, s.dataset, s.recording) for s in sources}
+    wanted |= {_receipt_path(out_dir, s) for s in sources}
+    stale = []
+    for name in names:
+        for folder, pattern in (("windows", "*.parquet"), ("receipts", "*.json")):
+            stale += [p for p in sorted((out_dir / folder / name).glob(pattern)) if p not in wanted]
+    return stale
+
+
+def _clean_scope(out_dir: Path, names: Iterable[str], stale: list[Path], prune: bool) -> None:
+    """Remove ``stale`` (only with ``prune``) and the temporaries a killed run of these
+    datasets left; nothing outside their folders."""
+    if stale and not prune:
+        shown = ", ".join(str(p.relative_to(out_dir)) for p in stale[:5])
+        more = f" and {len(stale) - 5} more" if len(stale) > 5 else ""
+        raise CorpusError(
+            f"{out_dir}: {len(stale)} file(s) of recordings no longer among the inputs: "
+            f"{shown}{more}. Rerun with --prune to delete them, or restore the inputs"
+        )
+    for path in stale:
+        log.warning("--prune: removing %s", path)
+        path.unlink()
+    for name in names:
+        for folder in (out_dir / "windows" / name, out_dir / "receipts" / name):
+            for tmp in folder.glob("*.tmp-*"):
+                tmp.unlink()  # left by a killed run of this dataset
+
+
+@contextmanager
+def _dataset_locks(out_dir: Path, names: Iterable[str]) -> Iterator[None]:
+    """Exclusive locks on the named datasets of ``out_dir`` for one run (not waiting)."""
+    locks = out_dir / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        for name in sorted(set(names)):
+            handle = stack.enter_context((locks / f"{name}.lock").open("w"))
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise CorpusError(
+                    f"{out_dir}: another `diver corpus` is building dataset {name!r} into this "
+                    "folder; wait for it to finish (runs over other datasets may go side by side)"
+                ) from exc
+        yield
+
+
+def _merge_tables(out_dir: Path, names: list[str]) -> pd.DataFrame:
+    """qc.csv, channels.csv and manifest.csv from the receipts of every dataset in the
+    folder (rows by dataset and recording; the manifest lists ``names`` first), under a
+    folder lock so concurrent runs over different datasets cannot interleave writes."""
+    receipts = out_dir / "receipts"
+    present = sorted(p.name for p in receipts.iterdir() if p.is_dir()) if receipts.is_dir() else []
+    with (out_dir / ".locks" / "tables.lock").open("w") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        found = [
+            json.loads(path.read_text())
+            for name in present
+            for path in (receipts / name).glob("*.json")
+        ]
+        found.sort(key=lambda data: (data["qc"]["dataset"], data["qc"]["recording"]))
+        qc = pd.DataFrame([data["qc"] for data in found], columns=QC_COLUMNS)
+        channels = pd.DataFrame(
+            [row for data in found for row in data["channels"]], columns=CHANNEL_COLUMNS
+        )
+        write_csv_atomic(out_dir / "qc.csv", qc)
+        write_csv_atomic(out_dir / "channels.csv", channels)
+        order = names + [name for name in present if name not in names]
+        write_manifest(out_dir / "manifest.csv", qc, order)
+    return qc
 
 
 def build_corpus(
@@ -132,8 +199,13 @@ def build_corpus(
     *,
     jobs: int | None = None,
     progress: bool = True,
+    prune: bool = False,
 ) -> CorpusResult:
-    """Process every recording of ``datasets`` into ``out_dir`` (see the module docstring)."""
+    """Process every recording of ``datasets`` into ``out_dir`` (see the module docstring).
+
+    ``prune``: delete the files of recordings no longer among these datasets' inputs
+    (otherwise their presence is an error).  The counts are this run's datasets'.
+    """
     out_dir = Path(out_dir)
     datasets = list(datasets)
     if not datasets:
@@ -143,15 +215,36 @@ def build_corpus(
     by_name = {ds.name: ds for ds in datasets}
     sources = [src for ds in datasets for src in discover_recordings(ds)]
     out_dir.mkdir(parents=True, exist_ok=True)
-    _prune_stale(out_dir, sources)
+    with _dataset_locks(out_dir, by_name):
+        _clean_scope(out_dir, by_name, _stale_files(out_dir, by_name, sources), prune)
+        fingerprints = {id(s): _fingerprint(s, by_name[s.dataset], corpus) for s in sources}
+        todo = [s for s in sources if not _is_done(out_dir, s, fingerprints[id(s)])]
+        skipped = len(sources) - len(todo)
+        if skipped:
+            log.info("%d of %d recordings already done; skipping them", skipped, len(sources))
+        _process(todo, by_name, corpus, out_dir, fingerprints, jobs or corpus.jobs, progress)
+        qc = _merge_tables(out_dir, list(by_name))
+    mine = qc[qc["dataset"].isin(list(by_name))]
+    return CorpusResult(
+        recordings=len(sources),
+        processed=len(todo),
+        skipped=skipped,
+        quarantined=int((mine["status"] == "quarantined").sum()),
+        windows=int(mine["windows_kept"].sum()),
+        out_dir=out_dir,
+    )
 
-    fingerprints = {id(s): _fingerprint(s, by_name[s.dataset], corpus) for s in sources}
-    todo = [s for s in sources if not _is_done(out_dir, s, fingerprints[id(s)])]
-    skipped = len(sources) - len(todo)
-    if skipped:
-        log.info("%d of %d recordings already done; skipping them", skipped, len(sources))
 
-    jobs = jobs or corpus.jobs
+def _process(
+    todo: list[RecordingSource],
+    by_name: dict[str, DatasetConfig],
+    corpus: CorpusConfig,
+    out_dir: Path,
+    fingerprints: dict[int, str],
+    jobs: int,
+    progress: bool,
+) -> None:
+    """Process ``todo``, writing each recording's receipt once its shard is in place."""
     bar = tqdm(total=len(todo), desc="corpus", unit="rec", disable=not progress)
     if jobs <= 1 or len(todo) <= 1:
         for source in todo:
@@ -169,24 +262,6 @@ def build_corpus(
                 _write_receipt(out_dir, source, fingerprints[id(source)], report)
                 bar.update()
     bar.close()
-
-    qc_rows, channel_rows = [], []
-    for source in sorted(sources, key=lambda s: (s.dataset, s.recording)):
-        data = json.loads(_receipt_path(out_dir, source).read_text())
-        qc_rows.append(data["qc"])
-        channel_rows.extend(data["channels"])
-    qc = pd.DataFrame(qc_rows, columns=QC_COLUMNS)
-    write_csv_atomic(out_dir / "qc.csv", qc)
-    write_csv_atomic(out_dir / "channels.csv", pd.DataFrame(channel_rows, columns=CHANNEL_COLUMNS))
-    write_manifest(out_dir / "manifest.csv", qc, [ds.name for ds in datasets])
-    return CorpusResult(
-        recordings=len(sources),
-        processed=len(todo),
-        skipped=skipped,
-        quarantined=int((qc["status"] == "quarantined").sum()),
-        windows=int(qc["windows_kept"].sum()),
-        out_dir=out_dir,
-    )
 
 
 CHANNEL_COLUMNS = [
