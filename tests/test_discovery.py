@@ -7,11 +7,15 @@ anything that later opens them reads a genuine file.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import mne
 import numpy as np
+import pandas as pd
 import pytest
 
 from diver.config import DatasetConfig
@@ -262,3 +266,76 @@ def test_same_stem_in_one_folder_keeps_both(tmp_path: Path) -> None:
     sources = discover_recordings(DatasetConfig(name="d", inputs=(str(folder),)))
     assert [s.recording for s in sources] == ["in/x_edf", "in/x_gdf", "y"]
     assert {s.path.name for s in sources} == {"x.edf", "x.gdf", "y.edf"}
+
+
+# --- unreadable folders and symlinks (issue 13, items 4 and 5) -------------------------
+
+
+def _recording(shared_data: Path, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shared_data / "resting_yasa" / "data_resting_EO_200Hz_raw.fif", path)
+
+
+def test_symlinked_folders_are_followed_once_and_link_loops_are_rows(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "ds"
+    _recording(shared_data, root / "sub" / "r.fif")
+    (root / "sub" / "up").symlink_to("..")  # a folder loop back up the tree
+    (root / "alias").symlink_to(root / "sub")  # the same folder under a second name
+    (root / "a.edf").symlink_to("b.edf")  # a file loop
+    (root / "b.edf").symlink_to("a.edf")
+    outside = tmp_path / "elsewhere"
+    _recording(shared_data, outside / "x.fif")
+    (root / "linked").symlink_to(outside)  # a symlinked subject folder
+    found = {s.recording: s.problem for s in discover_recordings(dataset(root))}
+    assert found == {
+        "sub/r": "",
+        "linked/x": "",
+        "a": "symlink loop",
+        "b": "symlink loop",
+    }
+
+
+UNPRIVILEGED = ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+                "--inh-caps=-dac_override,-dac_read_search"]  # fmt: skip
+
+
+def _as_unprivileged(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``code`` in a Python whose root cannot bypass file permissions (the tests run as
+    root, which reads a mode-000 folder anyway)."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to drop the permission-bypass capabilities")
+    return subprocess.run(
+        [*UNPRIVILEGED, sys.executable, "-c", code],
+        cwd=cwd, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+def test_an_unreadable_folder_is_a_quarantined_row_and_strict_counts_it(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "ds"
+    _recording(shared_data, root / "ok.fif")
+    _recording(shared_data, root / "locked" / "hidden.fif")
+    out = tmp_path / "corpus"
+    code = (
+        "import sys\n"
+        "from diver.cli import main\n"
+        f"sys.exit(main(['corpus', '--out', {str(out)!r}, '--input', 'ds={root}', "
+        "'--strict', '--quiet']))\n"
+    )
+    first = _as_unprivileged(code, tmp_path)  # readable: both recordings kept
+    assert first.returncode == 0, first.stderr[-3000:]
+    shard = out / "windows" / "ds" / "locked__hidden.parquet"
+    assert shard.exists()
+    (root / "locked").chmod(0)
+    try:
+        second = _as_unprivileged(code, tmp_path)
+    finally:
+        (root / "locked").chmod(0o755)
+    assert second.returncode == 3, second.stderr[-3000:]  # --strict: a quarantined row
+    qc = pd.read_csv(out / "qc.csv", keep_default_na=False).set_index("recording")
+    assert qc.loc["locked", "status"] == "quarantined"
+    assert "unreadable folder" in qc.loc["locked", "reason"]
+    assert shard.exists()  # its shards are kept: the folder may still hold them

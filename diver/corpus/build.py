@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from diver.atomic import write_csv_atomic, write_text_atomic
 from diver.config import ConfigError, CorpusConfig, DatasetConfig
-from diver.corpus.discovery import RecordingSource, discover_recordings
+from diver.corpus.discovery import UNREADABLE, RecordingSource, discover_recordings
 from diver.corpus.manifest import write_manifest
 from diver.corpus.recording import QC_COLUMNS, RecordingReport, process_recording
 from diver.corpus.shards import shard_path
@@ -120,13 +120,28 @@ class CorpusError(DiverError, RuntimeError):
 def _stale_files(
     out_dir: Path, names: Iterable[str], sources: Iterable[RecordingSource]
 ) -> list[Path]:
-    """Shards and receipts of the named datasets whose recording is no longer an input."""
+    """Shards and receipts of the named datasets whose recording is no longer an input.
+
+    Files under a folder that could not be listed this time are not stale: their
+    recordings may well still be there (the folder is a quarantined row instead).
+    """
+    sources = list(sources)
     wanted = {shard_path(out_dir, s.dataset, s.recording) for s in sources}
     wanted |= {_receipt_path(out_dir, s) for s in sources}
+    hidden = [
+        (s.dataset, s.recording.replace("/", "__") + "__")
+        for s in sources
+        if s.problem.startswith(UNREADABLE)
+    ]
     stale = []
     for name in names:
         for folder, pattern in (("windows", "*.parquet"), ("receipts", "*.json")):
-            stale += [p for p in sorted((out_dir / folder / name).glob(pattern)) if p not in wanted]
+            for path in sorted((out_dir / folder / name).glob(pattern)):
+                if path in wanted or any(
+                    name == ds and path.name.startswith(prefix) for ds, prefix in hidden
+                ):
+                    continue
+                stale.append(path)
     return stale
 
 

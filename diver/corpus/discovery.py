@@ -17,6 +17,7 @@ anonymised files fill with placeholders such as ``X X X X``.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -168,34 +169,72 @@ def _classify(path: Path, siblings: set[str], bv_data: set[str]) -> str | None:
     return f"unknown extension {ext!r}"
 
 
+BROKEN_LINK = "broken link (target missing; annexed content not fetched?)"
+UNREADABLE = "unreadable folder"
+
+
 def _size_problem(path: Path) -> str:
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:  # Python 3.11 reports a loop this way
+            return "symlink loop"
+        except OSError as exc:
+            return "symlink loop" if exc.errno == errno.ELOOP else BROKEN_LINK
     if not path.exists():
-        return "broken link (target missing; annexed content not fetched?)"
+        return BROKEN_LINK
     if path.is_dir():
-        return "" if any(path.iterdir()) else "empty folder"
+        try:
+            return "" if any(path.iterdir()) else "empty folder"
+        except OSError as exc:
+            return f"{UNREADABLE} ({exc.strerror or exc})"
     return "empty file (0 bytes)" if path.stat().st_size == 0 else ""
 
 
-def _candidates(root: Path) -> Iterator[Path]:
-    """Every file (or folder-recording) under ``root``, hidden ones and BIDS extras skipped."""
+def _candidates(root: Path) -> Iterator[tuple[Path, str]]:
+    """Every file (or folder-recording) under ``root`` with a problem ("" for none),
+    hidden ones and BIDS extras skipped.
+
+    Folders that cannot be listed come back as problems ("unreadable folder"), so they
+    are quarantined rows rather than silently missing.  Symlinked folders are followed,
+    each real folder once (a link back up the tree is not a loop forever).
+    """
     if root.is_file() or extension(root) in FOLDER_RECORDINGS:
-        yield root
+        yield root, ""
         return
-    for folder, dirnames, filenames in os.walk(root):
+    unreadable: list[OSError] = []
+    visited = {root.resolve()}
+    for folder, dirnames, filenames in os.walk(root, onerror=unreadable.append, followlinks=True):
+        while unreadable:
+            exc = unreadable.pop()
+            yield Path(exc.filename), f"{UNREADABLE} ({exc.strerror or exc})"
         here = Path(folder)
         is_bids_root = "dataset_description.json" in filenames
         keep = []
-        for d in sorted(dirnames):
+        # Real folders before links to them, so a folder keeps its own name as its id.
+        for d in sorted(dirnames, key=lambda name: ((here / name).is_symlink(), name)):
             if d.startswith(".") or (is_bids_root and d in BIDS_SKIP_FOLDERS):
                 continue
             if extension(Path(d)) in FOLDER_RECORDINGS:
-                yield here / d
-            else:
-                keep.append(d)
+                yield here / d, ""
+                continue
+            try:
+                real = (here / d).resolve(strict=True)
+            except (OSError, RuntimeError):
+                yield here / d, "symlink loop"
+                continue
+            if real in visited:
+                log.info("%s: already walked as %s; not followed twice", here / d, real)
+                continue
+            visited.add(real)
+            keep.append(d)
         dirnames[:] = keep
         for name in sorted(filenames):
             if not name.startswith("."):
-                yield here / name
+                yield here / name, ""
+    while unreadable:
+        exc = unreadable.pop()
+        yield Path(exc.filename), f"{UNREADABLE} ({exc.strerror or exc})"
 
 
 # --- sidecars -----------------------------------------------------------------------
@@ -352,7 +391,10 @@ def _walk_input(dataset: DatasetConfig, given: str) -> tuple[Path, list[tuple[Pa
     base = root.parent if root.is_file() or extension(root) in FOLDER_RECORDINGS else root
     found = []
     listings: dict[Path, tuple[set[str], set[str]]] = {}
-    for path in _candidates(root):
+    for path, walk_problem in _candidates(root):
+        if walk_problem:  # an unreadable folder or a symlink loop: a quarantined row
+            found.append((path, path.relative_to(base).as_posix(), walk_problem))
+            continue
         folder = path.parent
         if folder not in listings:
             names = sorted(os.listdir(folder))
@@ -385,7 +427,10 @@ def discover_recordings(dataset: DatasetConfig) -> list[RecordingSource]:
         base, found = _walk_input(dataset, given)
         root_name = base.resolve().name
         for path, rel, problem in found:
-            key = path.resolve()
+            try:
+                key = path.resolve()
+            except RuntimeError:  # a symlink loop (its row says so)
+                key = path.absolute()
             if key in seen:
                 continue
             seen.add(key)
