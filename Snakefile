@@ -3,7 +3,9 @@
 #
 #   snakemake --profile cluster_profiles/local            # embedded default (CPU, minutes)
 #   snakemake --profile cluster_profiles/slurm            # the paper's study on SLURM
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from diver.config import validate_config
 
 min_version("9.0")
 
@@ -15,7 +17,10 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+# The package's validator (the same schema as workflow/schemas/config.schema.yaml): it
+# fills defaults like Snakemake's validate, and reads `lr: 1e-3` as the number YAML 1.2
+# says it is (YAML 1.1 loaders leave a string).
+config.update(validate_config(config, source="the Snakemake config"))
 
 
 include: "workflow/rules/common.smk"

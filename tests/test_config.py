@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -149,3 +151,14 @@ def test_pretrain_components_own_the_schemas_flat_keys_once() -> None:
         "activation_checkpointing",
     }
     assert set(PretrainConfig().identity()) == set(schema) - operational
+
+
+def test_yaml12_floats_are_numbers(tmp_path: Path) -> None:
+    """``lr: 1e-3`` is a number (YAML 1.2); PyYAML's YAML 1.1 leaves the string "1e-3"."""
+    path = tmp_path / "study.yaml"
+    path.write_text("pretrain:\n  lr: 1e-3\n  weight_decay: 5E-2\nscaling:\n  bootstrap: 10\n")
+    study = load_config(path)
+    assert study.pretrain.optimiser.lr == 1e-3 and study.pretrain.optimiser.weight_decay == 0.05
+    path.write_text("study: 1e-3x\npretrain:\n  lr: fast\n")
+    with pytest.raises(ConfigError, match="lr"):
+        load_config(path)

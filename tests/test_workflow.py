@@ -40,6 +40,16 @@ def test_dry_run(profile: str, jobs: set[str], tmp_path: Path) -> None:
     assert not (tmp_path / "results").exists()  # a dry run writes nothing, not even the config
 
 
+def test_yaml12_floats_in_the_snakemake_config(tmp_path: Path) -> None:
+    """Snakemake loads the config with YAML 1.1 (``1e-3`` a string); the workflow's
+    validation reads it as the number it is."""
+    config = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+    text = yaml.safe_dump(config) + "pretrain:\n  lr: 1e-3\n"
+    (tmp_path / "study.yaml").write_text(text)
+    proc = _snakemake(tmp_path, "--configfile", str(tmp_path / "study.yaml"), "-n")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_invalid_config_fails_before_any_job(tmp_path: Path) -> None:
     config = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
     config["corpus"]["qc"] = {"max_clipped_fraction": 3}

@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,24 @@ def load_schema(name: str) -> dict[str, Any]:
     return copy.deepcopy(_prepared(name))
 
 
+# A float as YAML 1.2 (and JSON) writes it; PyYAML follows YAML 1.1, whose floats need a
+# dot, so ``lr: 1e-3`` arrives as the string "1e-3".
+_FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
+
+
+def _yaml12_number(value: Any, schema: dict[str, Any]) -> Any:
+    """``value`` as a float where the schema wants a number and YAML 1.1 left a string
+    that YAML 1.2 reads as one (``1e-3``); anything else unchanged (lists of numbers too)."""
+    kinds = schema.get("type")
+    kinds = {kinds} if isinstance(kinds, str) else set(kinds or ())
+    if isinstance(value, str) and "number" in kinds and _FLOAT.match(value.strip()):
+        return float(value)
+    items = schema.get("items")
+    if isinstance(value, list) and isinstance(items, dict):
+        return [_yaml12_number(v, items) for v in value]
+    return value
+
+
 def fill_defaults(validator_class: type) -> type:
     """A validator class that writes schema defaults into the instance while validating.
 
@@ -136,8 +155,12 @@ def fill_defaults(validator_class: type) -> type:
     def set_defaults(validator, properties, instance, schema):  # type: ignore[no-untyped-def]
         if isinstance(instance, dict):
             for key, sub in properties.items():
-                if isinstance(sub, dict) and "default" in sub and key not in instance:
+                if not isinstance(sub, dict):
+                    continue
+                if "default" in sub and key not in instance:
                     instance[key] = json.loads(json.dumps(sub["default"]))
+                elif key in instance:
+                    instance[key] = _yaml12_number(instance[key], sub)
         yield from validate_properties(validator, properties, instance, schema)
 
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
