@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import string
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -70,6 +71,14 @@ class DatasetConfig:
                 f"dataset name {self.name!r} is not allowed: use letters, digits, '.', '_' "
                 "and '-' (not '.' or '..'); it names a folder of the corpus"
             )
+        if self.subject_pattern is not None:
+            try:
+                re.compile(self.subject_pattern)
+            except re.error as exc:
+                raise ConfigError(
+                    f"dataset {self.name!r}: subject_pattern {self.subject_pattern!r} is not a "
+                    f"regular expression ({exc})"
+                ) from exc
 
     def harmonics_for(self, is_ieeg: bool) -> bool:
         """Whether to notch harmonics of the line frequency (SPEC §1: for iEEG)."""
@@ -366,6 +375,25 @@ def validate_config(raw: Mapping[str, Any], *, source: str = "<config>") -> dict
     return schemas.validate(raw, "config", source=source, error=ConfigError)
 
 
+def _fill_placeholders(entry: str, results_dir: str, dataset: str, source: str) -> str:
+    """An input path with ``{results_dir}`` filled in; any other ``{...}`` is an error
+    naming the dataset (``{{`` and ``}}`` stand for braces)."""
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(entry) if f is not None}
+    except ValueError as exc:  # a lone brace
+        raise ConfigError(
+            f"invalid config {source}: dataset {dataset!r}: input {entry!r}: {exc} "
+            "(write {{ and }} for literal braces)"
+        ) from exc
+    unknown = sorted(fields - {"results_dir"})
+    if unknown:
+        raise ConfigError(
+            f"invalid config {source}: dataset {dataset!r}: input {entry!r} uses unknown "
+            f"placeholder(s) {unknown}; known: ['results_dir']"
+        )
+    return entry.format(results_dir=results_dir)
+
+
 def config_from_dict(data: Mapping[str, Any], *, source: str = "<config>") -> StudyConfig:
     """Build the frozen config tree from a (validated) mapping."""
     data = validate_config(data, source=source)
@@ -375,7 +403,10 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "<config>") -> St
         DatasetConfig(
             **{
                 **ds,
-                "inputs": tuple(str(p).format(results_dir=results_dir) for p in ds["inputs"]),
+                "inputs": tuple(
+                    _fill_placeholders(str(p), results_dir, ds["name"], source)
+                    for p in ds["inputs"]
+                ),
                 "channel_types": dict(ds["channel_types"]),
                 "ieeg_subtypes": dict(ds["ieeg_subtypes"]),
             }

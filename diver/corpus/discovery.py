@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from diver.config import DatasetConfig
+from diver.config import ConfigError, DatasetConfig
 
 log = logging.getLogger(__name__)
 
@@ -452,7 +452,11 @@ def discover_recordings(dataset: DatasetConfig) -> list[RecordingSource]:
         sources.append(_source(dataset, path, rel, problem))
     dupes = sorted(r for r, n in Counter(s.recording for s in sources).items() if n > 1)
     if dupes:
-        raise ValueError(f"dataset {dataset.name!r}: recording ids clash across inputs: {dupes}")
+        raise ConfigError(
+            f"dataset {dataset.name!r}: recording ids clash across inputs: {dupes} (two input "
+            "folders of the same name hold files of the same name); give them their own "
+            "datasets, or inputs whose folder names differ"
+        )
     unnamed = [s for s in sources if s.subject_source == "recording"]
     if unnamed:
         log.warning(

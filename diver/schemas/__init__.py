@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -144,6 +145,12 @@ def _yaml12_number(value: Any, schema: dict[str, Any]) -> Any:
     return value
 
 
+def _non_finite(value: Any, schema: dict[str, Any]) -> bool:
+    kinds = schema.get("type")
+    kinds = {kinds} if isinstance(kinds, str) else set(kinds or ())
+    return isinstance(value, float) and "number" in kinds and not math.isfinite(value)
+
+
 def fill_defaults(validator_class: type) -> type:
     """A validator class that writes schema defaults into the instance while validating.
 
@@ -160,7 +167,12 @@ def fill_defaults(validator_class: type) -> type:
                 if "default" in sub and key not in instance:
                     instance[key] = json.loads(json.dumps(sub["default"]))
                 elif key in instance:
-                    instance[key] = _yaml12_number(instance[key], sub)
+                    instance[key] = value = _yaml12_number(instance[key], sub)
+                    if _non_finite(value, sub):
+                        # JSON Schema's bounds let NaN through (every comparison is false)
+                        yield jsonschema.ValidationError(
+                            f"{value!r} is not a finite number", path=[key]
+                        )
         yield from validate_properties(validator, properties, instance, schema)
 
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
