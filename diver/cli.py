@@ -120,11 +120,14 @@ def cmd_corpus(args: argparse.Namespace) -> int:
             _log_corpus(run, corpus, out)
     print(
         f"{result.recordings} recordings ({result.processed} processed, {result.skipped} "
-        f"already done), {result.quarantined} quarantined, {result.windows} windows -> {out}"
+        f"already done), {result.quarantined} quarantined, {result.qc_rejected} with every "
+        f"window rejected by QC, {result.windows} windows -> {out}"
     )
-    if result.quarantined and corpus.strict:
+    failed = result.quarantined + result.qc_rejected
+    if failed and corpus.strict:
         print(
-            f"strict: {result.quarantined} recording(s) quarantined, see {out / 'qc.csv'}",
+            f"strict: {result.quarantined} recording(s) quarantined and {result.qc_rejected} "
+            f"with no window passing QC, see {out / 'qc.csv'}",
             file=sys.stderr,
         )
         return EXIT_QUARANTINED

@@ -56,8 +56,9 @@ def test_every_format_goes_through(shared_corpus: Path) -> None:
     qc = _qc(shared_corpus).set_index("dataset")
     status = qc.groupby(level=0)["status"].agg(set).to_dict()
     assert status == {
-        "eegmmidb": {"kept"},
-        "eegmmidb128": {"kept"},
+        # runs whose every window fails QC are `qc_rejected`, not `kept` (issue 13)
+        "eegmmidb": {"kept", "qc_rejected"},
+        "eegmmidb128": {"qc_rejected"},
         "eeglab": {"kept"},
         "seeg": {"too_short"},
         "yasa": {"kept"},
@@ -157,7 +158,11 @@ def test_manifest_columns_and_tokens(shared_corpus: Path) -> None:
         manifest.loc["eegmmidb", "cbramod_channel_hours"]
         <= manifest.loc["eegmmidb", "channel_hours"]
     )
-    assert set(qc["status"]) <= {"kept", "too_short", "quarantined"}
+    assert set(qc["status"]) <= {"kept", "too_short", "qc_rejected", "quarantined"}
+    rejected = qc[qc["status"] == "qc_rejected"]
+    assert (rejected["windows_kept"] == 0).all() and (rejected["windows_total"] > 0).all()
+    assert (qc.loc[qc["status"] == "kept", "windows_kept"] > 0).all()
+    assert manifest.loc["eegmmidb128", "recordings_qc_rejected"] == 1
 
 
 def _write_fif(path: Path, data: np.ndarray, sfreq: float) -> None:

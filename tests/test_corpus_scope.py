@@ -91,3 +91,19 @@ def test_a_second_run_over_the_same_dataset_is_refused(
         result = build_corpus([_ds("b", inputs["b"])], CORPUS, out, progress=False)
         assert result.recordings == 1
     assert not (out / "windows" / "a").exists()
+
+
+def test_strict_counts_a_recording_with_no_window_left(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every window of this run fails QC: it is `qc_rejected`, not `kept` (issue 13)."""
+    from diver.cli import main
+
+    run = shared_data / "eegmmidb_128hz_run" / "test_edf_overlapping_annotations.edf"
+    out = tmp_path / "corpus"
+    code = main(["corpus", "--out", str(out), "--input", f"r={run}", "--strict", "--quiet"])
+    assert code == 3
+    assert "1 with no window passing QC" in capsys.readouterr().err
+    qc = pd.read_csv(out / "qc.csv")
+    assert list(qc["status"]) == ["qc_rejected"]
+    assert list(qc["reason"]) == ["every window failed QC"]

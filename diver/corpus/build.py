@@ -57,6 +57,7 @@ class CorpusResult:
     quarantined: int
     windows: int
     out_dir: Path
+    qc_rejected: int = 0  # recordings whose every window failed QC
 
 
 def _receipt_path(out_dir: Path, source: RecordingSource) -> Path:
@@ -245,6 +246,7 @@ def build_corpus(
         processed=len(todo),
         skipped=skipped,
         quarantined=int((mine["status"] == "quarantined").sum()),
+        qc_rejected=int((mine["status"] == "qc_rejected").sum()),
         windows=int(mine["windows_kept"].sum()),
         out_dir=out_dir,
     )

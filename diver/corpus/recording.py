@@ -352,7 +352,8 @@ def _process(
     channels_kept = int((kept_counts > 0).sum())
     return report(
         {
-            "status": "kept",
+            # A recording that yields nothing is not "kept": --strict counts it.
+            "status": "kept" if windows_kept else "qc_rejected",
             "reason": "" if windows_kept else "every window failed QC",
             "channels_neural": n_neural,
             "channels_kept": channels_kept,

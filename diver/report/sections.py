@@ -82,6 +82,7 @@ def corpus_section(corpus_dir: Path | None) -> str:
         ("recordings", "recordings"),
         ("recordings_kept", "kept"),
         ("recordings_too_short", "too short"),
+        ("recordings_qc_rejected", "no window passed QC"),
         ("recordings_quarantined", "quarantined"),
         ("hours", "hours"),
         ("hours_kept", "hours kept"),
@@ -121,7 +122,7 @@ def _qc_part(qc: pd.DataFrame, path: Path) -> str:
                 "recordings": len(part),
                 **{
                     status: int((part["status"] == status).sum())
-                    for status in ("kept", "too_short", "quarantined")
+                    for status in ("kept", "too_short", "qc_rejected", "quarantined")
                 },
                 "channels_kept": part.get("channels_kept", pd.Series(dtype=float)).sum(),
                 "channels_dropped": part.get("channels_dropped", pd.Series(dtype=float)).sum(),
@@ -137,6 +138,7 @@ def _qc_part(qc: pd.DataFrame, path: Path) -> str:
             ("recordings", "recordings"),
             ("kept", "kept"),
             ("too_short", "too short"),
+            ("qc_rejected", "no window passed QC"),
             ("quarantined", "quarantined"),
             ("channels_kept", "channels kept"),
             ("channels_dropped", "channels dropped"),
