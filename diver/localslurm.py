@@ -101,20 +101,49 @@ def missing_requirements() -> str | None:
     return None
 
 
-def foreign_config() -> str | None:
-    """A message when /etc/slurm/slurm.conf belongs to someone else (a real site)."""
-    if not SYSTEM_CONF.exists() and not SYSTEM_CONF.is_symlink():
-        return None
+# Where SLURM clients look for their configuration besides /etc/slurm/slurm.conf:
+# Debian's old path, and configless mode's cache (slurmd --conf-server / DNS SRV).
+OTHER_CONF_SOURCES = (Path("/etc/slurm-llnl/slurm.conf"), Path("/run/slurm/conf/slurm.conf"))
+
+
+def _ours(path: Path) -> bool:
     try:
-        text = SYSTEM_CONF.read_text()
+        return MARKER in path.read_text(errors="replace")
     except OSError:
-        text = ""
-    if MARKER in text:
+        return False
+
+
+def foreign_config() -> str | None:
+    """A message when this machine's SLURM configuration belongs to someone else (a real
+    site): every place a SLURM client reads it from is checked, not only /etc/slurm."""
+    found = []
+    env_conf = os.environ.get("SLURM_CONF")
+    if env_conf and not _ours(Path(env_conf)):
+        found.append(f"SLURM_CONF={env_conf}")
+    for path in (SYSTEM_CONF, *OTHER_CONF_SOURCES):
+        if (path.exists() or path.is_symlink()) and not _ours(path):
+            found.append(str(path))
+    for pid in _pids():
+        name = _command_name(pid)
+        if name == "slurmd" and b"--conf-server" in _cmdline(pid):
+            found.append(f"slurmd --conf-server (pid {pid})")
+    if not found:
         return None
     return (
-        f"{SYSTEM_CONF} exists and was not written by diver localslurm: this machine has "
-        "SLURM configured; the local test cluster never touches a real site's config"
+        f"this machine has SLURM configured ({', '.join(found)}), not by diver localslurm; "
+        "the local test cluster never touches a real site's config"
     )
+
+
+def _pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _memory_mb() -> int:
@@ -211,17 +240,27 @@ def _wait(check: object, what: str, timeout: float, log: Path | None = None) -> 
     raise LocalSlurmError(f"{what} did not come up within {timeout:.0f} s{tail}")
 
 
-def _pid_alive(pidfile: Path) -> int | None:
+def _command_name(pid: int) -> str | None:
+    """The program a process runs (its argv[0]'s base name), None when it is gone."""
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+    except OSError:
+        return None
+    return Path(argv0.decode(errors="replace")).name
+
+
+def _pid_alive(pidfile: Path, daemon: str | None = None) -> int | None:
+    """The live process a pidfile names, if it runs ``daemon`` (default: the pidfile's
+    stem).  A stale pidfile whose number now belongs to an unrelated process is not
+    ours: nothing is ever signalled on its word alone."""
     try:
         pid = int(pidfile.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if pid <= 1:
         return None
-    except PermissionError:
-        return pid
+    if _command_name(pid) != (daemon or pidfile.stem):
+        return None
     return pid
 
 
@@ -358,6 +397,24 @@ def start(root: Path = STATE_DIR) -> Paths:
     if reason:
         raise LocalSlurmError(reason)
     paths = Paths(root)
+    was_running = {d for d, up in status(root).items() if up}
+    links_were_ours = all(
+        (SYSTEM_CONF.parent / name).is_symlink()
+        for name in ("slurm.conf", "gres.conf", "slurmdbd.conf")
+    )
+    try:
+        _start_all(paths)
+    except BaseException:
+        # Half a cluster is worse than none: stop what this call started, and take
+        # back the links it installed, before reporting the failure.
+        _stop_daemons(paths, [d for d in DAEMONS if d != "munged" and d not in was_running])
+        if not links_were_ours:
+            _remove_links(paths)
+        raise
+    return paths
+
+
+def _start_all(paths: Paths) -> None:
     _install_conf(paths)
     _start_munge(paths)
     _start_mariadb(paths)
@@ -369,16 +426,22 @@ def start(root: Path = STATE_DIR) -> Paths:
     _start_daemon(paths, "slurmctld", ["slurmctld", "-c"])
     _start_daemon(paths, "slurmd", ["slurmd", "-N", "localhost"])
     _wait(_idle, "the node", 30, paths.logs / "slurmd.log")
-    return paths
 
 
 def stop(root: Path = STATE_DIR) -> list[str]:
     """Stop every daemon of the local cluster and remove its /etc/slurm links."""
     paths = Paths(root)
+    # munged is shared with anything else on the machine that uses munge
+    stopped = _stop_daemons(paths, [d for d in DAEMONS if d != "munged"])
+    _remove_links(paths)
+    return stopped
+
+
+def _stop_daemons(paths: Paths, daemons: list[str]) -> list[str]:
+    """SIGTERM (then SIGKILL after 20 s) each daemon whose pidfile names a live process
+    running that daemon; returns the ones stopped."""
     stopped = []
-    for daemon in DAEMONS:
-        if daemon == "munged":
-            continue  # shared with anything else on the machine that uses munge
+    for daemon in daemons:
         pid = _pid_alive(paths.pidfile(daemon))
         if pid is None:
             continue
@@ -389,11 +452,21 @@ def stop(root: Path = STATE_DIR) -> list[str]:
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
         stopped.append(daemon)
+    return stopped
+
+
+def _remove_links(paths: Paths) -> None:
+    """Remove the /etc/slurm links that point into this cluster's folder (resolved paths
+    compared, not string prefixes: ``/var/lib/diver-localslurm-site`` is not ours)."""
+    root = paths.root.resolve()
     for name in ("slurm.conf", "gres.conf", "slurmdbd.conf"):
         link = SYSTEM_CONF.parent / name
-        if link.is_symlink() and str(os.readlink(link)).startswith(str(paths.root)):
+        if not link.is_symlink():
+            continue
+        target = Path(os.readlink(link))
+        target = (link.parent / target) if not target.is_absolute() else target
+        if target.resolve().is_relative_to(root):
             link.unlink()
-    return stopped
 
 
 def _alive(pid: int) -> bool:
