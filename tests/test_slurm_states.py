@@ -101,3 +101,32 @@ def test_a_rerun_reattaches_to_its_running_job(tmp_path: Path, capsys) -> None: 
     assert launcher.run(["pretrain"], tmp_path, launcher.site.resources("debug"), 10, "x") == 0
     assert "re-attaching to SLURM job 98 (RUNNING)" in capsys.readouterr().out
     assert not [call for call in run.calls if call[0] in ("scancel", "sbatch")]
+
+
+def test_a_reused_job_id_is_never_reattached_to_or_cancelled(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The recorded job id now names someone else's job (a fresh cluster restarted the
+    numbering): the launcher leaves it alone and submits its own."""
+    record = JobRecord(job_id="98", argv=["pretrain"], folder=str(tmp_path / "slurm"),
+                       submitted=0, name="diver-eeg-1s-debug-f1.0-e30")  # fmt: skip
+    record.save(tmp_path)
+    calls: list[list[str]] = []
+
+    def slurm(argv: Sequence[str]) -> tuple[int, str]:
+        calls.append(list(argv))
+        if argv[0] == "squeue":
+            return 0, ("RUNNING\n" if argv[-1] == "%T" else "someone-elses-job\n")
+        return 0, ""
+
+    launcher = _launcher(slurm)  # type: ignore[arg-type]
+    submitted: list[str] = []
+
+    def submit(argv, folder, resources, minutes, name):  # type: ignore[no-untyped-def]
+        submitted.append(name)  # stands in for sbatch: the decision is what is tested
+        raise LaunchError("not submitting in a test")
+
+    launcher.submit = submit  # type: ignore[method-assign]
+    with pytest.raises(LaunchError, match="not submitting"):
+        launcher.run(["pretrain"], tmp_path, launcher.site.resources("debug"), 10, "diver-x")
+    assert submitted == ["diver-x"]
+    assert not [call for call in calls if call[0] == "scancel"]
+    assert "is now 'someone-elses-job'" in capsys.readouterr().out

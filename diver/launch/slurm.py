@@ -97,6 +97,7 @@ class JobRecord:
     argv: list[str]
     folder: str
     submitted: float
+    name: str | None = None  # the SLURM job name (records of older versions have none)
 
     def save(self, out: Path) -> None:
         write_text_atomic(out / JOB_FILE, json.dumps(self.__dict__, indent=2) + "\n")
@@ -142,6 +143,14 @@ def job_state(job_id: str, run: Runner = run_command) -> str:
             if jid == job_id and state:
                 return state.split()[0].rstrip("+")  # "CANCELLED by 0", "RUNNING+"
     return "UNKNOWN"
+
+
+def job_name(job_id: str, run: Runner = run_command) -> str | None:
+    """The name of a job slurmctld knows (None when it does not know the id)."""
+    code, out = run(["squeue", "-h", "-j", job_id, "--states=all", "-o", "%j"])
+    if code != 0 or not out.strip():
+        return None
+    return out.strip()
 
 
 def cancel(job_id: str, run: Runner = run_command) -> None:
@@ -204,7 +213,18 @@ class SlurmLauncher:
         if record is not None:
             state = job_state(record.job_id, self.run_slurm)
             # A job SLURM no longer knows (UNKNOWN), or one that ended, is not waited for:
-            # a new one is submitted and resumes from the folder's checkpoints.
+            # a new one is submitted and resumes from the folder's checkpoints.  Nor is
+            # one whose id now names another job (ids restart with a new cluster): that
+            # job is someone else's, never re-attached to or cancelled.
+            if state in ACTIVE and record.name is not None:
+                current = job_name(record.job_id, self.run_slurm)
+                if current != record.name:
+                    print(
+                        f"SLURM job {record.job_id} is now {current!r}, not this folder's "
+                        f"{record.name!r}; leaving it alone and submitting anew",
+                        flush=True,
+                    )
+                    state = "REUSED"
             if state in ACTIVE:
                 if list(record.argv) == list(argv):
                     print(f"re-attaching to SLURM job {record.job_id} ({state})", flush=True)
@@ -235,7 +255,11 @@ class SlurmLauncher:
         except Exception as exc:  # submitit raises bare errors with sbatch's message
             raise LaunchError(f"sbatch refused the job for {folder.parent}: {exc}") from exc
         return JobRecord(
-            job_id=str(job.job_id), argv=list(argv), folder=str(folder), submitted=time.time()
+            job_id=str(job.job_id),
+            argv=list(argv),
+            folder=str(folder),
+            submitted=time.time(),
+            name=name,
         )
 
     def wait(self, record: JobRecord, out: Path) -> int:
