@@ -166,8 +166,9 @@ def cmd_track_init(args: argparse.Namespace) -> int:
 
 
 def cmd_track_server(args: argparse.Namespace) -> int:
-    from diver.tracking.server import serve
+    from diver.tracking.server import check_bind, serve
 
+    check_bind(args.host, args.expose)
     serve(Path(args.store), args.host, args.port, args.workers, args.allowed_host)
     return 0  # not reached: serve() replaces this process
 
@@ -321,7 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the study's MLflow server (on a cluster's login node; jobs log to it)",
     )
     t.add_argument("--store", required=True, help="folder for the runs database and artifacts")
-    t.add_argument("--host", default="0.0.0.0", help="interface to bind (default: all)")
+    t.add_argument(
+        "--host", default="127.0.0.1", help="interface to bind (default: loopback only)"
+    )
+    t.add_argument(
+        "--expose",
+        action="store_true",
+        help="allow a non-loopback --host: the server has no authentication",
+    )
     t.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     t.add_argument("--workers", type=int, default=2, help="server worker processes")
     t.add_argument(

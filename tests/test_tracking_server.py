@@ -11,10 +11,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from diver.tracking.parent import ensure_parent_run
 from diver.tracking.runs import child_run
+from diver.tracking.server import allowed_hosts, check_bind
 
 
 def _free_port() -> int:
@@ -60,3 +62,23 @@ def test_server_takes_runs_and_artifacts_from_jobs(tmp_path: Path) -> None:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_the_server_binds_loopback_unless_exposed_on_purpose(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 13: MLflow's server has no authentication here, so it listens on 127.0.0.1
+    by default and another interface needs --expose; the Host allow-list is exactly this
+    machine's names, the bound address and the extras (no private ranges)."""
+    from diver.cli import build_parser, main
+
+    args = build_parser().parse_args(["track", "server", "--store", str(tmp_path)])
+    assert args.host == "127.0.0.1" and not args.expose
+    assert main(["track", "server", "--store", str(tmp_path / "s"), "--host", "0.0.0.0"]) == 2
+    assert "--expose" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()  # refused before anything was created
+    check_bind("0.0.0.0", expose=True)  # an explicit choice is honoured
+    check_bind("127.0.0.1", expose=False)
+    hosts = allowed_hosts(5000, ["login01.cluster"], host="10.1.2.3")
+    assert "10.1.2.3:5000" in hosts and "login01.cluster" in hosts and "localhost" in hosts
+    assert not [h for h in hosts if "*" in h]

@@ -7,9 +7,13 @@ an SQLite file on the login node's disk and proxies artifacts into ``--store``.
 
 It runs in the foreground (put it in tmux / ``nohup``); SIGTERM ends it.  Job
 execution is disabled (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``): 2 processes
-and ~0.5 GB instead of ~9 and 2.3 GB (STACK.md).  MLflow 3 checks the Host header;
-the server accepts this machine's names and private addresses so compute nodes
-reach it by hostname.
+and ~0.5 GB instead of ~9 and 2.3 GB (STACK.md).
+
+It binds 127.0.0.1 unless told otherwise: MLflow's server has no authentication here,
+so anyone who reaches it can create, delete and upload.  Binding another interface
+(for compute nodes) takes ``--expose``, a deliberate choice.  MLflow 3 checks the Host
+header against an allow-list: exactly this machine's names, the bound address and the
+``--allowed-host`` values (no address ranges).
 """
 
 from __future__ import annotations
@@ -20,12 +24,33 @@ import socket
 import sys
 from pathlib import Path
 
+from diver.errors import DiverError
 
-def allowed_hosts(port: int, extra: list[str]) -> list[str]:
-    names = {"localhost", "127.0.0.1", socket.gethostname(), socket.getfqdn()}
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+class ExposureError(DiverError, ValueError):
+    """A bind that would expose the unauthenticated server without being asked to."""
+
+
+def allowed_hosts(port: int, extra: list[str], host: str = "127.0.0.1") -> list[str]:
+    """The Host headers to accept: this machine's names, the bound address and
+    ``extra``, each bare and with the port.  No wildcards or address ranges."""
+    names = {"localhost", "127.0.0.1", socket.gethostname(), socket.getfqdn(), *extra}
+    if host not in {"0.0.0.0", "::"}:
+        names.add(host)
     hosts = sorted(n for n in names if n)
-    private = ["10.*", "172.*", "192.168.*"]
-    return [*hosts, *(f"{h}:{port}" for h in hosts), *private, *extra]
+    return [*hosts, *(f"{h}:{port}" for h in hosts)]
+
+
+def check_bind(host: str, expose: bool) -> None:
+    """Refuse a non-loopback bind unless ``expose`` says it is meant."""
+    if host not in LOOPBACK and not expose:
+        raise ExposureError(
+            f"--host {host} would open the MLflow server (no authentication: anyone who "
+            "reaches it can create, delete and upload runs) to the network; pass --expose "
+            "to do that on a trusted network, or keep the default 127.0.0.1"
+        )
 
 
 def server_command(
@@ -47,7 +72,7 @@ def server_command(
         "--artifacts-destination",
         str(store / "artifacts"),
         "--allowed-hosts",
-        ",".join(allowed_hosts(port, extra_hosts)),
+        ",".join(allowed_hosts(port, extra_hosts, host)),
     ]
 
 
