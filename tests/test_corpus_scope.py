@@ -18,7 +18,7 @@ CORPUS = CorpusConfig(jobs=1)
 
 @pytest.fixture()
 def inputs(shared_data: Path, tmp_path: Path) -> dict[str, Path]:
-    """Two small datasets of real recordings: ``a`` with two files, ``b`` with one."""
+    """Two small datasets of real recordings: ``a`` with two, ``b`` with one."""
     a, b = tmp_path / "in" / "a", tmp_path / "in" / "b"
     a.mkdir(parents=True)
     b.mkdir(parents=True)
@@ -27,9 +27,8 @@ def inputs(shared_data: Path, tmp_path: Path) -> dict[str, Path]:
         shared_data / "eegmmidb_128hz_run" / "test_edf_overlapping_annotations.edf",
         a / "run.edf",
     )
-    shutil.copy(
-        shared_data / "resting_yasa" / "data_resting_EO_200Hz_raw.fif", b / "other.fif"
-    )
+    for name in ("eeglab_data.set", "eeglab_data.fdt"):  # different bytes (not a duplicate)
+        shutil.copy(shared_data / "eeglab_tutorial" / name, b / name)
     return {"a": a, "b": b}
 
 

@@ -7,7 +7,6 @@ anything that later opens them reads a genuine file.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from diver.corpus.discovery import (
     discover_recordings,
     strip_extension,
 )
+from tests.conftest import unprivileged
 
 
 def write_edf(path: Path, names: list[str], seconds: float = 2.0) -> Path:
@@ -297,17 +297,9 @@ def test_symlinked_folders_are_followed_once_and_link_loops_are_rows(
     }
 
 
-UNPRIVILEGED = ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
-                "--inh-caps=-dac_override,-dac_read_search"]  # fmt: skip
-
-
 def _as_unprivileged(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """``code`` in a Python whose root cannot bypass file permissions (the tests run as
-    root, which reads a mode-000 folder anyway)."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to drop the permission-bypass capabilities")
     return subprocess.run(
-        [*UNPRIVILEGED, sys.executable, "-c", code],
+        unprivileged([sys.executable, "-c", code]),
         cwd=cwd, capture_output=True, text=True, check=False,
     )  # fmt: skip
 
@@ -317,7 +309,9 @@ def test_an_unreadable_folder_is_a_quarantined_row_and_strict_counts_it(
 ) -> None:
     root = tmp_path / "ds"
     _recording(shared_data, root / "ok.fif")
-    _recording(shared_data, root / "locked" / "hidden.fif")
+    (root / "locked").mkdir()
+    for name in ("eeglab_data.set", "eeglab_data.fdt"):  # another recording's bytes
+        shutil.copy(shared_data / "eeglab_tutorial" / name, root / "locked" / name)
     out = tmp_path / "corpus"
     code = (
         "import sys\n"
@@ -327,7 +321,7 @@ def test_an_unreadable_folder_is_a_quarantined_row_and_strict_counts_it(
     )
     first = _as_unprivileged(code, tmp_path)  # readable: both recordings kept
     assert first.returncode == 0, first.stderr[-3000:]
-    shard = out / "windows" / "ds" / "locked__hidden.parquet"
+    shard = out / "windows" / "ds" / "locked__eeglab_data.parquet"
     assert shard.exists()
     (root / "locked").chmod(0)
     try:

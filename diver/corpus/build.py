@@ -28,7 +28,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from diver.atomic import write_csv_atomic, write_text_atomic
 from diver.config import ConfigError, CorpusConfig, DatasetConfig
+from diver.corpus.content import content_id, is_readable, stat_key
 from diver.corpus.discovery import UNREADABLE, RecordingSource, discover_recordings
 from diver.corpus.manifest import write_manifest
 from diver.corpus.recording import QC_COLUMNS, RecordingReport, process_recording
@@ -65,15 +66,67 @@ def _receipt_path(out_dir: Path, source: RecordingSource) -> Path:
     return out_dir / "receipts" / source.dataset / name
 
 
-def _fingerprint(source: RecordingSource, dataset: DatasetConfig, corpus: CorpusConfig) -> str:
-    """Changes when the input file or any setting that shapes this recording's output does."""
+def _read_receipt(out_dir: Path, source: RecordingSource) -> dict[str, Any] | None:
     try:
-        stat = source.path.stat()
-        file_key = [stat.st_size, stat.st_mtime_ns]
-    except OSError:
-        file_key = None
+        return json.loads(_receipt_path(out_dir, source).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _identify(out_dir: Path, sources: list[RecordingSource]) -> dict[int, dict[str, Any]]:
+    """Each recording's content identity (:mod:`diver.corpus.content`), keyed by
+    ``id(source)``; the hash cached in its last receipt is reused while its stat key
+    holds.  Recordings discovery already found a problem with are not read."""
+    identities = {}
+    for source in sources:
+        if source.problem:
+            identities[id(source)] = {"key": stat_key(source.path), "sha256": None}
+            continue
+        cached = (_read_receipt(out_dir, source) or {}).get("content")
+        identities[id(source)] = content_id(source.path, cached)
+    return identities
+
+
+def _drop_duplicates(
+    sources: list[RecordingSource], identities: dict[int, dict[str, Any]]
+) -> list[RecordingSource]:
+    """Byte-identical recordings are kept once (the first by dataset and recording id);
+    each other copy becomes a quarantined row naming the one kept, so one recording
+    never enters the corpus as two subjects (a train/validation leak)."""
+    first: dict[str, RecordingSource] = {}
+    out = []
+    for source in sorted(sources, key=lambda s: (s.dataset, s.recording)):
+        identity = identities[id(source)]
+        sha = identity["sha256"]
+        if source.problem or not sha or not is_readable(identity):
+            out.append(source)
+            continue
+        kept = first.setdefault(sha, source)
+        if kept is source:
+            out.append(source)
+            continue
+        log.warning(
+            "%s/%s has the same bytes as %s/%s; kept once",
+            source.dataset, source.recording, kept.dataset, kept.recording,
+        )  # fmt: skip
+        copy = replace(
+            source, problem=f"duplicate of {kept.dataset}/{kept.recording} (same bytes)"
+        )
+        identities[id(copy)] = identity
+        out.append(copy)
+    return out
+
+
+def _fingerprint(
+    source: RecordingSource,
+    dataset: DatasetConfig,
+    corpus: CorpusConfig,
+    identity: dict[str, Any],
+) -> str:
+    """Changes when the recording's content (or its readability), the source or any
+    setting that shapes this recording's output does."""
     payload = {
-        "file": file_key,
+        "file": identity["sha256"] or identity["key"],
         "source": {k: str(v) for k, v in asdict(source).items()},
         "dataset": asdict(dataset) | {"inputs": None},
         "corpus": corpus.fingerprint(),
@@ -82,14 +135,8 @@ def _fingerprint(source: RecordingSource, dataset: DatasetConfig, corpus: Corpus
 
 
 def _is_done(out_dir: Path, source: RecordingSource, fingerprint: str) -> bool:
-    receipt = _receipt_path(out_dir, source)
-    if not receipt.exists():
-        return False
-    try:
-        data = json.loads(receipt.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    if data.get("fingerprint") != fingerprint:
+    data = _read_receipt(out_dir, source)
+    if data is None or data.get("fingerprint") != fingerprint:
         return False
     if data["qc"]["windows_kept"] > 0:
         return shard_path(out_dir, source.dataset, source.recording).exists()
@@ -105,10 +152,28 @@ def _run_one(
     return source, report
 
 
+def _receipt_of(
+    receipts: dict[int, tuple[str, dict[str, Any]]],
+    source: RecordingSource,
+    report: RecordingReport,
+) -> tuple[str, RecordingReport, dict[str, Any]]:
+    fingerprint, identity = receipts[id(source)]
+    return fingerprint, report, identity
+
+
 def _write_receipt(
-    out_dir: Path, source: RecordingSource, fingerprint: str, report: RecordingReport
+    out_dir: Path,
+    source: RecordingSource,
+    fingerprint: str,
+    report: RecordingReport,
+    identity: dict[str, Any],
 ) -> None:
-    body = {"fingerprint": fingerprint, "qc": report.qc, "channels": report.channels}
+    body = {
+        "fingerprint": fingerprint,
+        "content": identity,
+        "qc": report.qc,
+        "channels": report.channels,
+    }
     write_text_atomic(
         _receipt_path(out_dir, source), json.dumps(body, sort_keys=True, allow_nan=True)
     )
@@ -233,12 +298,18 @@ def build_corpus(
     out_dir.mkdir(parents=True, exist_ok=True)
     with _dataset_locks(out_dir, by_name):
         _clean_scope(out_dir, by_name, _stale_files(out_dir, by_name, sources), prune)
-        fingerprints = {id(s): _fingerprint(s, by_name[s.dataset], corpus) for s in sources}
+        identities = _identify(out_dir, sources)
+        sources = _drop_duplicates(sources, identities)
+        fingerprints = {
+            id(s): _fingerprint(s, by_name[s.dataset], corpus, identities[id(s)])
+            for s in sources
+        }
         todo = [s for s in sources if not _is_done(out_dir, s, fingerprints[id(s)])]
         skipped = len(sources) - len(todo)
         if skipped:
             log.info("%d of %d recordings already done; skipping them", skipped, len(sources))
-        _process(todo, by_name, corpus, out_dir, fingerprints, jobs or corpus.jobs, progress)
+        receipts = {id(s): (fingerprints[id(s)], identities[id(s)]) for s in sources}
+        _process(todo, by_name, corpus, out_dir, receipts, jobs or corpus.jobs, progress)
         qc = _merge_tables(out_dir, list(by_name))
     mine = qc[qc["dataset"].isin(list(by_name))]
     return CorpusResult(
@@ -257,7 +328,7 @@ def _process(
     by_name: dict[str, DatasetConfig],
     corpus: CorpusConfig,
     out_dir: Path,
-    fingerprints: dict[int, str],
+    receipts: dict[int, tuple[str, dict[str, Any]]],
     jobs: int,
     progress: bool,
 ) -> None:
@@ -266,7 +337,7 @@ def _process(
     if jobs <= 1 or len(todo) <= 1:
         for source in todo:
             _, report = _run_one(source, by_name[source.dataset], corpus, out_dir)
-            _write_receipt(out_dir, source, fingerprints[id(source)], report)
+            _write_receipt(out_dir, source, *_receipt_of(receipts, source, report))
             bar.update()
     else:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
@@ -276,7 +347,7 @@ def _process(
             for future in as_completed(futures):
                 source = futures[future]
                 _, report = future.result()
-                _write_receipt(out_dir, source, fingerprints[id(source)], report)
+                _write_receipt(out_dir, source, *_receipt_of(receipts, source, report))
                 bar.update()
     bar.close()
 
