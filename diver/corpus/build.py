@@ -73,7 +73,9 @@ def _read_receipt(out_dir: Path, source: RecordingSource) -> dict[str, Any] | No
         return None
 
 
-def _identify(out_dir: Path, sources: list[RecordingSource]) -> dict[int, dict[str, Any]]:
+def _identify(
+    sources: list[RecordingSource], receipts: dict[tuple[str, str], dict[str, Any] | None]
+) -> dict[int, dict[str, Any]]:
     """Each recording's content identity (:mod:`diver.corpus.content`), keyed by
     ``id(source)``; the hash cached in its last receipt is reused while its stat key
     holds.  Recordings discovery already found a problem with are not read."""
@@ -82,7 +84,7 @@ def _identify(out_dir: Path, sources: list[RecordingSource]) -> dict[int, dict[s
         if source.problem:
             identities[id(source)] = {"key": stat_key(source.path), "sha256": None}
             continue
-        cached = (_read_receipt(out_dir, source) or {}).get("content")
+        cached = (receipts[source.dataset, source.recording] or {}).get("content")
         identities[id(source)] = content_id(source.path, cached)
     return identities
 
@@ -134,8 +136,10 @@ def _fingerprint(
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _is_done(out_dir: Path, source: RecordingSource, fingerprint: str) -> bool:
-    data = _read_receipt(out_dir, source)
+def _is_done(
+    out_dir: Path, source: RecordingSource, fingerprint: str, data: dict[str, Any] | None
+) -> bool:
+    """Whether the recording's last receipt (``data``) matches and its shard is there."""
     if data is None or data.get("fingerprint") != fingerprint:
         return False
     if data["qc"]["windows_kept"] > 0:
@@ -298,13 +302,19 @@ def build_corpus(
     out_dir.mkdir(parents=True, exist_ok=True)
     with _dataset_locks(out_dir, by_name):
         _clean_scope(out_dir, by_name, _stale_files(out_dir, by_name, sources), prune)
-        identities = _identify(out_dir, sources)
+        # Each receipt read once: its cached hash and whether the recording is done.
+        last = {(s.dataset, s.recording): _read_receipt(out_dir, s) for s in sources}
+        identities = _identify(sources, last)
         sources = _drop_duplicates(sources, identities)
         fingerprints = {
             id(s): _fingerprint(s, by_name[s.dataset], corpus, identities[id(s)])
             for s in sources
         }
-        todo = [s for s in sources if not _is_done(out_dir, s, fingerprints[id(s)])]
+        todo = [
+            s
+            for s in sources
+            if not _is_done(out_dir, s, fingerprints[id(s)], last[s.dataset, s.recording])
+        ]
         skipped = len(sources) - len(todo)
         if skipped:
             log.info("%d of %d recordings already done; skipping them", skipped, len(sources))
