@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import string
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -23,6 +22,7 @@ import yaml
 
 from diver import schemas
 from diver.errors import DiverError
+from diver.placeholders import fill_placeholders
 
 
 class ConfigError(DiverError, ValueError):
@@ -376,22 +376,14 @@ def validate_config(raw: Mapping[str, Any], *, source: str = "<config>") -> dict
 
 
 def _fill_placeholders(entry: str, results_dir: str, dataset: str, source: str) -> str:
-    """An input path with ``{results_dir}`` filled in; any other ``{...}`` is an error
-    naming the dataset (``{{`` and ``}}`` stand for braces)."""
+    """An input path with ``{results_dir}`` filled in; anything else in braces is an
+    error naming the dataset (``{{`` and ``}}`` stand for braces)."""
     try:
-        fields = {f for _, f, _, _ in string.Formatter().parse(entry) if f is not None}
-    except ValueError as exc:  # a lone brace
+        return fill_placeholders(entry, {"results_dir": results_dir}, ("results_dir",))
+    except ValueError as exc:
         raise ConfigError(
-            f"invalid config {source}: dataset {dataset!r}: input {entry!r}: {exc} "
-            "(write {{ and }} for literal braces)"
+            f"invalid config {source}: dataset {dataset!r}: input {entry!r} {exc}"
         ) from exc
-    unknown = sorted(fields - {"results_dir"})
-    if unknown:
-        raise ConfigError(
-            f"invalid config {source}: dataset {dataset!r}: input {entry!r} uses unknown "
-            f"placeholder(s) {unknown}; known: ['results_dir']"
-        )
-    return entry.format(results_dir=results_dir)
 
 
 def config_from_dict(data: Mapping[str, Any], *, source: str = "<config>") -> StudyConfig:

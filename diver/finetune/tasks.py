@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import glob
 import os
-import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ import yaml
 
 from diver.config import DatasetConfig
 from diver.errors import DiverError
+from diver.placeholders import fill_placeholders
 from diver.schemas import validate
 
 PLACEHOLDERS = ("shared_data", "results_dir")
@@ -255,14 +255,10 @@ def resolve_recordings(
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     found: list[str] = []
     for entry in task.recordings:
-        fields = {f for _, f, _, _ in string.Formatter().parse(entry) if f is not None}
-        unknown = sorted(fields - set(PLACEHOLDERS))
-        if unknown:
-            raise TaskError(
-                f"task file {task.source}: recordings entry {entry!r} uses unknown "
-                f"placeholder(s) {unknown}; known: {list(PLACEHOLDERS)}"
-            )
-        text = entry.format(**values)
+        try:
+            text = fill_placeholders(entry, values, PLACEHOLDERS)
+        except ValueError as exc:
+            raise TaskError(f"task file {task.source}: recordings entry {entry!r} {exc}") from exc
         path = Path(text) if Path(text).is_absolute() else base / text
         if glob.has_magic(str(path)):
             matches = sorted(glob.glob(str(path), recursive=True))
