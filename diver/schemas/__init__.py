@@ -132,12 +132,15 @@ def load_schema(name: str) -> dict[str, Any]:
 _FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
 
 
+def _wants_number(schema: dict[str, Any]) -> bool:
+    kinds = schema.get("type")
+    return "number" in ({kinds} if isinstance(kinds, str) else set(kinds or ()))
+
+
 def _yaml12_number(value: Any, schema: dict[str, Any]) -> Any:
     """``value`` as a float where the schema wants a number and YAML 1.1 left a string
     that YAML 1.2 reads as one (``1e-3``); anything else unchanged (lists of numbers too)."""
-    kinds = schema.get("type")
-    kinds = {kinds} if isinstance(kinds, str) else set(kinds or ())
-    if isinstance(value, str) and "number" in kinds and _FLOAT.match(value.strip()):
+    if isinstance(value, str) and _wants_number(schema) and _FLOAT.match(value.strip()):
         return float(value)
     items = schema.get("items")
     if isinstance(value, list) and isinstance(items, dict):
@@ -146,9 +149,7 @@ def _yaml12_number(value: Any, schema: dict[str, Any]) -> Any:
 
 
 def _non_finite(value: Any, schema: dict[str, Any]) -> bool:
-    kinds = schema.get("type")
-    kinds = {kinds} if isinstance(kinds, str) else set(kinds or ())
-    return isinstance(value, float) and "number" in kinds and not math.isfinite(value)
+    return isinstance(value, float) and _wants_number(schema) and not math.isfinite(value)
 
 
 def fill_defaults(validator_class: type) -> type:
