@@ -134,6 +134,6 @@ def unprivileged(argv: list[str]) -> list[str]:
     """``argv`` run without root's permission-bypass capabilities (the tests run as root,
     which reads a mode-000 file anyway): how a test makes a file or folder unreadable."""
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to drop the permission-bypass capabilities")
+        missing_data("needs root and setpriv to drop the permission-bypass capabilities")
     drop = "-dac_override,-dac_read_search"
     return ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", *argv]
