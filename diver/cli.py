@@ -113,9 +113,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     if args.parent_run:
         target = TrackingTarget.from_run_file(study.tracking_uri(), args.parent_run)
     with stage_run(target, stage="corpus", name="corpus") as run:
-        result = build_corpus(
-            datasets, corpus, out, progress=not args.quiet, prune=args.prune
-        )
+        result = build_corpus(datasets, corpus, out, progress=not args.quiet, prune=args.prune)
         if run is not None:
             _log_corpus(run, corpus, out)
     print(
@@ -169,7 +167,7 @@ def cmd_track_server(args: argparse.Namespace) -> int:
     from diver.tracking.server import check_bind, serve
 
     check_bind(args.host, args.expose)
-    serve(Path(args.store), args.host, args.port, args.workers, args.allowed_host)
+    serve(Path(args.store), args.host, args.port, args.workers, args.allowed_host, args.auth)
     return 0  # not reached: serve() replaces this process
 
 
@@ -322,13 +320,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the study's MLflow server (on a cluster's login node; jobs log to it)",
     )
     t.add_argument("--store", required=True, help="folder for the runs database and artifacts")
-    t.add_argument(
-        "--host", default="127.0.0.1", help="interface to bind (default: loopback only)"
-    )
+    t.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     t.add_argument(
         "--expose",
         action="store_true",
-        help="allow a non-loopback --host: the server has no authentication",
+        help="allow a non-loopback --host (then always with authentication, --auth)",
+    )
+    t.add_argument(
+        "--auth",
+        action="store_true",
+        help="require the generated credentials (STORE/auth/credentials) on loopback too",
     )
     t.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     t.add_argument("--workers", type=int, default=2, help="server worker processes")

@@ -13,7 +13,7 @@ from tests.conftest import REPO_ROOT
 def _pins(requirements: list[str]) -> dict[str, str]:
     pins = {}
     for req in requirements:
-        match = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([\w.+\-]+)", req.strip())
+        match = re.fullmatch(r"([A-Za-z0-9_.\-]+(?:\[[\w,]+\])?)==([\w.+\-]+)", req.strip())
         assert match, f"not an exact pin: {req!r}"
         pins[match[1].lower()] = match[2]
     return pins
