@@ -10,15 +10,18 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities.view_type import ViewType
 
 from diver.tracking.parent import ensure_parent_run
 from diver.tracking.runs import child_run
@@ -239,3 +242,29 @@ def test_an_exposed_server_wants_the_generated_credentials_from_the_network(
             urllib.request.urlopen(escape, timeout=10)
         assert refused.value.code == 400
         assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_simultaneous_first_calls_against_a_server_leave_one_parent(tmp_path: Path) -> None:
+    """Issue 13 item 10: a server has no file lock to serialise look-up-or-create, and
+    four simultaneous first calls used to leave three parent runs.  Every caller must
+    get the same run and exactly one active parent must remain (losers delete theirs)."""
+    callers = 6
+    with running_server(tmp_path / "store") as uri:
+        for attempt in range(3):  # a few rounds: one race may happen to serialise
+            study = f"race-{attempt}"
+            start = threading.Barrier(callers)
+
+            def first_call(_: int, study: str = study, start: threading.Barrier = start) -> str:
+                start.wait()
+                return ensure_parent_run(uri, "race", study)
+
+            with ThreadPoolExecutor(callers) as pool:
+                got = list(pool.map(first_call, range(callers)))
+            assert len(got) == callers
+            client = MlflowClient(uri)
+            experiment = client.get_experiment_by_name("race").experiment_id
+            parents = client.search_runs(
+                [experiment], f"tags.`diver.study` = '{study}'", ViewType.ACTIVE_ONLY
+            )
+            assert [run.info.run_id for run in parents] == [got[0]], study
+            assert set(got) == {got[0]}, study

@@ -5,19 +5,22 @@ SQLite has no atomic "create if absent" across MLflow's search + create calls;
 concurrent first use of a fresh database even races on MLflow's schema creation.  So
 the one step that must not race (creating the experiment, the schema and the parent
 run) is serialised with a file lock beside the SQLite database
-(:func:`_store_lock`).  Any other tracking URI (an ``mlflow server``) works the same
-way through the REST store.
+(:func:`_store_lock`).  A tracking server (``diver track server``) offers no such
+lock: there callers agree on the oldest parent once it has settled, and the other
+creators delete theirs (:func:`_settle`).
 """
 
 from __future__ import annotations
 
 import fcntl
 import logging
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 from mlflow import MlflowClient
+from mlflow.entities import Run
 from mlflow.entities.view_type import ViewType
 from mlflow.exceptions import MlflowException
 
@@ -29,6 +32,11 @@ from diver.tracking.runs import log_params
 __all__ = ["ensure_parent_run"]
 
 _log = logging.getLogger(__name__)
+
+#: Age (by its start time) at which a parent run on a server counts as settled: racing
+#: creators whose run is stamped earlier have reached the server by then.  Clocks of
+#: the machines calling are assumed in sync (NTP) to well within this.
+SETTLE_SECONDS = 2.0
 
 
 def _sqlite_path(tracking_uri: str) -> Path | None:
@@ -147,11 +155,14 @@ def ensure_parent_run(
     params cannot change, and an edited cell config must not alter the study's run).
 
     Concurrency: on an SQLite store the whole look-up-or-create step holds a file lock,
-    so any number of simultaneous callers get one parent.  On a tracking server two
-    first-time callers racing could both create one; the design avoids that (one rule
-    creates the parent before the grid), and should it happen the **oldest** parent
-    (earliest start time, then smallest run id) is what every later call returns, so
-    the study still converges on one run.  Duplicates are never deleted automatically.
+    so any number of simultaneous callers get one parent.  A server has no lock to
+    offer, so simultaneous first callers may each create one; all of them then agree on
+    the **oldest** parent (earliest start time, then smallest run id) once it is
+    ``SETTLE_SECONDS`` old, and the others delete the run they made (:func:`_settle`),
+    so one parent remains.  The first call of a study on a server so takes about
+    ``SETTLE_SECONDS``.  (Only a create reaching the server more than ``SETTLE_SECONDS``
+    after it was stamped can leave a second parent; later calls then return the oldest
+    and log a warning.)
 
     ``artifact_location``: where the experiment's artifacts go when it is created.  For
     an SQLite store the default is ``mlartifacts/`` beside the database (MLflow's own
@@ -167,7 +178,7 @@ def ensure_parent_run(
         client = MlflowClient(tracking_uri)
         experiment_id = _get_or_create_experiment(client, experiment, artifact_location)
         parents = _find_parents(client, experiment_id, study)
-        if parents:
+        if parents and (db is not None or _settled(parents[0])):
             if len(parents) > 1:
                 _log.warning(
                     "study %r has %d parent runs in experiment %r (a creation race); "
@@ -178,13 +189,49 @@ def ensure_parent_run(
                     parents[0].info.run_id,
                 )
             return parents[0].info.run_id
-        run_tags = {
-            **(tags or {}),
-            TAG_STUDY: study,
-            TAG_ROLE: "parent",
-            TAG_GIT_COMMIT: git_commit(),
-        }
-        run = with_retry(client.create_run, experiment_id, tags=run_tags, run_name=study)
-        run_id = run.info.run_id
-        log_params(client, run_id, params or {})
-        return run_id
+        mine = None
+        if not parents:
+            run_tags = {
+                **(tags or {}),
+                TAG_STUDY: study,
+                TAG_ROLE: "parent",
+                TAG_GIT_COMMIT: git_commit(),
+            }
+            run = with_retry(client.create_run, experiment_id, tags=run_tags, run_name=study)
+            mine = run.info.run_id
+            log_params(client, mine, params or {})
+            if db is not None:
+                return mine  # the lock kept everyone else out
+        return _settle(client, experiment_id, study, mine)
+
+
+def _age_seconds(run: Run) -> float:
+    return time.time() - run.info.start_time / 1000
+
+
+def _settled(run: Run) -> bool:
+    """Whether a parent run is old enough that no racing creator can still replace it."""
+    return _age_seconds(run) >= SETTLE_SECONDS
+
+
+def _settle(client: MlflowClient, experiment_id: str, study: str, mine: str | None) -> str:
+    """The study's parent every caller of a race on a server agrees on.
+
+    The oldest parent wins (earliest start time, then smallest run id), once it is
+    ``SETTLE_SECONDS`` old: by then every racing creator's run has reached the server, so
+    the oldest can no longer change.  Callers look again until then; a creator whose run
+    is not the oldest deletes it (no child run refers to it: its id was never returned).
+    Finders wait too, so nobody returns a run its creator is about to delete.
+    """
+    while True:
+        parents = _find_parents(client, experiment_id, study)
+        if not parents:
+            raise MlflowException(f"the parent run of study {study!r} was deleted meanwhile")
+        oldest = parents[0]
+        if mine is not None and oldest.info.run_id != mine:
+            _log.info("study %r: another caller created its parent run first; using it", study)
+            with_retry(client.delete_run, mine)
+            mine = None
+        if _settled(oldest):
+            return oldest.info.run_id
+        time.sleep(max(0.05, SETTLE_SECONDS - _age_seconds(oldest)))
