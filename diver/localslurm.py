@@ -17,6 +17,8 @@ root, and refuses if a ``slurm.conf`` it did not write is present — a real sit
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import shutil
 import signal
@@ -103,6 +105,7 @@ def missing_requirements() -> str | None:
 
 # Where SLURM clients look for their configuration besides /etc/slurm/slurm.conf:
 # Debian's old path, and configless mode's cache (slurmd --conf-server / DNS SRV).
+# Configless mode without a cache is found through DNS (:func:`_configless_dns`).
 OTHER_CONF_SOURCES = (Path("/etc/slurm-llnl/slurm.conf"), Path("/run/slurm/conf/slurm.conf"))
 
 
@@ -127,12 +130,38 @@ def foreign_config() -> str | None:
         name = _command_name(pid)
         if name == "slurmd" and b"--conf-server" in _cmdline(pid):
             found.append(f"slurmd --conf-server (pid {pid})")
+    found.extend(_configless_dns())
     if not found:
         return None
     return (
         f"this machine has SLURM configured ({', '.join(found)}), not by diver localslurm; "
         "the local test cluster never touches a real site's config"
     )
+
+
+# DNS record type SRV and class IN (RFC 1035/2782), the query SLURM's configless mode makes.
+_SRV, _IN = 33, 1
+
+
+def _configless_dns() -> list[str]:
+    """``["DNS SRV _slurmctld._tcp"]`` when DNS announces a SLURM controller here.
+
+    With no slurm.conf anywhere, slurmd and the SLURM clients look up the SRV record
+    ``_slurmctld._tcp`` with the system resolver's search rules (``res_nsearch`` on
+    /etc/resolv.conf's search domains); a site announced that way is a real one.  The
+    same libresolv call is made here, so the answer is the one SLURM would get.
+    """
+    try:
+        resolv = ctypes.CDLL(ctypes.util.find_library("resolv") or "libresolv.so.2")
+    except OSError:  # no libresolv (not glibc): SLURM's configless lookup needs it too
+        return []
+    answer = ctypes.create_string_buffer(4096)
+    size = resolv.res_search(b"_slurmctld._tcp", _IN, _SRV, answer, len(answer))
+    # res_search gives -1 for NXDOMAIN and for an answer without records; the answer
+    # count (header bytes 6-7) must still be checked against a truncated reply.
+    if size >= 12 and int.from_bytes(answer.raw[6:8], "big") > 0:
+        return ["DNS SRV _slurmctld._tcp"]
+    return []
 
 
 def _pids() -> list[int]:

@@ -7,7 +7,10 @@ one.  Starting and stopping a real cluster is covered by the SLURM tests (slow).
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from diver import localslurm
+from tests.conftest import missing_data
 
 
 def _process(name: str) -> subprocess.Popen[bytes]:
@@ -118,3 +122,66 @@ def test_a_failed_start_takes_back_what_it_started(
     finally:
         for proc in started:
             proc.kill()
+
+
+# A DNS server answering one SRV query, and the check run against it, inside a private
+# mount and network namespace (its own /etc/resolv.conf and loopback): the machine's
+# resolver configuration and port 53 are never touched.
+_CONFIGLESS_SITE = r"""
+import socket, struct, subprocess, sys, threading
+
+resolv = sys.argv[1]
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+subprocess.run(["mount", "--bind", resolv, "/etc/resolv.conf"], check=True)
+WANTED = b"\x0a_slurmctld\x04_tcp\x07cluster\x07example\x00"
+
+def labels(name):
+    return b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00"
+
+def serve(sock):
+    while True:
+        query, client = sock.recvfrom(512)
+        end = query.index(b"\x00", 12) + 1
+        qname, qtype = query[12:end], struct.unpack("!H", query[end:end + 2])[0]
+        question = query[12:end + 4]
+        if qname.lower() == WANTED and qtype == 33:  # SRV
+            target = labels("ctld.cluster.example")
+            rdata = struct.pack("!HHH", 0, 0, 6817) + target
+            answer = b"\xc0\x0c" + struct.pack("!HHIH", 33, 1, 60, len(rdata)) + rdata
+            header = query[:2] + struct.pack("!HHHHH", 0x8180, 1, 1, 0, 0)
+        else:
+            answer = b""
+            header = query[:2] + struct.pack("!HHHHH", 0x8183, 1, 0, 0, 0)
+        sock.sendto(header + question + answer, client)
+
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("127.0.0.1", 53))
+threading.Thread(target=serve, args=(sock,), daemon=True).start()
+from diver import localslurm
+print(localslurm.foreign_config())
+"""
+
+
+def test_a_configless_site_announced_in_dns_is_seen(tmp_path: Path) -> None:
+    """Configless SLURM: with no slurm.conf anywhere, slurmd and the clients find the
+    controller through the DNS SRV record ``_slurmctld._tcp`` of the resolver's search
+    domains; such a site is a real one, and localslurm must not take the machine over."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
+        missing_data("needs root, unshare and ip for a private network and mount namespace")
+    resolv = tmp_path / "resolv.conf"
+    options = "nameserver 127.0.0.1\noptions timeout:2 attempts:1\n"
+    resolv.write_text(f"{options}search cluster.example\n")
+    check = tmp_path / "check.py"
+    check.write_text(_CONFIGLESS_SITE)
+
+    def found(conf: Path) -> str:
+        out = subprocess.run(
+            ["unshare", "--mount", "--net", "--", sys.executable, str(check), str(conf)],
+            capture_output=True, text=True, timeout=120, check=True,
+        )
+        return out.stdout
+
+    assert "DNS SRV _slurmctld._tcp" in found(resolv)
+    other = tmp_path / "other.conf"  # the same server, a search domain without the record
+    other.write_text(f"{options}search elsewhere.example\n")
+    assert "DNS SRV" not in found(other)
