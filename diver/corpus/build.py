@@ -22,14 +22,13 @@ a second run over the same dataset is refused, runs over other datasets go on.
 from __future__ import annotations
 
 import fcntl
+import glob
 import hashlib
 import json
 import logging
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import asdict, dataclass, replace
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from diver.corpus.discovery import UNREADABLE, RecordingSource, discover_recordi
 from diver.corpus.manifest import write_manifest
 from diver.corpus.recording import QC_COLUMNS, RecordingReport, process_recording
 from diver.corpus.shards import shard_path
+from diver.corpus.workers import WorkerDied, run_in_workers
 from diver.errors import DiverError
 
 log = logging.getLogger(__name__)
@@ -111,9 +111,7 @@ def _drop_duplicates(
             "%s/%s has the same bytes as %s/%s; kept once",
             source.dataset, source.recording, kept.dataset, kept.recording,
         )  # fmt: skip
-        copy = replace(
-            source, problem=f"duplicate of {kept.dataset}/{kept.recording} (same bytes)"
-        )
+        copy = replace(source, problem=f"duplicate of {kept.dataset}/{kept.recording} (same bytes)")
         identities[id(copy)] = identity
         out.append(copy)
     return out
@@ -307,8 +305,7 @@ def build_corpus(
         identities = _identify(sources, last)
         sources = _drop_duplicates(sources, identities)
         fingerprints = {
-            id(s): _fingerprint(s, by_name[s.dataset], corpus, identities[id(s)])
-            for s in sources
+            id(s): _fingerprint(s, by_name[s.dataset], corpus, identities[id(s)]) for s in sources
         }
         todo = [
             s
@@ -342,7 +339,11 @@ def _process(
     jobs: int,
     progress: bool,
 ) -> None:
-    """Process ``todo``, writing each recording's receipt once its shard is in place."""
+    """Process ``todo``, writing each recording's receipt once its shard is in place.
+
+    With ``jobs`` > 1 in worker processes (:mod:`diver.corpus.workers`): a recording
+    whose worker dies on it (out of memory, a crash) is quarantined and the rest go on.
+    """
     bar = tqdm(total=len(todo), desc="corpus", unit="rec", disable=not progress)
     if jobs <= 1 or len(todo) <= 1:
         for source in todo:
@@ -350,16 +351,36 @@ def _process(
             _write_receipt(out_dir, source, *_receipt_of(receipts, source, report))
             bar.update()
     else:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            futures = {
-                pool.submit(_run_one, s, by_name[s.dataset], corpus, out_dir): s for s in todo
-            }
-            for future in as_completed(futures):
-                source = futures[future]
-                _, report = future.result()
+        tasks = [(s, by_name[s.dataset], corpus, out_dir) for s in todo]
+        with closing(run_in_workers(_run_one, tasks, jobs)) as outcomes:
+            for index, outcome in outcomes:
+                source = todo[index]
+                if isinstance(outcome, WorkerDied):
+                    report = _worker_died(source, outcome, by_name[source.dataset], corpus, out_dir)
+                else:
+                    _, report = outcome
                 _write_receipt(out_dir, source, *_receipt_of(receipts, source, report))
                 bar.update()
     bar.close()
+
+
+def _worker_died(
+    source: RecordingSource,
+    died: WorkerDied,
+    dataset: DatasetConfig,
+    corpus: CorpusConfig,
+    out_dir: Path,
+) -> RecordingReport:
+    """The quarantined row of a recording whose worker died on it (the OOM killer, a crash
+    in a reader), made as any other quarantine is, so that its receipt keeps every rerun
+    from dying on it again until the file or a setting changes.  What the worker had
+    written goes: no shard is left of a quarantined recording (the dataset is locked, so
+    no other run is writing it)."""
+    shard = shard_path(out_dir, source.dataset, source.recording)
+    shard.unlink(missing_ok=True)
+    for partial in shard.parent.glob(f"{glob.escape(shard.name)}.tmp-*"):
+        partial.unlink()
+    return process_recording(replace(source, problem=died.reason), dataset, corpus, out_dir)
 
 
 CHANNEL_COLUMNS = [
