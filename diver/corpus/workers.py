@@ -17,10 +17,8 @@ does not leave them working for hours on recordings nobody will collect.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
-import sys
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -30,7 +28,8 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+from diver.parent_death import die_with_parent
+
 _READY = "ready"  # a worker's first message: started, waiting for tasks
 
 
@@ -71,23 +70,6 @@ class RemoteTraceback(Exception):
         return self.text
 
 
-def die_with_parent(parent: int) -> None:
-    """SIGKILL this process when ``parent`` dies (Linux ``PR_SET_PDEATHSIG``).
-
-    Without it an orphaned worker runs its recording to the end and then waits for
-    tasks forever.  A parent that died before the request took effect is caught by
-    ``getppid`` no longer naming it.  The signal follows the parent *thread* that
-    started the worker: :func:`run_in_workers` starts them all from its caller's thread,
-    which waits for them.
-    """
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _serve(conn: Connection, parent: int, fn: Callable[..., Any]) -> None:
     """A worker's life: ``fn(*task)`` for each task the parent sends, until it hangs up.
 
@@ -95,6 +77,8 @@ def _serve(conn: Connection, parent: int, fn: Callable[..., Any]) -> None:
     workers), so an interrupted run never reads as a worker dying on its recording.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Orphaned, a worker would run its recording to the end and wait for tasks forever;
+    # run_in_workers starts every worker from its caller's thread, which waits for them.
     die_with_parent(parent)
     conn.send(_READY)
     while True:

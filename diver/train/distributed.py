@@ -27,9 +27,7 @@ Why each piece is here:
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import socket
 import sys
 from dataclasses import dataclass
@@ -39,9 +37,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from diver.parent_death import die_with_parent
+
 _LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @dataclass(frozen=True)
@@ -115,13 +114,7 @@ def die_with_launcher() -> bool:
     """
     if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
         return False
-    parent = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        return False
-    if os.getppid() != parent:  # the launcher died before the request took effect
-        os.kill(os.getpid(), signal.SIGKILL)
-    return True
+    return die_with_parent(os.getppid())
 
 
 def setup_distributed(timeout_s: float = 60.0, backend: str | None = None) -> DistEnv:
