@@ -14,6 +14,7 @@ import pandas as pd
 
 from diver.config import CorpusConfig, DatasetConfig
 from diver.corpus.build import build_corpus
+from diver.data.index import CorpusIndex
 from tests.conftest import unprivileged
 
 CORPUS = CorpusConfig(jobs=1)
@@ -37,6 +38,37 @@ def test_byte_identical_recordings_are_kept_once(shared_data: Path, tmp_path: Pa
     assert qc.loc["sub-02_rest", "status"] == "quarantined"
     assert qc.loc["sub-02_rest", "reason"] == "duplicate of ds/sub-01_rest (same bytes)"
     assert [p.name for p in (out / "windows" / "ds").iterdir()] == ["sub-01_rest.parquet"]
+
+
+def test_a_duplicate_across_separately_built_datasets_is_kept_once(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """Datasets built by separate runs into one folder (chunks of one corpus) meet only
+    in the merge step: there the same bytes under two datasets are kept once, by the
+    same rule as one run over both (first by dataset, then recording), so the tables and
+    the windows the loader sees do not depend on how the corpus was split.  Nothing of
+    the other run is deleted: the duplicate's shard stays but is not in the corpus."""
+    datasets = []
+    for name in ("zeta", "alpha"):
+        folder = tmp_path / name
+        folder.mkdir()
+        shutil.copy(shared_data.joinpath(*REST), folder / f"{name}_rest.fif")
+        datasets.append(DatasetConfig(name=name, inputs=(str(folder),)))
+    split, whole = tmp_path / "split", tmp_path / "whole"
+    for ds in datasets:  # zeta first: its copy is already in the folder when alpha comes
+        build_corpus([ds], CORPUS, split, progress=False)
+    build_corpus(datasets, CORPUS, whole, progress=False)
+    qc = _qc(split)
+    assert qc.loc["alpha_rest", "status"] == "kept"
+    assert qc.loc["zeta_rest", "status"] == "quarantined"
+    assert qc.loc["zeta_rest", "reason"] == "duplicate of alpha/alpha_rest (same bytes)"
+    assert (split / "qc.csv").read_text() == (whole / "qc.csv").read_text()
+    manifests = [pd.read_csv(out / "manifest.csv").sort_values("dataset") for out in (split, whole)]
+    assert manifests[0].reset_index(drop=True).equals(manifests[1].reset_index(drop=True))
+    assert (split / "windows" / "zeta" / "zeta_rest.parquet").exists()  # not deleted
+    index = CorpusIndex.from_dir(split).frame
+    assert set(index["dataset"]) == {"alpha"}
+    assert index.equals(CorpusIndex.from_dir(whole).frame)
 
 
 def test_a_same_size_same_time_rewrite_is_noticed(shared_data: Path, tmp_path: Path) -> None:

@@ -40,7 +40,12 @@ from diver.config import ConfigError, CorpusConfig, DatasetConfig
 from diver.corpus.content import content_id, is_readable, stat_key
 from diver.corpus.discovery import UNREADABLE, RecordingSource, discover_recordings
 from diver.corpus.manifest import write_manifest
-from diver.corpus.recording import QC_COLUMNS, RecordingReport, process_recording
+from diver.corpus.recording import (
+    QC_COLUMNS,
+    RecordingReport,
+    process_recording,
+    quarantined_row,
+)
 from diver.corpus.shards import shard_path
 from diver.corpus.workers import WorkerDied, run_in_workers
 from diver.errors import DiverError
@@ -264,6 +269,7 @@ def _merge_tables(out_dir: Path, names: list[str]) -> pd.DataFrame:
             for path in (receipts / name).glob("*.json")
         ]
         found.sort(key=lambda data: (data["qc"]["dataset"], data["qc"]["recording"]))
+        found = _kept_once(found)
         qc = pd.DataFrame([data["qc"] for data in found], columns=QC_COLUMNS)
         channels = pd.DataFrame(
             [row for data in found for row in data["channels"]], columns=CHANNEL_COLUMNS
@@ -273,6 +279,41 @@ def _merge_tables(out_dir: Path, names: list[str]) -> pd.DataFrame:
         order = names + [name for name in present if name not in names]
         write_manifest(out_dir / "manifest.csv", qc, order)
     return qc
+
+
+def _kept_once(receipts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The receipts (sorted by dataset and recording) as the corpus tables show them:
+    of recordings with the same bytes only the first is in the corpus, the others are
+    quarantined rows naming it, without channel rows.
+
+    The same rule as :func:`_drop_duplicates` within one run, applied here to every
+    dataset in the folder: datasets built by separate runs (chunks of one corpus) meet
+    only in this step, and the tables must not depend on how the corpus was split.  A
+    shard of such a copy, written by another run, is left alone (never deleted behind
+    that run's back); the corpus index reads qc.csv and leaves it out.
+    """
+    first: dict[str, str] = {}
+    out = []
+    for data in receipts:
+        qc, sha = data["qc"], (data.get("content") or {}).get("sha256")
+        name = f"{qc['dataset']}/{qc['recording']}"
+        if not sha or not is_readable(data["content"]) or first.setdefault(sha, name) == name:
+            out.append(data)
+            continue
+        reason = f"duplicate of {first[sha]} (same bytes)"
+        if qc["reason"] != reason:  # not already found within one run
+            log.warning("%s has the same bytes as %s; kept once", name, first[sha])
+        out.append({**data, "qc": quarantined_row(qc, reason), "channels": []})
+    for data in out:
+        qc = data["qc"]
+        kept = str(qc["reason"]).removeprefix("duplicate of ").removesuffix(" (same bytes)")
+        if kept != qc["reason"] and kept not in first.values():
+            log.warning(
+                "%s/%s is quarantined as a duplicate of %s, which is no longer in the "
+                "corpus: rebuild dataset %s",
+                qc["dataset"], qc["recording"], kept, qc["dataset"],
+            )  # fmt: skip
+    return out
 
 
 def build_corpus(

@@ -94,6 +94,13 @@ def _qc_row(source: RecordingSource, **values: Any) -> dict[str, Any]:
     }
 
 
+def quarantined_row(row: dict[str, Any], reason: str) -> dict[str, Any]:
+    """``row``'s recording as a quarantined qc row: the row :func:`process_recording`
+    makes for that recording when it is quarantined before being read."""
+    keep = ("dataset", "recording", "subject", "subject_source", "path")
+    return {**QC_DEFAULTS, **{k: row[k] for k in keep}, "status": "quarantined", "reason": reason}
+
+
 def _channel_rows(
     source: RecordingSource,
     infos: list[ChannelInfo],

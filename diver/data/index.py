@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from diver.atomic import replacing
+from diver.corpus.shards import shard_path
 
 # The metadata the index keeps per window; all are scalar columns of the shard schema
 # (``diver.corpus.shards.window_schema``), cheap to read next to the signal.
@@ -49,6 +50,24 @@ _CATEGORICAL = ("dataset", "subject", "recording", "modality", "shard")
 class CorpusIndexError(OSError):
     """No window shards in the corpus folder, an unreadable shard, or a file that is not
     a saved index; the message names the folder or file."""
+
+
+def _shards_in_tables(corpus_dir: Path) -> set[str] | None:
+    """Relative paths of the shards qc.csv lists with kept windows (None without one)."""
+    qc_path = corpus_dir / "qc.csv"
+    if not qc_path.is_file():
+        return None
+    qc = pd.read_csv(
+        qc_path,
+        usecols=["dataset", "recording", "windows_kept"],
+        dtype={"dataset": str, "recording": str},
+        keep_default_na=False,
+    )
+    kept = qc[qc["windows_kept"] > 0]
+    return {
+        shard_path(corpus_dir, dataset, recording).relative_to(corpus_dir).as_posix()
+        for dataset, recording in zip(kept["dataset"], kept["recording"], strict=True)
+    }
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,7 +95,10 @@ class CorpusIndex:
         milliseconds per shard and core; at the paper's scale (tens of thousands of
         recordings) build the index once and ``save`` it for every rank to ``load``.
         Half-written ``*.parquet.tmp-<pid>`` files of an interrupted corpus build do
-        not match the pattern and are ignored.
+        not match the pattern and are ignored.  When the corpus has its ``qc.csv``
+        (every corpus the corpus stage writes), only shards of recordings it lists with
+        windows are indexed: a copy of another recording found when datasets built by
+        separate runs were merged stays on disk but is not part of the corpus.
         """
         corpus_dir = Path(corpus_dir)
         windows_dir = corpus_dir / "windows"
@@ -87,6 +109,9 @@ class CorpusIndex:
             )
         shards = sorted(windows_dir.rglob("*.parquet"))
         shards = [p for p in shards if p.is_file()]
+        in_corpus = _shards_in_tables(corpus_dir)
+        if in_corpus is not None:
+            shards = [p for p in shards if p.relative_to(corpus_dir).as_posix() in in_corpus]
         if not shards:
             raise CorpusIndexError(f"no window shards (*.parquet) under {windows_dir}")
         relative = [p.relative_to(corpus_dir).as_posix() for p in shards]
