@@ -133,7 +133,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
 
 def _log_corpus(run, corpus, out: Path) -> None:  # type: ignore[no-untyped-def]
-    from diver.corpus.build import summary_metrics
+    from diver.corpus.folder import summary_metrics
     from diver.tracking import TAG_MANIFEST_SHA256
     from diver.tracking.provenance import file_sha256
 
