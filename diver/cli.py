@@ -11,14 +11,18 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
+from diver.argtypes import positive_float
 from diver.atomic import write_text_atomic
 from diver.config import (
     ConfigError,
+    CorpusConfig,
     DatasetConfig,
     StudyConfig,
     config_from_dict,
@@ -28,6 +32,10 @@ from diver.config import (
 )
 from diver.errors import DiverError
 from diver.exitcodes import EXIT_ERROR, EXIT_QUARANTINED
+
+if TYPE_CHECKING:
+    from diver.corpus.build import CorpusResult
+    from diver.tracking.runs import RunLogger
 
 log = logging.getLogger("diver")
 
@@ -99,8 +107,9 @@ def _datasets(
 
 def cmd_corpus(args: argparse.Namespace) -> int:
     from diver.corpus.build import build_corpus
-    from diver.tracking import TrackingTarget, stage_run
 
+    if args.out is None:  # optional in argparse only because the steps have their own
+        args.corpus_parser.error("the following arguments are required: --out")
     study = _study(args.config)
     corpus = study.corpus
     if args.jobs is not None:
@@ -109,13 +118,80 @@ def cmd_corpus(args: argparse.Namespace) -> int:
         corpus = replace(corpus, strict=args.strict)
     datasets = _datasets(study, args.input or [], args.dataset or [])
     out = Path(args.out)
-    target = None
-    if args.parent_run:
-        target = TrackingTarget.from_run_file(study.tracking_uri(), args.parent_run)
-    with stage_run(target, stage="corpus", name="corpus") as run:
+    with _corpus_stage_run(args, study) as run:
         result = build_corpus(datasets, corpus, out, progress=not args.quiet, prune=args.prune)
         if run is not None:
             _log_corpus(run, corpus, out)
+    return _corpus_outcome(result, corpus, out)
+
+
+def cmd_corpus_plan(args: argparse.Namespace) -> int:
+    from diver.corpus.plan import make_plan
+
+    study = _study(args.config)
+    datasets = _datasets(study, args.input or [], args.dataset or [])
+    corpus = replace(study.corpus, datasets=tuple(datasets))
+    if args.chunk_hours is not None:
+        corpus = replace(corpus, chunk_hours=args.chunk_hours)
+    plan = make_plan(corpus)
+    plan.write(Path(args.plan))
+    for chunk in plan.chunks:
+        print(f"{chunk.name}: {len(chunk.recordings)} recordings, {chunk.hours:.2f} h")
+    print(
+        f"{len(plan.sources)} recordings of {len(datasets)} dataset(s) in {len(plan.chunks)} "
+        f"chunk(s) of at most {corpus.chunk_hours:g} h -> {args.plan}"
+    )
+    return 0
+
+
+def cmd_corpus_chunk(args: argparse.Namespace) -> int:
+    from diver.corpus.build import build_chunk
+    from diver.corpus.plan import CorpusPlan
+
+    plan = CorpusPlan.read(Path(args.plan))
+    done = Path(args.done) if args.done else None
+    result = build_chunk(
+        plan, args.chunk, Path(args.out), jobs=args.jobs, progress=not args.quiet, done=done
+    )
+    print(
+        f"chunk {args.chunk}: {result.recordings} recordings ({result.processed} processed, "
+        f"{result.skipped} already done) -> {args.out}"
+    )
+    return 0
+
+
+def cmd_corpus_merge(args: argparse.Namespace) -> int:
+    from diver.corpus.build import merge_corpus
+    from diver.corpus.plan import CorpusPlan
+
+    plan = CorpusPlan.read(Path(args.plan))
+    corpus = plan.corpus  # the settings the chunks were built with
+    if args.strict is not None:
+        corpus = replace(corpus, strict=args.strict)
+    out = Path(args.out)
+    with _corpus_stage_run(args, _study(args.config)) as run:
+        result = merge_corpus(plan, out, prune=args.prune)
+        if run is not None:
+            _log_corpus(run, corpus, out)
+    return _corpus_outcome(result, corpus, out)
+
+
+def _corpus_stage_run(
+    args: argparse.Namespace, study: StudyConfig
+) -> AbstractContextManager[RunLogger | None]:
+    """The corpus stage's MLflow child run (no run without ``--parent-run``): the one-process
+    command's, or the merge's when the stage is spread over jobs."""
+    from diver.tracking import TrackingTarget, stage_run
+
+    target = None
+    if args.parent_run:
+        target = TrackingTarget.from_run_file(study.tracking_uri(), args.parent_run)
+    return stage_run(target, stage="corpus", name="corpus")
+
+
+def _corpus_outcome(result: CorpusResult, corpus: CorpusConfig, out: Path) -> int:
+    """Print what the corpus holds; exit 3 under ``corpus.strict`` when a recording was
+    quarantined or had every window rejected."""
     print(
         f"{result.recordings} recordings ({result.processed} processed, {result.skipped} "
         f"already done), {result.quarantined} quarantined, {result.qc_rejected} with every "
@@ -217,6 +293,31 @@ def cmd_model_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _corpus_input_args(p: argparse.ArgumentParser) -> None:
+    """The datasets of a corpus run or plan: the config's, ``--input`` folders, ``--dataset``."""
+    p.add_argument("--config", help="study config; its corpus section gives datasets and settings")
+    p.add_argument(
+        "--input",
+        action="append",
+        metavar="[NAME=]PATH",
+        help="a recording or folder; repeatable. NAME is the dataset (default: the folder name); "
+        "a NAME of the config's datasets takes that dataset's settings",
+    )
+    p.add_argument("--dataset", action="append", help="process only this configured dataset")
+
+
+def _corpus_finish_args(p: argparse.ArgumentParser, prune_help: str) -> None:
+    """What a step writing the tables takes: pruning, strictness, tracking."""
+    p.add_argument(
+        "--strict",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="exit 3 when any recording was quarantined (default: the config's corpus.strict)",
+    )
+    p.add_argument("--parent-run", help="file holding the MLflow parent run id; log a child run")
+    p.add_argument("--prune", action="store_true", help=prune_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diver", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
@@ -237,33 +338,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("corpus", help="raw recordings -> QA/QC'd Parquet windows (SPEC §1)")
-    p.add_argument("--config", help="study config; its corpus section gives datasets and settings")
-    p.add_argument(
-        "--input",
-        action="append",
-        metavar="[NAME=]PATH",
-        help="a recording or folder; repeatable. NAME is the dataset (default: the folder name); "
-        "a NAME of the config's datasets takes that dataset's settings",
+    p = sub.add_parser(
+        "corpus",
+        help="raw recordings -> QA/QC'd Parquet windows (SPEC §1)",
+        description="Build the corpus in one process (diver corpus --config C --out DIR), "
+        "or spread over jobs in three steps: `plan` splits every dataset's recordings into "
+        "chunks of about corpus.chunk_hours recording-hours, `chunk` builds one chunk (any "
+        "number side by side, on other machines too), `merge` writes the tables once every "
+        "chunk is built. The steps' output equals the one-process run's.",
     )
-    p.add_argument("--dataset", action="append", help="process only this configured dataset")
-    p.add_argument("--out", required=True, help="corpus folder")
+    _corpus_input_args(p)
+    p.add_argument("--out", help="corpus folder (required)")
     p.add_argument("--jobs", type=int, help="recordings processed in parallel")
-    p.add_argument(
-        "--strict",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="exit 3 when any recording was quarantined (default: the config's corpus.strict)",
-    )
-    p.add_argument("--parent-run", help="file holding the MLflow parent run id; log a child run")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--prune",
-        action="store_true",
-        help="delete the shards and receipts of recordings no longer among the inputs of the "
+    _corpus_finish_args(
+        p,
+        "delete the shards and receipts of recordings no longer among the inputs of the "
         "datasets built (listed as removed); without it their presence is an error",
     )
-    p.set_defaults(func=cmd_corpus)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_corpus, corpus_parser=p)
+    steps = p.add_subparsers(dest="corpus_step", title="steps (a corpus spread over jobs)")
+    s = steps.add_parser("plan", help="list the recordings and split them into chunks (a file)")
+    _corpus_input_args(s)
+    s.add_argument(
+        "--chunk-hours",
+        type=positive_float,
+        help="recording-hours per chunk (default: the config's corpus.chunk_hours)",
+    )
+    s.add_argument("--plan", required=True, help="the plan file to write (JSON)")
+    s.set_defaults(func=cmd_corpus_plan)
+    s = steps.add_parser("chunk", help="build one chunk of a plan (its shards and receipts)")
+    s.add_argument("--plan", required=True, help="the plan file (`diver corpus plan`)")
+    s.add_argument("--chunk", required=True, help="the chunk's name, as the plan lists it")
+    s.add_argument("--out", required=True, help="corpus folder")
+    s.add_argument("--jobs", type=int, help="recordings processed in parallel")
+    s.add_argument("--done", metavar="FILE", help="write this file once the chunk is built")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_corpus_chunk)
+    s = steps.add_parser(
+        "merge", help="qc.csv, channels.csv and manifest.csv once every chunk is built"
+    )
+    s.add_argument("--plan", required=True, help="the plan file (`diver corpus plan`)")
+    s.add_argument("--out", required=True, help="corpus folder")
+    s.add_argument("--config", help="study config (where --parent-run's tracking server is)")
+    _corpus_finish_args(
+        s,
+        "delete (listed as removed) the shards and receipts of recordings not in the plan, "
+        "and the shards of copies of a recording kept once: the planned datasets' folders "
+        "then hold what the one-process run writes; without it files of recordings not in "
+        "the plan are an error",
+    )
+    s.set_defaults(func=cmd_corpus_merge)
 
     p = sub.add_parser("model", help="the DIVER-1 model family (SPEC §2)")
     model = p.add_subparsers(dest="model_command", required=True)

@@ -99,6 +99,7 @@ class CorpusConfig:
     row_group_windows: int = 1
     block_windows: int = 20
     jobs: int = 1
+    chunk_hours: float = 100.0
     strict: bool = False
     qc: QCConfig = field(default_factory=QCConfig)
     datasets: tuple[DatasetConfig, ...] = ()
@@ -109,9 +110,10 @@ class CorpusConfig:
         return round(self.sfreq * self.window_seconds)
 
     def fingerprint(self) -> str:
-        """Hash of every setting that changes a recording's output (not jobs/strict)."""
+        """Hash of every setting that changes a recording's output (not how the work is
+        spread: jobs, chunk_hours; nor strict)."""
         settings = asdict(self)
-        for key in ("jobs", "strict", "datasets"):
+        for key in ("jobs", "chunk_hours", "strict", "datasets"):
             settings.pop(key)
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -23,10 +23,10 @@ _snakemake = run_snakemake
 @pytest.mark.parametrize(
     ("profile", "jobs"),
     [
-        ("local", {"synth", "track_init", "corpus", "pretrain", "synth_task", "task_build",
-                   "finetune", "scaling_fit", "report", "all"}),
-        ("slurm", {"track_init", "corpus", "pretrain", "task_build", "finetune", "scaling_fit",
-                   "report", "all"}),
+        ("local", {"synth", "track_init", "corpus_plan", "corpus", "pretrain", "synth_task",
+                   "task_build", "finetune", "scaling_fit", "report", "all"}),
+        ("slurm", {"track_init", "corpus_plan", "corpus", "pretrain", "task_build", "finetune",
+                   "scaling_fit", "report", "all"}),
     ],
 )
 def test_dry_run(profile: str, jobs: set[str], tmp_path: Path) -> None:
@@ -217,5 +217,13 @@ def test_one_cell_target_plans_only_that_cell(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (proc.stdout + proc.stderr).split("Job stats:")[1].split("\n\n")[0]
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", table, re.MULTILINE))
-    # the cell and what it needs (corpus, its synthetic input, the parent run), no more
-    assert jobs == {"synth": "1", "track_init": "1", "corpus": "1", "pretrain": "1", "total": "4"}
+    # the cell and what it needs (its synthetic input, the parent run, the corpus plan and
+    # merge; the chunks' jobs join once the plan exists), no more
+    assert jobs == {
+        "synth": "1",
+        "track_init": "1",
+        "corpus_plan": "1",
+        "corpus": "1",
+        "pretrain": "1",
+        "total": "5",
+    }

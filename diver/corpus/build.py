@@ -1,15 +1,17 @@
 """The corpus stage: every recording of every dataset into one Parquet corpus folder.
 
-The folder's layout, receipts, scope and locks are :mod:`diver.corpus.folder`'s.  Each
-receipt carries a fingerprint of the input file and of every setting that shapes the
-output; a rerun skips recordings whose receipt matches, so an interrupted run resumes
-where it stopped and finishes with output identical to an uninterrupted one.  A run's
-scope is the datasets it builds, so ``--dataset X`` updates X and keeps the rest.
+``build_corpus`` does it in one process.  Spread over jobs (issue 14), the same work
+is a plan (:mod:`diver.corpus.plan`), one ``build_chunk`` per chunk, side by side on
+any machines, and ``merge_corpus``, with the same output.  The folder's layout,
+receipts, scope and locks are :mod:`diver.corpus.folder`'s.  Each receipt carries a
+fingerprint of the input file and of every setting that shapes the output; a rerun
+skips recordings whose receipt matches, so an interrupted run (or chunk) resumes where
+it stopped and finishes with output identical to an uninterrupted one.  A run's scope
+is the datasets it builds, so ``--dataset X`` updates X and keeps the rest.
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
@@ -19,32 +21,40 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from tqdm import tqdm
 
+from diver.atomic import write_text_atomic
 from diver.config import ConfigError, CorpusConfig, DatasetConfig
 from diver.corpus.content import content_id, is_readable, stat_key
 from diver.corpus.discovery import RecordingSource, discover_recordings
 from diver.corpus.folder import (
     CorpusError,
+    chunk_lock,
     clean_scope,
     dataset_locks,
     merge_tables,
+    prune_unlisted_shards,
     read_receipt,
+    receipt_path,
+    remove_partials,
     stale_files,
     write_receipt,
 )
-from diver.corpus.recording import RecordingReport, process_recording
+from diver.corpus.plan import CorpusPlan
+from diver.corpus.recording import QC_COLUMNS, RecordingReport, process_recording
 from diver.corpus.shards import shard_path
 from diver.corpus.workers import WorkerDied, run_in_workers
 
-__all__ = ["CorpusError", "CorpusResult", "build_corpus"]
+__all__ = ["CorpusError", "CorpusResult", "build_chunk", "build_corpus", "merge_corpus"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class CorpusResult:
-    """Counts of one ``build_corpus`` call."""
+    """Counts of one ``build_corpus``, ``build_chunk`` or ``merge_corpus`` call (a merge
+    processes nothing: every recording counts as already done)."""
 
     recordings: int
     processed: int
@@ -154,7 +164,8 @@ def build_corpus(
     progress: bool = True,
     prune: bool = False,
 ) -> CorpusResult:
-    """Process every recording of ``datasets`` into ``out_dir`` (see the module docstring).
+    """Process every recording of ``datasets`` into ``out_dir`` and merge the tables, in
+    one process: what the plan, chunk and merge steps do spread over jobs.
 
     ``prune``: delete the files of recordings no longer among these datasets' inputs
     (otherwise their presence is an error).  The counts are this run's datasets'.
@@ -170,32 +181,126 @@ def build_corpus(
     out_dir.mkdir(parents=True, exist_ok=True)
     with dataset_locks(out_dir, by_name):
         clean_scope(out_dir, by_name, stale_files(out_dir, by_name, sources), prune)
-        # Each receipt read once: its cached hash and whether the recording is done.
-        last = {(s.dataset, s.recording): read_receipt(out_dir, s) for s in sources}
-        identities = _identify(sources, last)
-        sources = _drop_duplicates(sources, identities)
-        fingerprints = {
-            id(s): _fingerprint(s, by_name[s.dataset], corpus, identities[id(s)]) for s in sources
-        }
-        todo = [
-            s
-            for s in sources
-            if not _is_done(out_dir, s, fingerprints[id(s)], last[s.dataset, s.recording])
-        ]
-        skipped = len(sources) - len(todo)
-        if skipped:
-            log.info("%d of %d recordings already done; skipping them", skipped, len(sources))
-        receipts = {id(s): (fingerprints[id(s)], identities[id(s)]) for s in sources}
-        _process(todo, by_name, corpus, out_dir, receipts, jobs or corpus.jobs, progress)
+        processed = _build(sources, by_name, corpus, out_dir, jobs or corpus.jobs, progress)
         qc = merge_tables(out_dir, list(by_name))
-    mine = qc[qc["dataset"].isin(list(by_name))]
+    return _result(qc[qc["dataset"].isin(list(by_name))], processed, out_dir)
+
+
+def build_chunk(
+    plan: CorpusPlan,
+    chunk: str,
+    out_dir: Path,
+    *,
+    jobs: int | None = None,
+    progress: bool = True,
+    done: Path | None = None,
+) -> CorpusResult:
+    """Process the recordings of one chunk of ``plan`` into ``out_dir`` (their shards and
+    receipts only; the merge writes the tables), then write ``done`` if given: the
+    per-chunk file a workflow waits for.
+
+    Chunks of one dataset may be built side by side (:func:`~diver.corpus.folder.chunk_lock`).
+    Byte-identical recordings are kept once within the chunk; copies in other chunks are
+    found by the merge.  The counts are the chunk's recordings' as its receipts say.
+    """
+    out_dir = Path(out_dir)
+    part = plan.chunk(chunk)
+    sources = part.sources
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with chunk_lock(out_dir, part.dataset, part.name):
+        for source in sources:  # a killed job's leftovers, of this chunk's files only
+            remove_partials(shard_path(out_dir, source.dataset, source.recording))
+            remove_partials(receipt_path(out_dir, source))
+        by_name = {part.dataset: plan.dataset(part.dataset)}
+        jobs = jobs or plan.corpus.jobs
+        processed = _build(sources, by_name, plan.corpus, out_dir, jobs, progress)
+        rows = [(read_receipt(out_dir, s) or {})["qc"] for s in sources]
+    if done is not None:
+        recordings = [s.recording for s in sources]
+        record = {"chunk": part.name, "dataset": part.dataset, "recordings": recordings}
+        write_text_atomic(Path(done), json.dumps(record, indent=1) + "\n")
+    return _result(pd.DataFrame(rows, columns=QC_COLUMNS), processed, out_dir)
+
+
+def merge_corpus(plan: CorpusPlan, out_dir: Path, *, prune: bool = False) -> CorpusResult:
+    """qc.csv, channels.csv and manifest.csv of ``out_dir`` from the receipts, once every
+    chunk of ``plan`` is built (a CorpusError naming the chunks that are not).
+
+    Byte-identical recordings in different chunks are kept once here (the one-job run's
+    rule).  ``prune``: the merge owns the planned datasets' folders, and removes (each
+    logged) the files of recordings not in the plan and the shards of the copies it kept
+    once, so the folder holds what one ``build_corpus`` run writes.
+    """
+    out_dir = Path(out_dir)
+    names = plan.dataset_names
+    sources = plan.sources
+    with dataset_locks(out_dir, names):
+        _check_built(plan, out_dir)
+        clean_scope(out_dir, names, stale_files(out_dir, names, sources), prune)
+        qc = merge_tables(out_dir, names)
+        if prune:
+            prune_unlisted_shards(out_dir, names, qc)
+    return _result(qc[qc["dataset"].isin(names)], 0, out_dir)
+
+
+def _check_built(plan: CorpusPlan, out_dir: Path) -> None:
+    """Every planned recording has its receipt; else a CorpusError naming the chunks."""
+    missing = {
+        chunk.name: [s.recording for s in chunk.sources if not receipt_path(out_dir, s).is_file()]
+        for chunk in plan.chunks
+    }
+    missing = {name: recordings for name, recordings in missing.items() if recordings}
+    if missing:
+        shown = "; ".join(
+            f"{name} ({len(recs)} of its recordings, e.g. {recs[0]})"
+            for name, recs in list(missing.items())[:5]
+        )
+        more = f" and {len(missing) - 5} more chunks" if len(missing) > 5 else ""
+        raise CorpusError(
+            f"{out_dir}: {len(missing)} chunk(s) of the plan not built: {shown}{more}. Build "
+            "each with `diver corpus chunk --plan PLAN --chunk NAME`, then merge again"
+        )
+
+
+def _build(
+    sources: list[RecordingSource],
+    by_name: dict[str, DatasetConfig],
+    corpus: CorpusConfig,
+    out_dir: Path,
+    jobs: int,
+    progress: bool,
+) -> int:
+    """Process those of ``sources`` whose receipt does not match, under the caller's
+    locks; returns how many that was."""
+    # Each receipt read once: its cached hash and whether the recording is done.
+    last = {(s.dataset, s.recording): read_receipt(out_dir, s) for s in sources}
+    identities = _identify(sources, last)
+    sources = _drop_duplicates(sources, identities)
+    fingerprints = {
+        id(s): _fingerprint(s, by_name[s.dataset], corpus, identities[id(s)]) for s in sources
+    }
+    todo = [
+        s
+        for s in sources
+        if not _is_done(out_dir, s, fingerprints[id(s)], last[s.dataset, s.recording])
+    ]
+    skipped = len(sources) - len(todo)
+    if skipped:
+        log.info("%d of %d recordings already done; skipping them", skipped, len(sources))
+    receipts = {id(s): (fingerprints[id(s)], identities[id(s)]) for s in sources}
+    _process(todo, by_name, corpus, out_dir, receipts, jobs, progress)
+    return len(todo)
+
+
+def _result(qc: pd.DataFrame, processed: int, out_dir: Path) -> CorpusResult:
+    """The counts of a run whose recordings' qc rows are ``qc``."""
     return CorpusResult(
-        recordings=len(sources),
-        processed=len(todo),
-        skipped=skipped,
-        quarantined=int((mine["status"] == "quarantined").sum()),
-        qc_rejected=int((mine["status"] == "qc_rejected").sum()),
-        windows=int(mine["windows_kept"].sum()),
+        recordings=len(qc),
+        processed=processed,
+        skipped=len(qc) - processed,
+        quarantined=int((qc["status"] == "quarantined").sum()),
+        qc_rejected=int((qc["status"] == "qc_rejected").sum()),
+        windows=int(qc["windows_kept"].sum()),
         out_dir=out_dir,
     )
 
@@ -248,6 +353,5 @@ def _worker_died(
     no other run is writing it)."""
     shard = shard_path(out_dir, source.dataset, source.recording)
     shard.unlink(missing_ok=True)
-    for partial in shard.parent.glob(f"{glob.escape(shard.name)}.tmp-*"):
-        partial.unlink()
+    remove_partials(shard)
     return process_recording(replace(source, problem=died.reason), dataset, corpus, out_dir)

@@ -38,6 +38,14 @@ def _files(path: Path) -> list[Path]:
     return [path]
 
 
+def recording_bytes(path: Path) -> int:
+    """Size of the recording's bytes (a folder recording: of all its files); 0 if gone."""
+    try:
+        return sum(file.stat().st_size for file in _files(path))
+    except OSError:
+        return 0
+
+
 def content_hash(path: Path) -> str:
     """SHA-256 of the recording's bytes (a folder: of each file's relative name and
     bytes, in name order)."""

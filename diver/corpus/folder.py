@@ -13,18 +13,20 @@ datasets it builds as its scope and never touches another dataset's files.  File
 dataset in scope whose recording is no longer among its inputs are an error unless
 ``prune`` is given, and then each is logged as it is removed.  Each dataset is locked
 for the run (``.locks/<dataset>.lock``): a second run over the same dataset is refused,
-runs over other datasets go on.
+runs over other datasets go on.  A chunk's job shares its dataset's lock with the other
+chunks of that dataset and holds its own (``.locks/chunks/<chunk>.lock``).
 """
 
 from __future__ import annotations
 
 import fcntl
+import glob
 import json
 import logging
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pandas as pd
 
@@ -33,7 +35,7 @@ from diver.corpus.content import is_readable
 from diver.corpus.discovery import UNREADABLE, RecordingSource
 from diver.corpus.manifest import write_manifest
 from diver.corpus.recording import QC_COLUMNS, RecordingReport, quarantined_row
-from diver.corpus.shards import shard_path
+from diver.corpus.shards import listed_shards, shard_path
 from diver.errors import DiverError
 
 log = logging.getLogger(__name__)
@@ -120,22 +122,75 @@ def clean_scope(out_dir: Path, names: Iterable[str], stale: list[Path], prune: b
                 tmp.unlink()  # left by a killed run of this dataset
 
 
+def remove_partials(path: Path) -> None:
+    """Remove what killed writers left of ``path`` (its ``*.tmp-<pid>`` temporaries)."""
+    for tmp in path.parent.glob(f"{glob.escape(path.name)}.tmp-*"):
+        tmp.unlink(missing_ok=True)
+
+
+def _locked(handle: IO[str], *, exclusive: bool) -> bool:
+    """Lock ``handle``'s file without waiting; False when another run holds it."""
+    mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    try:
+        fcntl.flock(handle.fileno(), mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 @contextmanager
 def dataset_locks(out_dir: Path, names: Iterable[str]) -> Iterator[None]:
-    """Exclusive locks on the named datasets of ``out_dir`` for one run (not waiting)."""
+    """Exclusive locks on the named datasets of ``out_dir`` for one run or merge (not
+    waiting): refused while any run, chunk or merge holds one of them."""
     locks = out_dir / ".locks"
     locks.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         for name in sorted(set(names)):
             handle = stack.enter_context((locks / f"{name}.lock").open("w"))
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
+            if not _locked(handle, exclusive=True):
                 raise CorpusError(
                     f"{out_dir}: another `diver corpus` is building dataset {name!r} into this "
                     "folder; wait for it to finish (runs over other datasets may go side by side)"
-                ) from exc
+                )
         yield
+
+
+@contextmanager
+def chunk_lock(out_dir: Path, dataset: str, chunk: str) -> Iterator[None]:
+    """The locks of one chunk's job (not waiting): shared on its dataset, so chunks of one
+    dataset go side by side while a whole-dataset run or a merge of it waits for them
+    all; exclusive on the chunk (``.locks/chunks/<chunk>.lock``), so the same chunk is
+    never built twice at once."""
+    locks = out_dir / ".locks"
+    (locks / "chunks").mkdir(parents=True, exist_ok=True)
+    with (
+        (locks / f"{dataset}.lock").open("w") as shared,
+        (locks / "chunks" / f"{chunk}.lock").open("w") as own,
+    ):
+        if not _locked(shared, exclusive=False):
+            raise CorpusError(
+                f"{out_dir}: another `diver corpus` is building or merging dataset {dataset!r} "
+                f"in this folder; wait for it to finish before building chunk {chunk!r}"
+            )
+        if not _locked(own, exclusive=True):
+            raise CorpusError(
+                f"{out_dir}: another `diver corpus chunk` is building chunk {chunk!r} into this "
+                "folder; wait for it to finish (other chunks may go side by side)"
+            )
+        yield
+
+
+def prune_unlisted_shards(out_dir: Path, names: Iterable[str], qc: pd.DataFrame) -> None:
+    """Remove (each logged) the shards of the named datasets that the merged tables ``qc``
+    leave out of the corpus: copies of a recording kept once, built by a chunk that could
+    not know the original was in another.  Their receipts stay, so the merge still finds
+    them built (a rerun of their chunk processes them again, and a merge removes them)."""
+    listed = listed_shards(out_dir, qc)
+    for name in names:
+        for shard in sorted((out_dir / "windows" / name).glob("*.parquet")):
+            if shard not in listed:
+                log.warning("--prune: removing %s (not in the corpus, see qc.csv)", shard)
+                shard.unlink()
 
 
 def merge_tables(out_dir: Path, names: list[str]) -> pd.DataFrame:

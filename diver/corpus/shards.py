@@ -20,12 +20,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from diver.atomic import temporary_name
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SIGNAL_DTYPES = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
 
@@ -261,7 +265,17 @@ def shard_path(corpus_dir: Path, dataset: str, recording: str) -> Path:
     inside = windows.resolve() / Path(dataset).name
     if dataset in ("", ".", "..") or path.resolve().parent != inside:
         raise ValueError(
-            f"dataset {dataset!r}, recording {recording!r}: the shard path {path} leaves "
-            f"{windows}"
+            f"dataset {dataset!r}, recording {recording!r}: the shard path {path} leaves {windows}"
         )
     return path
+
+
+def listed_shards(corpus_dir: Path, qc: pd.DataFrame) -> set[Path]:
+    """The corpus's shards: those of the recordings ``qc`` (the qc.csv table) lists with
+    kept windows.  Another shard on disk is not part of the corpus: a copy of a recording
+    kept once, found when datasets or chunks built by separate runs were merged."""
+    kept = qc[qc["windows_kept"] > 0]
+    return {
+        shard_path(corpus_dir, dataset, recording)
+        for dataset, recording in zip(kept["dataset"], kept["recording"], strict=True)
+    }

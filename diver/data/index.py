@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from diver.atomic import replacing
-from diver.corpus.shards import shard_path
+from diver.corpus.shards import listed_shards
 
 # The metadata the index keeps per window; all are scalar columns of the shard schema
 # (``diver.corpus.shards.window_schema``), cheap to read next to the signal.
@@ -63,11 +63,7 @@ def _shards_in_tables(corpus_dir: Path) -> set[str] | None:
         dtype={"dataset": str, "recording": str},
         keep_default_na=False,
     )
-    kept = qc[qc["windows_kept"] > 0]
-    return {
-        shard_path(corpus_dir, dataset, recording).relative_to(corpus_dir).as_posix()
-        for dataset, recording in zip(kept["dataset"], kept["recording"], strict=True)
-    }
+    return {p.relative_to(corpus_dir).as_posix() for p in listed_shards(corpus_dir, qc)}
 
 
 @dataclass(frozen=True, eq=False)

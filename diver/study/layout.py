@@ -11,6 +11,8 @@ same methods return the rule files' wildcard patterns::
       tracking/parent_run_id.txt         the study's MLflow parent run
       synth/, synth_task/                synthetic corpus and task recordings
       corpus/{manifest,qc,channels}.csv  the Parquet corpus and its QA/QC
+      corpus_plan/plan.json              the corpus stage's recordings in chunks
+      corpus_plan/chunks/<chunk>.json    written once a chunk's job has built it
       pretrain/<cell>/                   one pretraining run (metrics.json, model.pt, ...)
       tasks/<task>.parquet               a fine-tuning task set
       finetune/<task>/<mode>/<cell>/     one fine-tuning job (metrics.json, ...)
@@ -68,6 +70,16 @@ class StudyLayout:
     @property
     def corpus_channels(self) -> Path:
         return self.corpus_dir / "channels.csv"
+
+    @property
+    def corpus_plan(self) -> Path:
+        """The corpus stage's plan: every recording, in chunks of one job each.  Beside
+        the corpus folder, not in it, so that folder is what a one-job run writes."""
+        return self.root / "corpus_plan" / "plan.json"
+
+    def corpus_chunk(self, chunk: str) -> Path:
+        """The file a chunk's job writes once its recordings are built (its target)."""
+        return self.corpus_plan.parent / "chunks" / f"{chunk}.json"
 
     # ----------------------------------------------------------------- pretraining
     def cell_dir(self, cell: str) -> Path:

@@ -76,8 +76,20 @@ def synth_targets():
 
 
 def corpus_mem_mb(wildcards, threads):
-    """Memory for the corpus job: one block of windows per worker process."""
+    """Memory for a corpus chunk's job: one block of windows per worker process."""
     return 3000 * threads
+
+
+# A chunk's name: its dataset's (diver.config.SAFE_NAME) and a number.
+CHUNK_PATTERN = r"[A-Za-z0-9._-]+"
+
+
+def corpus_chunk_targets(wildcards):
+    """Every chunk's file, known once the plan checkpoint has run."""
+    from diver.corpus.plan import chunk_names  # here: it imports MNE, slow for every parse
+
+    plan = checkpoints.corpus_plan.get().output[0]
+    return [path(LAYOUT.corpus_chunk(name)) for name in chunk_names(plan)]
 
 
 def corpus_targets():
