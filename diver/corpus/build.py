@@ -214,11 +214,12 @@ def build_chunk(
         by_name = {part.dataset: plan.dataset(part.dataset)}
         jobs = jobs or plan.corpus.jobs
         processed = _build(sources, by_name, plan.corpus, out_dir, jobs, progress)
-        rows = [(read_receipt(out_dir, s) or {})["qc"] for s in sources]
+        receipts = [read_receipt(out_dir, s) for s in sources]  # each written by now
     if done is not None:
         recordings = [s.recording for s in sources]
         record = {"chunk": part.name, "dataset": part.dataset, "recordings": recordings}
         write_text_atomic(Path(done), json.dumps(record, indent=1) + "\n")
+    rows = [receipt["qc"] for receipt in receipts if receipt is not None]
     return _result(pd.DataFrame(rows, columns=QC_COLUMNS), processed, out_dir)
 
 
@@ -245,17 +246,17 @@ def merge_corpus(plan: CorpusPlan, out_dir: Path, *, prune: bool = False) -> Cor
 
 def _check_built(plan: CorpusPlan, out_dir: Path) -> None:
     """Every planned recording has its receipt; else a CorpusError naming the chunks."""
-    missing = {
-        chunk.name: [s.recording for s in chunk.sources if not receipt_path(out_dir, s).is_file()]
-        for chunk in plan.chunks
-    }
-    missing = {name: recordings for name, recordings in missing.items() if recordings}
+    missing: dict[str, list[str]] = {}
+    for chunk in plan.chunks:
+        unbuilt = [s.recording for s in chunk.sources if not receipt_path(out_dir, s).is_file()]
+        if unbuilt:
+            missing[chunk.name] = unbuilt
     if missing:
         shown = "; ".join(
-            f"{name} ({len(recs)} of its recordings, e.g. {recs[0]})"
-            for name, recs in list(missing.items())[:5]
+            f"{name} ({len(recordings)} recording(s) without a receipt, e.g. {recordings[0]})"
+            for name, recordings in list(missing.items())[:5]
         )
-        more = f" and {len(missing) - 5} more chunks" if len(missing) > 5 else ""
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise CorpusError(
             f"{out_dir}: {len(missing)} chunk(s) of the plan not built: {shown}{more}. Build "
             "each with `diver corpus chunk --plan PLAN --chunk NAME`, then merge again"

@@ -227,8 +227,9 @@ def kept_once(receipts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     The same rule as :func:`_drop_duplicates` within one run, applied here to every
     dataset in the folder: datasets built by separate runs (chunks of one corpus) meet
     only in this step, and the tables must not depend on how the corpus was split.  A
-    shard of such a copy, written by another run, is left alone (never deleted behind
-    that run's back); the corpus index reads qc.csv and leaves it out.
+    shard of such a copy, written by another run, is left alone here (never deleted
+    behind that run's back); the corpus index reads qc.csv and leaves it out, and a
+    merge that owns the folder removes it (:func:`prune_unlisted_shards`).
     """
     first: dict[str, str] = {}
     out = []
