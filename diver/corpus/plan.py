@@ -191,13 +191,14 @@ def estimate_hours(sources: Sequence[RecordingSource]) -> list[PlannedRecording]
 def split_chunks(
     dataset: str, recordings: Sequence[PlannedRecording], chunk_hours: float
 ) -> list[Chunk]:
-    """``recordings`` (in order) in consecutive chunks of at most ``chunk_hours`` hours,
-    named ``<dataset>-000``, ``<dataset>-001``, ...  (names that stay unique across
-    datasets: a dataset name carries no ``-<digits>`` suffix added here)."""
+    """``recordings`` (in order) in consecutive chunks of at most ``chunk_hours`` hours (a
+    longer recording alone), named ``<dataset>-000``, ``<dataset>-001``, ...: unique
+    across datasets, since what follows the last ``-`` is the number, the rest the
+    dataset."""
     groups: list[list[PlannedRecording]] = []
     total = 0.0
     for recording in recordings:
-        if not groups or (groups[-1] and total + recording.hours > chunk_hours):
+        if not groups or total + recording.hours > chunk_hours:
             groups.append([])
             total = 0.0
         groups[-1].append(recording)
