@@ -251,11 +251,14 @@ def cmd_localslurm(args: argparse.Namespace) -> int:
     from diver import localslurm
 
     if args.action == "start":
-        paths = localslurm.start()
-        print(f"local SLURM cluster up (config {localslurm.SYSTEM_CONF} -> {paths.conf})")
+        paths = localslurm.start(nodes=args.nodes)
+        print(
+            f"local SLURM cluster up, {args.nodes} node(s) "
+            f"(config {localslurm.SYSTEM_CONF} -> {paths.conf})"
+        )
     elif args.action == "stop":
         stopped = localslurm.stop()
-        print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+        print(f"stopped or removed: {', '.join(stopped) or 'nothing was running'}")
     else:
         for daemon, running in localslurm.status().items():
             print(f"{daemon}: {'running' if running else 'stopped'}")
@@ -465,13 +468,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "localslurm",
-        help="start/stop a real one-node SLURM cluster on localhost (tests, demos; root only)",
+        help="start/stop a real SLURM cluster on this machine (tests, demos; root only)",
         description="A real SLURM (slurmctld, slurmd, slurmdbd on a private MariaDB, munge) "
-        "with two fake GPUs, for tests and demos. Root only; refuses to run where "
-        "/etc/slurm/slurm.conf belongs to a real site. Needs the Debian packages "
+        "with two fake GPUs per node, for tests and demos. Root only; refuses to run where "
+        "SLURM belongs to a real site. --nodes N simulates N nodes, each slurmd in its own "
+        "network and UTS namespace on a private bridge (198.19.0.0/24), names in marked "
+        "/etc/hosts lines; stop removes them. Needs the Debian packages "
         "slurmctld slurmd slurm-client munge slurmdbd mariadb-server.",
     )
     p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument(
+        "--nodes", type=int, default=1, help="nodes to simulate at start (default 1: localhost)"
+    )
     p.set_defaults(func=cmd_localslurm)
     return parser
 

@@ -27,7 +27,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from diver import localnodes
 from diver.errors import DiverError
+from diver.localnodes import CONTROLLER_ADDRESS, Node
 
 STATE_DIR = Path(os.environ.get("DIVER_LOCALSLURM_DIR", "/var/lib/diver-localslurm"))
 SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
@@ -81,6 +83,15 @@ class Paths:
 
     def pidfile(self, daemon: str) -> Path:
         return self.run / f"{daemon}.pid"
+
+    @property
+    def nodes_record(self) -> Path:
+        """The simulated nodes of a ``--nodes N`` cluster (:mod:`diver.localnodes`)."""
+        return self.root / "nodes.json"
+
+    def slurmd_pidfile(self, node: str) -> Path:
+        """slurmd's pidfile: one per node (``%n`` in slurm.conf) when there are several."""
+        return self.run / f"slurmd-{node}.pid"
 
 
 def missing_requirements() -> str | None:
@@ -182,11 +193,44 @@ def _memory_mb() -> int:
     raise LocalSlurmError("cannot read MemTotal from /proc/meminfo")
 
 
-def slurm_conf(paths: Paths, cpus: int, memory_mb: int) -> str:
-    """slurm.conf of the one-node cluster (the settings STACK.md verified)."""
+def slurm_conf(paths: Paths, cpus: int, memory_mb: int, nodes: list[Node] | None = None) -> str:
+    """slurm.conf of the local cluster (the settings STACK.md verified).
+
+    One node ``localhost`` by default; with ``nodes`` (``--nodes N``), one slurmd per
+    simulated node, each declaring the machine's cores and two fake GPUs
+    (``SlurmdParameters=config_overrides`` lets a node declare more than it holds, so
+    multi-rank jobs fit on a 2-core machine), and the controller at the bridge's
+    address, which the nodes' namespaces reach.
+    """
+    if nodes:
+        controller = CONTROLLER_ADDRESS
+        slurmd_files = (
+            f"SlurmdParameters=config_overrides\n"
+            f"SlurmdSpoolDir={paths.root / 'spool' / '%n'}\n"
+            f"SlurmdPidFile={paths.run / 'slurmd-%n.pid'}\n"
+            f"SlurmdLogFile={paths.logs / 'slurmd-%n.log'}\n"
+        )
+        node_lines = "".join(
+            f"NodeName={n.name} NodeAddr={n.address} CPUs={cpus} RealMemory={memory_mb} "
+            "Gres=gpu:2 State=UNKNOWN\n"
+            for n in nodes
+        )
+        names = ",".join(n.name for n in nodes)
+    else:
+        controller = "127.0.0.1"
+        slurmd_files = (
+            f"SlurmdSpoolDir={paths.root / 'spool'}\n"
+            f"SlurmdPidFile={paths.pidfile('slurmd')}\n"
+            f"SlurmdLogFile={paths.logs / 'slurmd.log'}\n"
+        )
+        node_lines = (
+            f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} "
+            "Gres=gpu:2 State=UNKNOWN\n"
+        )
+        names = "localhost"
     return f"""{MARKER} ({paths.root}); removed by `diver localslurm stop`
 ClusterName={CLUSTER}
-SlurmctldHost=localhost(127.0.0.1)
+SlurmctldHost=localhost({controller})
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -209,15 +253,11 @@ AccountingStorageHost=localhost
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 StateSaveLocation={paths.root / "state"}
-SlurmdSpoolDir={paths.root / "spool"}
 SlurmctldPidFile={paths.pidfile("slurmctld")}
-SlurmdPidFile={paths.pidfile("slurmd")}
 SlurmctldLogFile={paths.logs / "slurmctld.log"}
-SlurmdLogFile={paths.logs / "slurmd.log"}
-SlurmctldTimeout=30
+{slurmd_files}SlurmctldTimeout=30
 SlurmdTimeout=30
-NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} Gres=gpu:2 State=UNKNOWN
-PartitionName={PARTITION} Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+{node_lines}PartitionName={PARTITION} Nodes={names} Default=YES MaxTime=INFINITE State=UP
 """
 
 
@@ -374,13 +414,15 @@ def _start_mariadb(paths: Paths) -> None:
         time.sleep(0.5)
 
 
-def _install_conf(paths: Paths) -> None:
+def _install_conf(paths: Paths, nodes: list[Node]) -> None:
     for folder in (paths.root / "etc", paths.root / "state", paths.root / "spool", paths.logs,
                    paths.run):
         folder.mkdir(parents=True, exist_ok=True)
+    for node in nodes:
+        (paths.root / "spool" / node.name).mkdir(exist_ok=True)
     cpus = os.cpu_count() or 1
     memory = max(1000, int(_memory_mb() * 0.8))
-    paths.conf.write_text(slurm_conf(paths, cpus, memory))
+    paths.conf.write_text(slurm_conf(paths, cpus, memory, nodes))
     paths.gres.write_text(gres_conf())
     paths.dbd_conf.write_text(slurmdbd_conf(paths))
     paths.dbd_conf.chmod(0o600)  # slurmdbd refuses a world-readable config (password)
@@ -397,19 +439,35 @@ def _install_conf(paths: Paths) -> None:
         link.symlink_to(target)
 
 
-def _start_daemon(paths: Paths, name: str, cmd: list[str]) -> None:
-    if _pid_alive(paths.pidfile(name)):
+def _daemon_pidfile(paths: Paths, label: str) -> tuple[Path, str]:
+    """The pidfile and program of a daemon label (``slurmd@dnode1``: node dnode1's slurmd)."""
+    program, _, node = label.partition("@")
+    return (paths.slurmd_pidfile(node) if node else paths.pidfile(program)), program
+
+
+def _labels(paths: Paths) -> list[str]:
+    """The daemons of this cluster in stopping order (slurmds first; munged excluded)."""
+    nodes = localnodes.recorded(paths.nodes_record)
+    slurmds = [f"slurmd@{n.name}" for n in nodes] or ["slurmd"]
+    return [*slurmds, *(d for d in DAEMONS if d not in ("slurmd", "munged"))]
+
+
+def _start_daemon(paths: Paths, label: str, cmd: list[str]) -> None:
+    pidfile, program = _daemon_pidfile(paths, label)
+    if _pid_alive(pidfile, program):
         return
-    _run(cmd, what=f"starting {name}")
-    _wait(lambda: _pid_alive(paths.pidfile(name)) is not None, name, 20,
-          paths.logs / f"{name}.log")
+    _run(cmd, what=f"starting {label}")
+    log = paths.logs / (f"slurmd-{label.partition('@')[2]}.log" if "@" in label else f"{label}.log")
+    _wait(lambda: _pid_alive(pidfile, program) is not None, label, 20, log)
 
 
-def _idle() -> bool:
+def _idle(count: int) -> bool:
+    """Whether all ``count`` nodes are up (idle, or already running jobs)."""
     proc = subprocess.run(
         ["sinfo", "-h", "-N", "-o", "%t"], capture_output=True, text=True, check=False
     )
-    return proc.returncode == 0 and proc.stdout.strip() in {"idle", "mix", "alloc"}
+    states = proc.stdout.split()
+    return proc.returncode == 0 and len(states) == count and set(states) <= {"idle", "mix", "alloc"}
 
 
 def _accounting_ok() -> bool:
@@ -420,31 +478,46 @@ def _accounting_ok() -> bool:
     return proc.returncode == 0 and CLUSTER in proc.stdout
 
 
-def start(root: Path = STATE_DIR) -> Paths:
-    """Start (or confirm) the local cluster; returns its paths once a node is idle."""
+def start(root: Path = STATE_DIR, nodes: int = 1) -> Paths:
+    """Start (or confirm) the local cluster; returns its paths once every node is idle.
+
+    ``nodes`` > 1: that many slurmd, each on its own simulated node
+    (:mod:`diver.localnodes`).  A cluster already running with another node count is
+    an error (stop it first): its jobs would lose their nodes.
+    """
     reason = missing_requirements()
     if reason:
         raise LocalSlurmError(reason)
     paths = Paths(root)
-    was_running = {d for d, up in status(root).items() if up}
+    wanted = localnodes.plan(nodes) if nodes != 1 else []
+    running = {label for label, up in status(root).items() if up and label != "munged"}
+    current = localnodes.recorded(paths.nodes_record)
+    if running and [n.name for n in current] != [n.name for n in wanted]:
+        raise LocalSlurmError(
+            f"the local cluster runs with {len(current) or 1} node(s), not {nodes}; "
+            "`diver localslurm stop` it first"
+        )
     links_were_ours = all(
         (SYSTEM_CONF.parent / name).is_symlink()
         for name in ("slurm.conf", "gres.conf", "slurmdbd.conf")
     )
+    nodes_were_up = bool(wanted) and localnodes.ready(wanted, paths.nodes_record)
     try:
-        _start_all(paths)
+        _start_all(paths, wanted)
     except BaseException:
         # Half a cluster is worse than none: stop what this call started, and take
-        # back the links it installed, before reporting the failure.
-        _stop_daemons(paths, [d for d in DAEMONS if d != "munged" and d not in was_running])
+        # back the nodes and links it installed, before reporting the failure.
+        _stop_daemons(paths, [label for label in _labels(paths) if label not in running])
+        if wanted and not nodes_were_up:
+            localnodes.remove(paths.nodes_record)
         if not links_were_ours:
             _remove_links(paths)
         raise
     return paths
 
 
-def _start_all(paths: Paths) -> None:
-    _install_conf(paths)
+def _start_all(paths: Paths, nodes: list[Node]) -> None:
+    _install_conf(paths, nodes)
     _start_munge(paths)
     _start_mariadb(paths)
     _start_daemon(paths, "slurmdbd", ["slurmdbd"])
@@ -453,25 +526,33 @@ def _start_all(paths: Paths) -> None:
     if not _accounting_ok():
         _run(["sacctmgr", "-i", "add", "cluster", CLUSTER], what="registering the cluster")
     _start_daemon(paths, "slurmctld", ["slurmctld", "-c"])
-    _start_daemon(paths, "slurmd", ["slurmd", "-N", "localhost"])
-    _wait(_idle, "the node", 30, paths.logs / "slurmd.log")
+    if not nodes:
+        _start_daemon(paths, "slurmd", ["slurmd", "-N", "localhost"])
+    elif not localnodes.ready(nodes, paths.nodes_record):
+        localnodes.create(nodes, paths.nodes_record)
+    for node in nodes:
+        _start_daemon(paths, f"slurmd@{node.name}",
+                      localnodes.in_node(node, ["slurmd", "-N", node.name]))
+    _wait(lambda: _idle(len(nodes) or 1), "the nodes", 30, paths.logs / "slurmctld.log")
 
 
 def stop(root: Path = STATE_DIR) -> list[str]:
-    """Stop every daemon of the local cluster and remove its /etc/slurm links."""
+    """Stop every daemon of the local cluster, remove its simulated nodes (namespaces,
+    bridge, /etc/hosts lines) and its /etc/slurm links."""
     paths = Paths(root)
     # munged is shared with anything else on the machine that uses munge
-    stopped = _stop_daemons(paths, [d for d in DAEMONS if d != "munged"])
+    stopped = _stop_daemons(paths, _labels(paths))
+    stopped += localnodes.remove(paths.nodes_record)
     _remove_links(paths)
     return stopped
 
 
-def _stop_daemons(paths: Paths, daemons: list[str]) -> list[str]:
+def _stop_daemons(paths: Paths, labels: list[str]) -> list[str]:
     """SIGTERM (then SIGKILL after 20 s) each daemon whose pidfile names a live process
     running that daemon; returns the ones stopped."""
     stopped = []
-    for daemon in daemons:
-        pid = _pid_alive(paths.pidfile(daemon))
+    for label in labels:
+        pid = _pid_alive(*_daemon_pidfile(paths, label))
         if pid is None:
             continue
         os.kill(pid, signal.SIGTERM)
@@ -480,7 +561,7 @@ def _stop_daemons(paths: Paths, daemons: list[str]) -> list[str]:
             time.sleep(0.1)
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
-        stopped.append(daemon)
+        stopped.append(label)
     return stopped
 
 
@@ -512,8 +593,10 @@ def _alive(pid: int) -> bool:
 
 
 def status(root: Path = STATE_DIR) -> dict[str, bool]:
-    """Which daemons of the local cluster are running."""
+    """Which daemons of the local cluster are running (one slurmd per node)."""
     paths = Paths(root)
-    running = {d: _pid_alive(paths.pidfile(d)) is not None for d in DAEMONS if d != "munged"}
+    running = {
+        label: _pid_alive(*_daemon_pidfile(paths, label)) is not None for label in _labels(paths)
+    }
     running["munged"] = _munge_ok()
     return running

@@ -137,3 +137,51 @@ def unprivileged(argv: list[str]) -> list[str]:
         missing_data("needs root and setpriv to drop the permission-bypass capabilities")
     drop = "-dac_override,-dac_read_search"
     return ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", *argv]
+
+
+# The SLURM tests' cluster: two simulated nodes (diver localslurm --nodes 2), so the
+# single-node tests and the multi-node ones share one cluster and one start.
+CLUSTER_NODES = 2
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The local cluster, started for the tests and stopped after unless it was up before.
+
+    Several xdist workers may run SLURM tests at once (``xdist_group`` does not hold
+    under pytest 9), so the workers count their users of the cluster in a shared folder
+    and the last one out stops it, and then checks that the stop left nothing behind
+    (daemons, namespaces, the bridge, /etc/hosts lines, /etc/slurm links).
+    """
+    from diver import localnodes, localslurm
+
+    reason = localslurm.missing_requirements()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the SLURM tests: {reason}")
+        pytest.skip(reason)
+    root = shared_dir(tmp_path_factory, "slurm-cluster")
+    users, was_up = root / "users", root / "was_up"
+    with locked(root):
+        count = int(users.read_text()) if users.exists() else 0
+        if count == 0:  # the first user: remember whether someone else had it up
+            was_up.write_text(str(all(localslurm.status().values())))
+        localslurm.start(nodes=CLUSTER_NODES)
+        users.write_text(str(count + 1))
+    yield
+    with locked(root):
+        count = int(users.read_text()) - 1
+        users.write_text(str(count))
+        if count == 0 and was_up.read_text() == "False":
+            localslurm.stop()
+            left = [name for name, up in localslurm.status().items() if up and name != "munged"]
+            netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+            nodes = localnodes.plan(CLUSTER_NODES)
+            left += [n.namespace for n in nodes if n.namespace in netns.stdout]
+            bridge = subprocess.run(["ip", "link", "show", localnodes.BRIDGE], capture_output=True)
+            if bridge.returncode == 0:
+                left.append(localnodes.BRIDGE)
+            if localnodes.HOSTS_MARKER in Path("/etc/hosts").read_text():
+                left.append("/etc/hosts lines")
+            left += [str(p) for p in Path("/etc/slurm").glob("*.conf") if p.is_symlink()]
+            assert not left, f"diver localslurm stop left {left} behind"

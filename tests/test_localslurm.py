@@ -102,7 +102,7 @@ def test_a_failed_start_takes_back_what_it_started(
     root = tmp_path / "cluster"
     started: list[subprocess.Popen[bytes]] = []
 
-    def half_start(paths: localslurm.Paths) -> None:
+    def half_start(paths: localslurm.Paths, nodes: list) -> None:
         """Links installed, slurmdbd up, then slurmctld fails to come up."""
         paths.run.mkdir(parents=True)
         (paths.root / "etc").mkdir()

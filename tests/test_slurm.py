@@ -16,16 +16,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow import MlflowClient
 
-from diver import localslurm
 from diver.launch.slurm import JOB_FILE, job_state
-from tests.conftest import REPO_ROOT, built_once, locked, shared_dir
+from tests.conftest import REPO_ROOT, built_once, shared_dir
 
 pytestmark = [pytest.mark.slow]
 
@@ -69,35 +67,6 @@ def _long_cell(epochs: int) -> tuple[dict, Path, str]:
     )
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """The local cluster, started for the tests and stopped after unless it was up before.
-
-    Several xdist workers may run these tests at once (``xdist_group`` does not hold
-    under pytest 9: see tests/conftest.py), so the workers count their users of the
-    cluster in a shared folder and the last one out stops it.
-    """
-    reason = localslurm.missing_requirements()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the SLURM tests: {reason}")
-        pytest.skip(reason)
-    root = shared_dir(tmp_path_factory, "slurm-cluster")
-    users, was_up = root / "users", root / "was_up"
-    with locked(root):
-        count = int(users.read_text()) if users.exists() else 0
-        if count == 0:  # the first user: remember whether someone else had it up
-            was_up.write_text(str(all(localslurm.status().values())))
-        localslurm.start()
-        users.write_text(str(count + 1))
-    yield
-    with locked(root):
-        count = int(users.read_text()) - 1
-        users.write_text(str(count))
-        if count == 0 and was_up.read_text() == "False":
-            localslurm.stop()
-
-
 def _snakemake(workdir: Path, *args: str, **kwargs: object) -> subprocess.Popen | subprocess.CompletedProcess:  # noqa: E501
     cmd = [
         str(BIN / "snakemake"), "--snakefile", str(REPO_ROOT / "Snakefile"),
@@ -120,8 +89,13 @@ def _write_study(workdir: Path, extra_cells: list[dict] | None = None) -> None:
 
 @pytest.fixture(scope="module")
 def finished_study(slurm_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The 2-cell grid run to the end through the SLURM profile (test 1's subject), once
-    per session even when several xdist workers run these tests."""
+    """The 2-cell grid run to the end through the SLURM profile (test 1's subject)."""
+    return build_finished_study(tmp_path_factory)
+
+
+def build_finished_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 2-cell grid study, run once per session even when several xdist workers (and
+    test modules: tests/test_slurm_nodes.py uses its corpus) ask for it."""
     with built_once(tmp_path_factory, "slurm-study") as workdir:
         if workdir is not None:
             _write_study(workdir)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from diver.launch.site import load_site
-from diver.launch.slurm import JobRecord, LaunchError, SlurmLauncher, job_state
+from diver.launch.slurm import JobRecord, LaunchError, SlurmLauncher, job_state, log_tail
 from tests.conftest import REPO_ROOT
 
 
@@ -86,6 +86,26 @@ def test_a_failed_job_raises_with_its_log_tail(tmp_path: Path) -> None:
         _launcher(run).wait(_record(tmp_path, "99"), tmp_path)
     assert "ValueError: bad corpus" in str(err.value)
 
+
+
+def test_the_log_tail_leads_with_the_rank_that_died_and_names_its_node(tmp_path: Path) -> None:
+    """A multi-node job whose rank 1 was killed: rank 0's traceback (a connection reset
+    by rank 1) is a consequence; the rank that left no result file is the cause."""
+    logs = tmp_path / "slurm"
+    logs.mkdir()
+    for task, host in ((0, "dnode1"), (1, "dnode2")):
+        (logs / f"7_{task}_log.out").write_text(
+            f"submitit INFO - Starting with JobEnvironment(job_id=7, hostname={host}, "
+            f"local_rank=0(1), node={task}(2), global_rank={task}(2))\n"
+        )
+    (logs / "7_0_log.err").write_text("RuntimeError: Connection reset by peer\n")
+    (logs / "7_0_result.pkl").write_bytes(b"not read")
+    (logs / "7_1_log.err").write_text("step 12\n")
+    tail = log_tail(logs, "7")
+    first, second = tail.index("rank 1 on dnode2"), tail.index("rank 0 on dnode1")
+    assert first < second
+    assert "rank 1 on dnode2 (left no result" in tail
+    assert "rank 0 on dnode1 (left no result" not in tail
 
 def test_a_job_no_one_knows_fails_after_the_grace_period(tmp_path: Path) -> None:
     run = Recorded({"squeue": [SQUEUE_FORGOT], "sacct": [(0, "")]})

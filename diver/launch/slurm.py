@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -157,14 +158,31 @@ def cancel(job_id: str, run: Runner = run_command) -> None:
     run(["scancel", job_id])
 
 
+_TASK_START = re.compile(r"JobEnvironment\(.*hostname=([^,\s]+).*global_rank=(\d+)")
+
+
 def log_tail(folder: Path, job_id: str, lines: int = 30) -> str:
-    """The last lines of the job's submitit logs (stderr of every task, then stdout)."""
+    """The last lines of each rank's submitit logs (stderr, then stdout), each headed
+    by the rank and the node it ran on.
+
+    A rank that left no result file died without reporting (a signal, the OOM killer,
+    a lost node): its logs come first and say so, since the other ranks' tracebacks
+    (a broken connection to it) are consequences, not the cause.  Only whether the
+    result file exists is looked at; it is never unpickled.
+    """
+    tasks = sorted({path.name.split("_")[1] for path in folder.glob(f"{job_id}_*_log.*")}, key=int)
+    died = [t for t in tasks if not (folder / f"{job_id}_{t}_result.pkl").exists()]
     parts = []
-    for pattern in (f"{job_id}_*_log.err", f"{job_id}_*_log.out"):
-        for path in sorted(folder.glob(pattern)):
-            text = path.read_text(errors="replace").splitlines()[-lines:]
+    for task in [*died, *(t for t in tasks if t not in died)]:
+        out = folder / f"{job_id}_{task}_log.out"
+        starts = _TASK_START.findall(out.read_text(errors="replace")) if out.exists() else []
+        where = f"rank {starts[-1][1]} on {starts[-1][0]}" if starts else f"task {task}"
+        if task in died:
+            where += " (left no result: killed by a signal, out of memory, or its node lost)"
+        for path in (folder / f"{job_id}_{task}_log.err", out):
+            text = path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else []
             if text:
-                parts.append(f"--- {path} (last {len(text)} lines)\n" + "\n".join(text))
+                parts.append(f"--- {where}: {path} (last {len(text)} lines)\n" + "\n".join(text))
     return "\n".join(parts) or f"(no log under {folder} for job {job_id})"
 
 
