@@ -37,6 +37,7 @@ STUDY = {
     "synth": {"enabled": True, "hours": 0.1, "seed": 0},
     "corpus": {
         "jobs": 1,
+        "chunk_hours": 0.1,  # the synthetic corpus in three chunks: three SLURM jobs
         "datasets": [
             {
                 "name": "synth_eeg",

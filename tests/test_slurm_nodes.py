@@ -181,3 +181,27 @@ def test_a_rank_killed_on_one_node_fails_the_cell_with_that_ranks_log(
     assert f"SLURM job {job} for {out} ended FAILED" in text, text[-3000:]
     report = text.split("ended FAILED", 1)[1]
     assert report.index("rank 1 on dnode2 (left no result") < report.index("rank 0 on dnode1")
+
+
+def test_the_corpus_fanned_out_over_slurm_jobs_equals_one_job(
+    finished_study: Path, tmp_path: Path
+) -> None:
+    """The shared study's corpus was built through the SLURM profile as a plan, one SLURM
+    job per chunk and a merge: it equals `diver corpus` run as one job."""
+    results = finished_study / "results"
+    plan = json.loads((results / "corpus_plan" / "plan.json").read_text())
+    assert len(plan["chunks"]) >= 2
+    chunk_logs = finished_study / ".snakemake" / "slurm_logs" / "rule_corpus_chunk"
+    assert len([p for p in chunk_logs.iterdir() if p.is_dir()]) == len(plan["chunks"])
+    single = tmp_path / "corpus"
+    subprocess.run(
+        [str(BIN / "diver"), "corpus", "--config", str(results / "config" / "study.yaml"),
+         "--out", str(single), "--quiet"],
+        cwd=finished_study, env=ENV, check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    fanned = results / "corpus"
+    for table in ("qc.csv", "channels.csv", "manifest.csv"):
+        assert (fanned / table).read_bytes() == (single / table).read_bytes(), table
+    shards = sorted(p.relative_to(single) for p in (single / "windows").rglob("*.parquet"))
+    assert shards == sorted(p.relative_to(fanned) for p in (fanned / "windows").rglob("*.parquet"))
+    assert all((fanned / s).read_bytes() == (single / s).read_bytes() for s in shards)
