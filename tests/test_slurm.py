@@ -138,6 +138,17 @@ def _train_steps(cell_dir: Path) -> int:
     return max(0, len(log.read_text().splitlines()) - 1) if log.exists() else 0
 
 
+
+def requeue_mid_run(cell_dir: Path, steps: int) -> str:
+    """``scontrol requeue`` the cell's job once it has trained ``steps`` steps, and let
+    it start again at once (SLURM holds a requeued batch job ~2 min); its job id."""
+    job = _wait_for(lambda: _running_job(cell_dir), 180, "the job to run")
+    _wait_for(lambda: _train_steps(cell_dir) >= steps, 180, f"{steps} training steps", 0.3)
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    _wait_for(lambda: job_state(job) == "PENDING", 120, "the requeued job to pend")
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+    return job
+
 def _jobs_named(name: str, since: str) -> list[str]:
     """Jobs of that name submitted since ``since`` (the accounting database outlives
     the cluster's restarts)."""
@@ -202,12 +213,7 @@ def test_requeued_job_resumes_to_the_uninterrupted_val_loss(
 
     plain, requeued = tmp_path / "plain", tmp_path / "requeued"
     first, second = launch(plain), launch(requeued)
-    job = _wait_for(lambda: _running_job(requeued), 180, "the job to run")
-    _wait_for(lambda: _train_steps(requeued) >= 8, 180, "8 training steps", 0.3)
-    subprocess.run(["scontrol", "requeue", job], check=True)
-    # SLURM holds a requeued batch job for ~2 min (BeginTime); let it start now.
-    _wait_for(lambda: job_state(job) == "PENDING", 120, "the requeued job to pend")
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+    job = requeue_mid_run(requeued, steps=8)
     assert second.wait(timeout=600) == 0, (tmp_path / "requeued.log").read_text()[-3000:]
     assert first.wait(timeout=600) == 0, (tmp_path / "plain.log").read_text()[-3000:]
     resumed = json.loads((requeued / "metrics.json").read_text())

@@ -18,7 +18,6 @@ import pytest
 import yaml
 
 from diver import localnodes, localslurm
-from diver.launch.slurm import job_state
 from tests.conftest import CLUSTER_NODES, built_once, shared_dir
 from tests.test_slurm import (
     BIN,
@@ -31,6 +30,7 @@ from tests.test_slurm import (
     _wait_for,
     _write_study,
     build_finished_study,
+    requeue_mid_run,
 )
 
 pytestmark = [pytest.mark.slow]
@@ -137,11 +137,7 @@ def test_a_requeued_two_node_job_resumes_to_the_uninterrupted_val_loss(
     requeued = tmp_path / "requeued"
     site = _site(tmp_path, "two_nodes", nodes=2, tasks_per_node=1)
     proc = _launch(finished_study, site, requeued, tmp_path / "requeued.log")
-    job = _wait_for(lambda: _running_job(requeued), 180, "the job to run")
-    _wait_for(lambda: _train_steps(requeued) >= 5, 180, "5 training steps", 0.3)
-    subprocess.run(["scontrol", "requeue", job], check=True)
-    _wait_for(lambda: job_state(job) == "PENDING", 120, "the requeued job to pend")
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+    requeue_mid_run(requeued, steps=5)
     assert proc.wait(timeout=900) == 0, (tmp_path / "requeued.log").read_text()[-3000:]
     resumed = json.loads((requeued / "metrics.json").read_text())
     baseline = json.loads((two_node_cell / "metrics.json").read_text())
