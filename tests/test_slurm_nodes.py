@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from diver import localnodes, localslurm
+from diver.launch.slurm import job_state
 from tests.conftest import CLUSTER_NODES, built_once, shared_dir
 from tests.test_slurm import (
     BIN,
@@ -66,15 +67,18 @@ def _site(tmp: Path, name: str, **debug: int) -> Path:
     return path
 
 
-def _launch(study: Path, site: Path, out: Path, log: Path) -> subprocess.Popen:
-    """``diver launch`` of a debug cell of ``EPOCHS`` epochs with ``site``'s resources."""
+def _launch(
+    study: Path, site: Path, out: Path, log: Path, epochs: int = EPOCHS, *extra: str
+) -> subprocess.Popen:
+    """``diver launch`` of a debug cell of ``epochs`` epochs with ``site``'s resources
+    (``extra``: more ``diver pretrain`` flags)."""
     config = study / "results" / "config" / "study.yaml"
     cmd = [
         str(BIN / "diver"), "launch", "--config", str(config), "--backend", "slurm",
         "--site", str(site), "--poll-seconds", "1", "--out", str(out), "--size", "debug",
         "--name", f"nodes-{out.name}", "--", "pretrain", "--config", str(config),
         "--corpus", str(study / "results" / "corpus"), "--family", "eeg", "--size", "debug",
-        "--epochs", str(EPOCHS), "--out", str(out),
+        "--epochs", str(epochs), "--out", str(out), *extra,
     ]  # fmt: skip
     return subprocess.Popen(cmd, env=ENV, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
@@ -128,6 +132,20 @@ def test_a_two_node_cell_matches_one_node_with_the_same_ranks(
     assert across["steps"] == within["steps"]
     assert across["val_loss"] == pytest.approx(within["val_loss"], rel=1e-5)
 
+
+
+def test_zero3_across_two_nodes_matches_one_node(finished_study: Path, tmp_path: Path) -> None:
+    """ZeRO-3 partitions the parameters themselves across the ranks: on two nodes the
+    gathers cross the bridge, and the val_loss still equals one node's with 2 ranks."""
+    runs = {}
+    for name, resources in (("two_nodes", {"nodes": 2}), ("one_node", {"nodes": 1})):
+        site = _site(tmp_path, name, tasks_per_node=3 - resources["nodes"], **resources)
+        out, log = tmp_path / f"zero3_{name}", tmp_path / f"zero3_{name}.log"
+        proc = _launch(finished_study, site, out, log, 3, "--zero-stage", "3")
+        assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
+        runs[name] = json.loads((out / "metrics.json").read_text())
+    assert runs["two_nodes"]["world_size"] == runs["one_node"]["world_size"] == 2
+    assert runs["two_nodes"]["val_loss"] == pytest.approx(runs["one_node"]["val_loss"], rel=1e-5)
 
 def test_a_requeued_two_node_job_resumes_to_the_uninterrupted_val_loss(
     two_node_cell: Path, finished_study: Path, tmp_path: Path
@@ -187,8 +205,11 @@ def test_the_corpus_fanned_out_over_slurm_jobs_equals_one_job(
     results = finished_study / "results"
     plan = json.loads((results / "corpus_plan" / "plan.json").read_text())
     assert len(plan["chunks"]) >= 2
-    chunk_logs = finished_study / ".snakemake" / "slurm_logs" / "rule_corpus_chunk"
-    assert len([p for p in chunk_logs.iterdir() if p.is_dir()]) == len(plan["chunks"])
+    # Snakemake's log names each chunk's SLURM job: one per chunk, each completed
+    log = "".join(p.read_text() for p in (finished_study / ".snakemake" / "log").glob("*.log"))
+    jobs = dict(re.findall(r"slurm_logs/rule_corpus_chunk/([^/]+)/(\d+)\.log", log))
+    assert sorted(jobs) == sorted(chunk["name"] for chunk in plan["chunks"])
+    assert {job_state(job) for job in jobs.values()} == {"COMPLETED"}
     single = tmp_path / "corpus"
     subprocess.run(
         [str(BIN / "diver"), "corpus", "--config", str(results / "config" / "study.yaml"),

@@ -253,6 +253,7 @@ class TrainingLoop:
             rank=self.env.rank,
             world_size=self.env.world_size,
             dtype=self.engine.dtype,
+            lockstep=self.c.runtime.zero_stage == 3,  # partitioned parameters
         )
         st.last_val = {**result, "step": st.step}
         if self.env.is_main:

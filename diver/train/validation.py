@@ -68,6 +68,14 @@ def validation_loader(
     return loader, mine
 
 
+def _forward(
+    model: Any, batch: WindowBatch, seed: int, device: torch.device | str, dtype: torch.dtype
+) -> Any:
+    """The model on one validation batch, its masks drawn from ``seed``."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return model(batch.to(device).encoder_inputs(dtype), generator=generator)
+
+
 @torch.no_grad()
 def evaluate(
     model: Any,
@@ -80,6 +88,7 @@ def evaluate(
     rank: int = 0,
     world_size: int = 1,
     dtype: torch.dtype = torch.float32,
+    lockstep: bool = False,
 ) -> dict[str, float]:
     """Validation loss and its parts, averaged over masked tokens of the fixed set.
 
@@ -87,6 +96,11 @@ def evaluate(
     count, so the result is the mean over every masked token of the set whatever the
     batching across ranks.  ``model`` is a DeepSpeed engine or a plain module; it is
     put in eval mode (no dropout) and back in the mode it was in.
+
+    ``lockstep``: every rank makes the same number of forward passes.  Under ZeRO-3 a
+    forward pass gathers the partitioned parameters from every rank, so a rank with one
+    batch fewer than the others (the set rarely divides evenly) must still join their
+    last pass, else they wait for it forever; it runs batch 0 again and discards it.
     """
     was_training = model.training
     model.eval()
@@ -96,11 +110,17 @@ def evaluate(
     sums = np.zeros(1 + 1 + len(LOSS_PARTS))  # weight, loss, parts
     try:
         for b, batch in zip(batch_ids, loader, strict=True):
-            generator = torch.Generator(device=device).manual_seed(mixed_seed(mask_seed, b))
-            out = model(batch.to(device).encoder_inputs(dtype), generator=generator)
+            out = _forward(model, batch, mixed_seed(mask_seed, b), device, dtype)
             weight = float(out.mask.sum())
             parts = [float(out.losses[k]) if k in out.losses else 0.0 for k in LOSS_PARTS]
             sums += weight * np.array([1.0, float(out.loss), *parts])
+        rounds = math.ceil(math.ceil(len(val) / batch_size) / world_size)
+        if lockstep and len(batch_ids) < rounds:
+            first, _ = validation_loader(
+                val, patch_samples, batch_size, rank=0, world_size=rounds * world_size
+            )
+            for batch in first:
+                _forward(model, batch, mixed_seed(mask_seed, 0), device, dtype)
     finally:
         model.train(was_training)
     totals = all_reduce_sum(sums.tolist(), device=device if world_size > 1 else None)
