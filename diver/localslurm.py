@@ -1,10 +1,12 @@
-"""A real single-node SLURM cluster on localhost, for tests and demos.
+"""A real SLURM cluster on this machine, for tests and demos.
 
 ``diver localslurm start`` brings up munge, a private MariaDB, ``slurmdbd``,
 ``slurmctld`` and ``slurmd`` (Debian's ``slurmctld slurmd slurm-client munge slurmdbd
 mariadb-server`` packages) with one node ``localhost`` that has this machine's cores,
 most of its memory and two fake GPUs (gres.conf ``File=/dev/null`` / ``/dev/zero``:
-enough for ``--gpus`` requests to schedule; no CUDA behind them).  Accounting is on
+enough for ``--gpus`` requests to schedule; no CUDA behind them).  ``--nodes N`` runs
+N slurmd instead, each on a simulated node of its own (:mod:`diver.localnodes`: a
+network and UTS namespace on a private bridge), for multi-node jobs.  Accounting is on
 because without it ``sacct`` fails and a cancelled job looks UNKNOWN forever
 (``../shared/notes/STACK.md``).  ``diver localslurm stop`` ends every daemon it started.
 
