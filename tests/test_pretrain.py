@@ -759,3 +759,30 @@ def test_preemption_flag_records_each_submitit_signal_and_restores_handlers() ->
             os.kill(os.getpid(), sig)  # CPython runs the handler before the next bytecode
             assert flag.raised and flag.signum == sig
         assert {s: signal.getsignal(s) for s in PREEMPT_SIGNALS} == before
+
+
+def test_zero3_validation_keeps_every_rank_in_step(corpus: Path) -> None:
+    """Under ZeRO-3 every forward pass gathers parameters from all ranks, so each rank
+    must make as many passes as the busiest one: with 3 validation batches over 2 ranks,
+    rank 1 (one batch of its own) runs a discarded extra pass; its sums are unchanged."""
+    config = model_config("debug", "1s")
+    model = DiverPretrainModel(config)
+    attach_base_shapes(model)
+    calls: list[int] = []
+    model.register_forward_hook(lambda module, args, out: calls.append(1))
+    val = make_splits(corpus, 1.0, ValidationConfig()).val
+    batch = math.ceil(len(val) / 3)  # three batches
+    assert math.ceil(len(val) / batch) == 3
+
+    def rank_one(lockstep: bool) -> dict[str, float]:
+        calls.clear()
+        return evaluate(
+            model, val, config.patch_samples, batch_size=batch, mask_seed=0,
+            rank=1, world_size=2, lockstep=lockstep,
+        )  # fmt: skip
+
+    alone = rank_one(lockstep=False)
+    assert len(calls) == 1  # batch 1 only
+    in_step = rank_one(lockstep=True)
+    assert len(calls) == 2  # batch 1, then batch 0 again for the others' second pass
+    assert in_step == alone  # the extra pass is not counted
