@@ -139,20 +139,10 @@ def _is_done(
 
 def _run_one(
     source: RecordingSource, dataset: DatasetConfig, corpus: CorpusConfig, out_dir: Path
-) -> tuple[RecordingSource, RecordingReport]:
+) -> RecordingReport:
     shard = shard_path(out_dir, source.dataset, source.recording)
     shard.unlink(missing_ok=True)  # a changed input or setting: the old shard is stale
-    report = process_recording(source, dataset, corpus, out_dir)
-    return source, report
-
-
-def _receipt_of(
-    receipts: dict[int, tuple[str, dict[str, Any]]],
-    source: RecordingSource,
-    report: RecordingReport,
-) -> tuple[str, RecordingReport, dict[str, Any]]:
-    fingerprint, identity = receipts[id(source)]
-    return fingerprint, report, identity
+    return process_recording(source, dataset, corpus, out_dir)
 
 
 def build_corpus(
@@ -321,11 +311,15 @@ def _process(
     whose worker dies on it (out of memory, a crash) is quarantined and the rest go on.
     """
     bar = tqdm(total=len(todo), desc="corpus", unit="rec", disable=not progress)
+
+    def finished(source: RecordingSource, report: RecordingReport) -> None:
+        fingerprint, identity = receipts[id(source)]
+        write_receipt(out_dir, source, fingerprint, report, identity)
+        bar.update()
+
     if jobs <= 1 or len(todo) <= 1:
         for source in todo:
-            _, report = _run_one(source, by_name[source.dataset], corpus, out_dir)
-            write_receipt(out_dir, source, *_receipt_of(receipts, source, report))
-            bar.update()
+            finished(source, _run_one(source, by_name[source.dataset], corpus, out_dir))
     else:
         tasks = [(s, by_name[s.dataset], corpus, out_dir) for s in todo]
         with closing(run_in_workers(_run_one, tasks, jobs)) as outcomes:
@@ -334,9 +328,8 @@ def _process(
                 if isinstance(outcome, WorkerDied):
                     report = _worker_died(source, outcome, by_name[source.dataset], corpus, out_dir)
                 else:
-                    _, report = outcome
-                write_receipt(out_dir, source, *_receipt_of(receipts, source, report))
-                bar.update()
+                    report = outcome
+                finished(source, report)
     bar.close()
 
 
