@@ -75,13 +75,26 @@ class AuthFiles:
     """The basic-auth app's files in ``STORE/auth`` and the secrets read from them."""
 
     folder: Path
-    password: str
-    secret_key: str
 
     @property
     def credentials(self) -> Path:
         """The admin credential, in MLflow's ``~/.mlflow/credentials`` format."""
         return self.folder / "credentials"
+
+    @property
+    def secret_key_file(self) -> Path:
+        """The CSRF secret every server worker shares."""
+        return self.folder / "secret_key"
+
+    @property
+    def password(self) -> str:
+        parser = configparser.ConfigParser()
+        parser.read(self.credentials)
+        return parser["mlflow"]["mlflow_tracking_password"]
+
+    @property
+    def secret_key(self) -> str:
+        return self.secret_key_file.read_text().strip()
 
     @property
     def config(self) -> Path:
@@ -135,9 +148,8 @@ def prepare_auth(store: Path) -> AuthFiles:
     database whose credential file is gone cannot be opened again by this command, so
     that is an error naming both files rather than a silently different password.
     """
-    folder = store.resolve() / "auth"
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    files = AuthFiles(folder, password="", secret_key="")
+    files = AuthFiles(store.resolve() / "auth")
+    files.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not files.credentials.exists():
         if files.users.exists():
             raise CredentialsError(
@@ -151,16 +163,10 @@ def prepare_auth(store: Path) -> AuthFiles:
             f"mlflow_tracking_username = {ADMIN}\n"
             f"mlflow_tracking_password = {secrets.token_urlsafe(24)}\n",
         )
-    if not (folder / "secret_key").exists():
-        _write_secret(folder / "secret_key", secrets.token_hex(32) + "\n")
+    if not files.secret_key_file.exists():
+        _write_secret(files.secret_key_file, secrets.token_hex(32) + "\n")
     _write_secret(files.config, _auth_settings(files.users))
-    parser = configparser.ConfigParser()
-    parser.read(files.credentials)
-    return AuthFiles(
-        folder,
-        password=parser["mlflow"]["mlflow_tracking_password"],
-        secret_key=(folder / "secret_key").read_text().strip(),
-    )
+    return files
 
 
 def server_command(
