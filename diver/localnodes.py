@@ -87,16 +87,16 @@ def create(nodes: list[Node], state: Path) -> None:
     else's, or a leftover this module did not record): nothing of theirs is reused or
     changed.  On failure everything created so far is removed again.
     """
-    recorded = _read_state(state)
+    previous = recorded(state)
     taken = [n.namespace for n in nodes if n.namespace in _namespaces()]
     if _exists("link", "show", BRIDGE):
         taken.append(f"link {BRIDGE}")
-    if taken and not recorded:
+    if taken and not previous:
         raise LocalNodesError(
             f"{', '.join(taken)} already exist(s) and were not made by diver localslurm "
             f"(no record in {state}); remove them or pick another machine"
         )
-    if recorded:  # a previous start's nodes: take them down first, then build afresh
+    if previous:  # a previous start's nodes: take them down first, then build afresh
         remove(state)
     _write_state(state, nodes)
     try:
@@ -122,7 +122,7 @@ def create(nodes: list[Node], state: Path) -> None:
 def remove(state: Path) -> list[str]:
     """Delete what ``state`` records (namespaces, links, bridge) and the marked hosts
     lines; returns what was removed.  Missing pieces are skipped."""
-    nodes = _read_state(state)
+    nodes = recorded(state)
     removed = []
     present = _namespaces()
     for node in nodes:
@@ -155,22 +155,18 @@ def in_node(node: Node, argv: list[str]) -> list[str]:
     ]  # fmt: skip
 
 
-def recorded(state: Path) -> list[Node]:
-    """The nodes ``state`` records as created (none without a record)."""
-    return _read_state(state)
-
-
 def ready(nodes: list[Node], state: Path) -> bool:
     """Whether exactly ``nodes`` were created and their namespaces and bridge are there."""
     present = _namespaces()
     return (
-        _read_state(state) == nodes
+        recorded(state) == nodes
         and all(n.namespace in present for n in nodes)
         and _exists("link", "show", BRIDGE)
     )
 
 
-def _read_state(state: Path) -> list[Node]:
+def recorded(state: Path) -> list[Node]:
+    """The nodes ``state`` records as created (none without a record)."""
     if not state.exists():
         return []
     try:

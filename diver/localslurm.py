@@ -92,8 +92,13 @@ class Paths:
         return self.root / "nodes.json"
 
     def slurmd_pidfile(self, node: str) -> Path:
-        """slurmd's pidfile: one per node (``%n`` in slurm.conf) when there are several."""
+        """slurmd's pidfile when there are several nodes, one per node (``node`` ``%n``:
+        the pattern slurm.conf names it by)."""
         return self.run / f"slurmd-{node}.pid"
+
+    def slurmd_log(self, node: str) -> Path:
+        """slurmd's log when there are several nodes, as :meth:`slurmd_pidfile`."""
+        return self.logs / f"slurmd-{node}.log"
 
 
 def missing_requirements() -> str | None:
@@ -209,8 +214,8 @@ def slurm_conf(paths: Paths, cpus: int, memory_mb: int, nodes: list[Node] | None
         slurmd_files = (
             f"SlurmdParameters=config_overrides\n"
             f"SlurmdSpoolDir={paths.root / 'spool' / '%n'}\n"
-            f"SlurmdPidFile={paths.run / 'slurmd-%n.pid'}\n"
-            f"SlurmdLogFile={paths.logs / 'slurmd-%n.log'}\n"
+            f"SlurmdPidFile={paths.slurmd_pidfile('%n')}\n"
+            f"SlurmdLogFile={paths.slurmd_log('%n')}\n"
         )
         node_lines = "".join(
             f"NodeName={n.name} NodeAddr={n.address} CPUs={cpus} RealMemory={memory_mb} "
@@ -459,7 +464,8 @@ def _start_daemon(paths: Paths, label: str, cmd: list[str]) -> None:
     if _pid_alive(pidfile, program):
         return
     _run(cmd, what=f"starting {label}")
-    log = paths.logs / (f"slurmd-{label.partition('@')[2]}.log" if "@" in label else f"{label}.log")
+    node = label.partition("@")[2]
+    log = paths.slurmd_log(node) if node else paths.logs / f"{label}.log"
     _wait(lambda: _pid_alive(pidfile, program) is not None, label, 20, log)
 
 
