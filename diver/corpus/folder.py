@@ -35,14 +35,14 @@ from diver.corpus.content import is_readable
 from diver.corpus.discovery import UNREADABLE, RecordingSource
 from diver.corpus.manifest import write_manifest
 from diver.corpus.recording import QC_COLUMNS, RecordingReport, quarantined_row
-from diver.corpus.shards import listed_shards, shard_path
+from diver.corpus.shards import listed_shards, recording_stem, shard_path
 from diver.errors import DiverError
 
 log = logging.getLogger(__name__)
 
 
 def receipt_path(out_dir: Path, source: RecordingSource) -> Path:
-    name = source.recording.replace("/", "__") + ".json"
+    name = recording_stem(source.recording) + ".json"
     return out_dir / "receipts" / source.dataset / name
 
 
@@ -87,7 +87,7 @@ def stale_files(
     wanted = {shard_path(out_dir, s.dataset, s.recording) for s in sources}
     wanted |= {receipt_path(out_dir, s) for s in sources}
     hidden = [
-        (s.dataset, s.recording.replace("/", "__") + "__")
+        (s.dataset, recording_stem(s.recording) + "__")
         for s in sources
         if s.problem.startswith(UNREADABLE)
     ]

@@ -253,6 +253,11 @@ def coords_of(table: pa.Table) -> list[np.ndarray]:
     return [flat[offsets[i] : offsets[i + 1]].reshape(-1, 3) for i in range(table.num_rows)]
 
 
+def recording_stem(recording: str) -> str:
+    """A recording id as a file name (ids may contain ``/``): its shard's and receipt's."""
+    return recording.replace("/", "__")
+
+
 def shard_path(corpus_dir: Path, dataset: str, recording: str) -> Path:
     """Where a recording's shard lives; recording ids may contain ``/``.
 
@@ -261,7 +266,7 @@ def shard_path(corpus_dir: Path, dataset: str, recording: str) -> Path:
     outside the corpus.
     """
     windows = Path(corpus_dir) / "windows"
-    path = windows / dataset / (recording.replace("/", "__") + ".parquet")
+    path = windows / dataset / (recording_stem(recording) + ".parquet")
     inside = windows.resolve() / Path(dataset).name
     if dataset in ("", ".", "..") or path.resolve().parent != inside:
         raise ValueError(
