@@ -95,7 +95,7 @@ class CorpusConfig:
     window_seconds: float = 30.0
     min_sfreq: float = 100.0
     signal_dtype: str = "float16"
-    signal_compression: str = "zstd"
+    signal_compression: str = "none"
     row_group_windows: int = 1
     block_windows: int = 20
     jobs: int = 1

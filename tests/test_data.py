@@ -100,13 +100,28 @@ def make_window(rec: Recording, w: int, rng: np.random.Generator) -> Window:
     )
 
 
-def write_corpus(root: Path, recordings: list[Recording]) -> dict[Key, Window]:
-    """Write the shards; return every window with its signal as stored (dtype-rounded)."""
+def write_corpus(
+    root: Path,
+    recordings: list[Recording],
+    *,
+    row_group_windows: int = 2,
+    signal_compression: str = "zstd",
+) -> dict[Key, Window]:
+    """Write the shards; return every window with its signal as stored (dtype-rounded).
+
+    The default layout (zstd, two windows per row group) is one the loader must decode,
+    as every corpus written before in-place reads; ``tests/test_signal_reads.py`` writes
+    the in-place layout (uncompressed, one window per row group) too."""
     rng = np.random.default_rng(1234)
     written: dict[Key, Window] = {}
     for rec in recordings:
         path = shard_path(root, rec.dataset, rec.recording)
-        with ShardWriter(path, signal_dtype=rec.signal_dtype, row_group_windows=2) as writer:
+        with ShardWriter(
+            path,
+            signal_dtype=rec.signal_dtype,
+            row_group_windows=row_group_windows,
+            signal_compression=signal_compression,
+        ) as writer:
             for w in range(rec.n_windows):
                 window = make_window(rec, w, rng)
                 writer.write(window)

@@ -6,8 +6,10 @@ the type named in ``signal_dtype``.  A binary column has no per-sample repetitio
 levels to decode, so a table's whole ``signal`` column is one contiguous buffer plus
 offsets that numpy views without copying (``signals_of``) - a random window read is
 a decompression and a view, about ten times faster than the same data stored as a
-Parquet list of floats.  Coordinates are a list column (``coords_mm``,
-``n_channels * 3`` values).
+Parquet list of floats.  Uncompressed (the default) with one window per row group, a
+window's signal is the tail of its row group's column chunk, so the training loader
+reads just the channels and patches a crop keeps, in place (``signal_offsets``).
+Coordinates are a list column (``coords_mm``, ``n_channels * 3`` values).
 
 Shards live at ``<corpus>/windows/<dataset>/<recording>.parquet``; the whole corpus
 opens with ``pyarrow.dataset.dataset(corpus / "windows")``.
@@ -155,7 +157,7 @@ class ShardWriter:
         *,
         signal_dtype: str = "float16",
         row_group_windows: int = 1,
-        signal_compression: str = "zstd",
+        signal_compression: str = "none",
     ):
         self.path = Path(path)
         self.signal_compression = signal_compression
@@ -183,7 +185,8 @@ class ShardWriter:
                 self._tmp,
                 self.schema,
                 # metadata columns always zstd; the signal as configured (float16 EEG
-                # compresses by ~8 % and zstd costs ~4x in random-read speed)
+                # compresses by ~8 %; uncompressed, a crop is read in place:
+                # signal_offsets)
                 compression={
                     **dict.fromkeys(METADATA_COLUMNS, "zstd"),
                     "signal": self.signal_compression,
@@ -243,6 +246,51 @@ def signals_of(table: pa.Table) -> list[np.ndarray]:
         .reshape(int(n_ch[i]), int(n_s[i]))
         for i in range(table.num_rows)
     ]
+
+
+def signal_offsets(
+    meta: pq.FileMetaData, n_channels: np.ndarray, n_samples: np.ndarray
+) -> np.ndarray | None:
+    """Where each window's raw signal bytes start in the shard file, if they can be read
+    in place; None when the shard's layout does not allow it.
+
+    A shard written with ``signal_compression="none"`` and one window per row group (the
+    defaults) stores each window's signal as the single PLAIN value of its row group's
+    ``signal`` column chunk, so its bytes are the chunk's last ``n_channels x n_samples
+    x itemsize`` bytes, C-ordered ``(n_channels, n_samples)``: channel ``c``'s samples
+    ``[a, b)`` are one contiguous byte range.  The training loader reads just the
+    channels and patches a crop keeps (``diver.data.signal_reads``) instead of decoding
+    the whole window.  Any other shard (compressed signal, several windows per row group,
+    a dictionary page) gives None and is read by decoding, as before.
+    ``n_channels``/``n_samples`` are the rows' values in file order.
+    """
+    dtype_name = (meta.metadata or {}).get(b"diver.signal_dtype", b"").decode()
+    if dtype_name not in SIGNAL_DTYPES or meta.num_rows != meta.num_row_groups:
+        return None
+    names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    if "signal" not in names:
+        return None
+    column = names.index("signal")
+    nbytes = (
+        np.asarray(n_channels, dtype=np.int64)
+        * np.asarray(n_samples, dtype=np.int64)
+        * SIGNAL_DTYPES[dtype_name].itemsize
+    )
+    if len(nbytes) != meta.num_row_groups:
+        return None
+    offsets = np.empty(meta.num_row_groups, dtype=np.int64)
+    for g in range(meta.num_row_groups):
+        chunk = meta.row_group(g).column(column)
+        if (
+            chunk.compression != "UNCOMPRESSED"
+            or chunk.has_dictionary_page
+            or chunk.num_values != 1
+            or not set(chunk.encodings) <= {"PLAIN", "RLE", "BIT_PACKED"}
+            or chunk.total_compressed_size < nbytes[g] + 4
+        ):
+            return None
+        offsets[g] = chunk.data_page_offset + chunk.total_compressed_size - nbytes[g]
+    return offsets
 
 
 def coords_of(table: pa.Table) -> list[np.ndarray]:

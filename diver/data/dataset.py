@@ -26,56 +26,33 @@ model's embeddings; id 0 is the padding id of the per-channel vocabularies.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
-from diver.corpus.shards import coords_of, signals_of
 from diver.data.index import CorpusIndex, window_hashes
-from diver.data.resample import ResampleConfig, apply_crop, choose_crop
+from diver.data.resample import Crop, ResampleConfig, choose_crop
+from diver.data.signal_reads import ShardMismatchError, ShardReader
+from diver.data.vocab import (  # noqa: F401  (re-exported: the ids are the dataset's)
+    CHANNEL_SUBTYPE_IDS,
+    CHANNEL_TYPE_IDS,
+    MODALITY_IDS,
+    NO_SUBTYPE_ID,
+    OTHER_CHANNEL_TYPE_ID,
+    OTHER_MODALITY_ID,
+    PAD_ID,
+    channel_subtype_id,
+    channel_type_id,
+    modality_id,
+)
 from diver.model.inputs import EncoderInputs
-
-PAD_ID = 0
-# Neural channel types kept for pretraining (SPEC §1); anything else maps to OTHER.
-CHANNEL_TYPE_IDS: Mapping[str, int] = {"eeg": 1, "seeg": 2, "ecog": 3}
-OTHER_CHANNEL_TYPE_ID = 4
-# iEEG subtypes of the modality embedding (SPEC §2); scalp EEG and unknown -> NONE.
-CHANNEL_SUBTYPE_IDS: Mapping[str, int] = {"grid": 2, "strip": 3, "depth": 4}
-NO_SUBTYPE_ID = 1
-# Window modality; recordings mixing scalp and intracranial channels, or anything
-# else the corpus writes, get OTHER.
-MODALITY_IDS: Mapping[str, int] = {"eeg": 0, "ieeg": 1}
-OTHER_MODALITY_ID = 2
-
-_READ_COLUMNS = [
-    "window_index",
-    "n_channels",
-    "n_samples",
-    "channel_types",
-    "channel_subtypes",
-    "coords_mm",
-    "signal_dtype",
-    "signal",
-]
-
-
-def channel_type_id(name: str) -> int:
-    return CHANNEL_TYPE_IDS.get(name.lower(), OTHER_CHANNEL_TYPE_ID)
-
-
-def channel_subtype_id(name: str) -> int:
-    return CHANNEL_SUBTYPE_IDS.get(name.lower(), NO_SUBTYPE_ID)
-
-
-def modality_id(name: str) -> int:
-    return MODALITY_IDS.get(name.lower(), OTHER_MODALITY_ID)
 
 
 @dataclass
@@ -286,6 +263,8 @@ class WindowDataset(IterableDataset[WindowSample]):
         self._row_group = frame["row_group"].to_numpy().astype(np.int64)
         self._row_in_group = frame["row_in_group"].to_numpy().astype(np.int64)
         self._window_index = frame["window_index"].to_numpy().astype(np.int64)
+        self._signal_offset = frame["signal_offset"].to_numpy().astype(np.int64)
+        self._shard_reader: ShardReader | None = None
         self._labels = {
             name: _codes_and_values(frame[name])
             for name in ("dataset", "subject", "recording", "modality")
@@ -348,64 +327,76 @@ class WindowDataset(IterableDataset[WindowSample]):
             for position in block:
                 yield samples.pop(int(position))
 
+    def _reader(self) -> ShardReader:
+        """This process's shard reader (loader workers each make their own)."""
+        if self._shard_reader is None or self._shard_reader.pid != os.getpid():
+            self._shard_reader = ShardReader(self.corpus_dir, self._shards)
+        return self._shard_reader
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Open files and cached facts stay in the process that made them.
+        return {**self.__dict__, "_shard_reader": None}
+
     def _read_block(self, positions: np.ndarray) -> dict[int, WindowSample]:
-        """Crop the windows at ``positions``, reading each shard file once."""
+        """Crop the windows at ``positions``, shard by shard.
+
+        A window whose shard allows it (``signal_offset >= 0``) is read in place, only
+        the crop's bytes; otherwise its row groups are decoded, once per shard and
+        block.  The crop is chosen before reading, from the window's shape alone.
+        """
+        reader = self._reader()
         samples: dict[int, WindowSample] = {}
         codes = self._shard_codes[positions]
         for code in dict.fromkeys(codes.tolist()):
             in_shard = positions[codes == code]
-            path = self.corpus_dir / self._shards[code]
-            groups = sorted(set(self._row_group[in_shard].tolist()))
-            with pq.ParquetFile(path) as pf:
-                table = pf.read_row_groups(groups, columns=_READ_COLUMNS, use_threads=False)
-                sizes = [pf.metadata.row_group(g).num_rows for g in groups]
-            group_offset = dict(zip(groups, np.cumsum([0, *sizes[:-1]]).tolist(), strict=True))
-            signals = signals_of(table)
-            coords = coords_of(table)
-            window_index = table.column("window_index").to_numpy()
-            types = table.column("channel_types").to_pylist()
-            subtypes = table.column("channel_subtypes").to_pylist()
+            facts = reader.facts(code)
+            decoded = None
+            if (self._signal_offset[in_shard] < 0).any():
+                decoded = reader.decode(code, self._row_group[in_shard].tolist())
             for position in in_shard.tolist():
-                row = group_offset[int(self._row_group[position])] + int(
-                    self._row_in_group[position]
-                )
-                if row >= table.num_rows or window_index[row] != self._window_index[position]:
-                    raise RuntimeError(
-                        f"shard {path} no longer matches the corpus index (window "
+                row = facts.row(int(self._row_group[position]), int(self._row_in_group[position]))
+                offset = int(self._signal_offset[position])
+                if (
+                    row >= len(facts.window_index)
+                    or facts.window_index[row] != self._window_index[position]
+                    or (offset >= 0 and (facts.offsets is None or facts.offsets[row] != offset))
+                ):
+                    raise ShardMismatchError(
+                        f"shard {facts.path} no longer matches the corpus index (window "
                         f"{self._window_index[position]} expected at row group "
                         f"{self._row_group[position]}, row {self._row_in_group[position]}); "
                         "rebuild the index"
                     )
-                samples[position] = self._crop(
-                    position, signals[row], coords[row], types[row], subtypes[row]
+                n_channels, n_samples = int(facts.n_channels[row]), int(facts.n_samples[row])
+                crop = self._choose(position, n_channels, n_samples // self.patch_samples)
+                start = crop.patch_start * self.patch_samples
+                stop = start + crop.n_patches * self.patch_samples
+                if decoded is None:
+                    signal = reader.read_in_place(code, row, crop.channels, start, stop)
+                else:
+                    signal = decoded[row][crop.channels, start:stop]
+                montage = facts.montages[int(facts.montage_of_row[row])]
+                channels = torch.from_numpy(crop.channels)
+                samples[position] = WindowSample(
+                    # f16 -> f32 in torch: numpy's conversion is ~15x slower
+                    signal=torch.from_numpy(signal).float(),
+                    coords=montage.coords[channels],
+                    channel_type_ids=montage.type_ids[channels],
+                    channel_subtype_ids=montage.subtype_ids[channels],
+                    modality_id=modality_id(self._label("modality", position)),
+                    channels=channels,
+                    patch_start=crop.patch_start,
+                    patch_samples=self.patch_samples,
+                    dataset=self._label("dataset", position),
+                    subject=self._label("subject", position),
+                    recording=self._label("recording", position),
+                    window_index=int(self._window_index[position]),
                 )
         return samples
 
-    def _crop(
-        self,
-        position: int,
-        signal: np.ndarray,
-        coords: np.ndarray,
-        types: Sequence[str],
-        subtypes: Sequence[str],
-    ) -> WindowSample:
-        n_patches = signal.shape[1] // self.patch_samples
+    def _choose(self, position: int, n_channels: int, n_patches: int) -> Crop:
+        """The window's crop: a function of (seed, epoch, window identity) only."""
         rng = None
         if self.resample.enabled:
             rng = np.random.default_rng([self.seed, self.epoch, int(self._keys[position])])
-        crop = choose_crop(signal.shape[0], n_patches, rng, self.resample)
-        kept = crop.channels.tolist()
-        return WindowSample(
-            signal=torch.from_numpy(apply_crop(signal, crop, self.patch_samples)),
-            coords=torch.from_numpy(np.array(coords[crop.channels], dtype=np.float32)),
-            channel_type_ids=torch.tensor([channel_type_id(types[c]) for c in kept]),
-            channel_subtype_ids=torch.tensor([channel_subtype_id(subtypes[c]) for c in kept]),
-            modality_id=modality_id(self._label("modality", position)),
-            channels=torch.from_numpy(crop.channels),
-            patch_start=crop.patch_start,
-            patch_samples=self.patch_samples,
-            dataset=self._label("dataset", position),
-            subject=self._label("subject", position),
-            recording=self._label("recording", position),
-            window_index=int(self._window_index[position]),
-        )
+        return choose_crop(n_channels, n_patches, rng, self.resample)

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from diver.atomic import replacing
-from diver.corpus.shards import listed_shards
+from diver.corpus.shards import listed_shards, signal_offsets
 
 # The metadata the index keeps per window; all are scalar columns of the shard schema
 # (``diver.corpus.shards.window_schema``), cheap to read next to the signal.
@@ -42,6 +42,8 @@ INDEX_COLUMNS = (
     "n_channels",
     "n_samples",
 )
+# The frame's columns: the metadata, then where the window is in its shard.
+FRAME_COLUMNS = (*INDEX_COLUMNS, "shard", "row_group", "row_in_group", "signal_offset")
 # String columns held as pandas categoricals: a few thousand distinct values repeated
 # over millions of windows, and the index is copied into every DataLoader worker.
 _CATEGORICAL = ("dataset", "subject", "recording", "modality", "shard")
@@ -73,7 +75,9 @@ class CorpusIndex:
     ``frame`` columns: ``dataset``, ``subject``, ``recording``, ``window_index``,
     ``modality``, ``sfreq``, ``n_channels``, ``n_samples`` (as written in the shard),
     ``shard`` (path of the shard file relative to ``corpus_dir``), ``row_group`` and
-    ``row_in_group`` (the window's position inside that file).  Rows are in a
+    ``row_in_group`` (the window's position inside that file) and ``signal_offset``
+    (where its raw signal bytes start in the file, -1 when the shard's layout needs
+    decoding: ``diver.corpus.shards.signal_offsets``).  Rows are in a
     canonical order — shard paths sorted, then file order — so two indexes of the
     same corpus are equal row for row.
     """
@@ -121,7 +125,7 @@ class CorpusIndex:
         for name in _CATEGORICAL:
             if frame[name].dtype != "category":
                 frame[name] = frame[name].astype("category")
-        frame = frame[[*INDEX_COLUMNS, "shard", "row_group", "row_in_group"]]
+        frame = frame[list(FRAME_COLUMNS)]
         return cls(corpus_dir=corpus_dir, frame=frame)
 
     def __len__(self) -> int:
@@ -160,9 +164,14 @@ class CorpusIndex:
     def load(cls, path: Path | str, corpus_dir: Path | str | None = None) -> CorpusIndex:
         """An index written by ``save``; ``corpus_dir`` overrides the recorded folder."""
         table = pq.read_table(path)
-        expected = [*INDEX_COLUMNS, "shard", "row_group", "row_in_group"]
-        if table.column_names != expected:
-            raise CorpusIndexError(f"{path} is not a corpus index (columns {table.column_names})")
+        if table.column_names != list(FRAME_COLUMNS):
+            older = table.column_names == list(FRAME_COLUMNS[:-1])
+            raise CorpusIndexError(
+                f"{path} was saved by an older diver (no signal_offset column): rebuild it "
+                "with CorpusIndex.from_dir"
+                if older
+                else f"{path} is not a corpus index (columns {table.column_names})"
+            )
         if corpus_dir is None:
             corpus_dir = (table.schema.metadata or {}).get(b"diver.corpus_dir", b"").decode()
         return cls(corpus_dir=Path(corpus_dir), frame=table.to_pandas())
@@ -254,6 +263,12 @@ def _read_shard_metadata(path: Path, shard_code: int) -> pa.Table:
     columns["shard_code"] = pa.array(np.full(n, shard_code, dtype=np.int32))
     columns["row_group"] = pa.array(row_group)
     columns["row_in_group"] = pa.array((np.arange(n) - starts).astype(np.int32))
+    offsets = signal_offsets(
+        meta, columns["n_channels"].to_numpy(), columns["n_samples"].to_numpy()
+    )
+    columns["signal_offset"] = pa.array(
+        np.full(n, -1, dtype=np.int64) if offsets is None else offsets
+    )
     return pa.table(columns)
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import torch
 
 from diver.study.budget import MAX_CHANNELS, MAX_PATCHES
 
@@ -133,7 +134,9 @@ def apply_crop(signal: np.ndarray, crop: Crop, patch_samples: int) -> np.ndarray
     stop = start + crop.n_patches * patch_samples
     if stop > signal.shape[1]:
         raise ValueError(f"crop ends at sample {stop}, the window has {signal.shape[1]}")
-    return np.asarray(signal[crop.channels, start:stop], dtype=np.float32)
+    kept = np.ascontiguousarray(signal[crop.channels, start:stop])
+    # float16 -> float32 through torch: numpy's conversion is ~15x slower
+    return torch.from_numpy(kept).float().numpy()
 
 
 def _check_shape(n_channels: int, n_patches: int) -> None:

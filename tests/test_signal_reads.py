@@ -1,0 +1,183 @@
+"""In-place crop reads (diver.data.signal_reads): the same samples as decoding, for the
+crop's bytes only; and the layouts that must be decoded still are."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from diver.corpus.shards import ShardWriter, shard_path
+from diver.data import CorpusIndex, CorpusIndexError, ResampleConfig, WindowDataset
+from diver.data.signal_reads import ShardMismatchError, channel_runs
+from tests.test_data import RECORDINGS, Recording, make_window, write_corpus
+
+Layouts = dict[str, tuple[CorpusIndex, dict]]
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory: pytest.TempPathFactory) -> Layouts:
+    """The same windows in the in-place layout (the corpus default) and in the decoded
+    one (zstd, two windows per row group: a corpus written before in-place reads)."""
+    out = {}
+    for name, kwargs in {
+        "in_place": {"row_group_windows": 1, "signal_compression": "none"},
+        "decoded": {"row_group_windows": 2, "signal_compression": "zstd"},
+        "uncompressed_groups": {"row_group_windows": 3, "signal_compression": "none"},
+    }.items():
+        root = tmp_path_factory.mktemp(name)
+        written = write_corpus(root, RECORDINGS, **kwargs)
+        out[name] = (CorpusIndex.from_dir(root), written)
+    return out
+
+
+def test_writer_defaults_give_the_in_place_layout(tmp_path: Path, layouts: Layouts) -> None:
+    rec = Recording("d", "sub-1", "r", "eeg", 5, 3)
+    rng = np.random.default_rng(0)
+    with ShardWriter(shard_path(tmp_path, "d", "r")) as writer:
+        for w in range(3):
+            writer.write(make_window(rec, w, rng))
+    assert (CorpusIndex.from_dir(tmp_path).frame["signal_offset"] > 0).all()
+    assert (layouts["in_place"][0].frame["signal_offset"] > 0).all()
+    # Compressed, or several windows per row group: decoded, never guessed at.
+    assert (layouts["decoded"][0].frame["signal_offset"] == -1).all()
+    assert (layouts["uncompressed_groups"][0].frame["signal_offset"] == -1).all()
+
+
+def _stream(index: CorpusIndex, patch: int, **kwargs: object) -> list[tuple]:
+    dataset = WindowDataset(index, patch, block_windows=4, **kwargs)  # type: ignore[arg-type]
+    out = []
+    for epoch in (0, 1):
+        dataset.set_epoch(epoch)
+        for s in dataset:
+            out.append(
+                (
+                    s.recording,
+                    s.window_index,
+                    s.channels.tolist(),
+                    s.patch_start,
+                    s.signal.numpy().tobytes(),
+                    s.coords.numpy().tobytes(),
+                    s.channel_type_ids.tolist(),
+                    s.channel_subtype_ids.tolist(),
+                    s.modality_id,
+                )
+            )
+    return out
+
+
+@pytest.mark.parametrize("patch", [50, 500])
+@pytest.mark.parametrize("enabled", [True, False])
+def test_in_place_reads_deliver_exactly_the_decoded_samples(
+    layouts: Layouts, patch: int, enabled: bool
+) -> None:
+    """Same seed, same draws, same bytes: the layout changes how a crop is read, never
+    which channels and patches it holds (SPEC §2's resampling, unchanged)."""
+    resample = ResampleConfig(enabled=enabled)
+    n_samples = {rec.n_samples for rec in RECORDINGS}
+    if patch > min(n_samples):
+        pytest.skip("windows shorter than the patch")
+    streams = {
+        name: _stream(index, patch, seed=11, resample=resample, shuffle=enabled)
+        for name, (index, _) in layouts.items()
+    }
+    reference = streams.pop("decoded")
+    assert len(reference) == 2 * sum(rec.n_windows for rec in RECORDINGS)
+    for name, stream in streams.items():
+        assert sorted(stream) == sorted(reference), name
+    assert len({len(s[2]) for s in reference}) > 5  # the crops really vary
+
+
+def test_in_place_values_are_the_written_ones(layouts: Layouts) -> None:
+    index, written = layouts["in_place"]
+    for s in WindowDataset(index, 50, seed=2):
+        w = written[(s.dataset, s.recording, s.window_index)]
+        start = s.patch_start * 50
+        expected = w.signal[s.channels.numpy(), start : start + s.n_patches * 50]
+        assert s.signal.dtype == torch.float32
+        assert np.array_equal(s.signal.numpy(), expected)
+
+
+def _rchar() -> int:
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+def test_a_crop_of_a_wide_window_reads_the_crop_bytes(tmp_path: Path) -> None:
+    """A 129-channel window: after the shard's small metadata columns (read once per
+    process), each window costs the bytes of the channels and patches it keeps, not the
+    whole window (which is 4-5x more at 24 of 129 channels)."""
+    rec = Recording("hbn", "sub-1", "r", "eeg", 129, 12, "float16", n_samples=15000)
+    written = write_corpus(tmp_path, [rec], row_group_windows=1, signal_compression="none")
+    index = CorpusIndex.from_dir(tmp_path)
+    dataset = WindowDataset(index, 500, seed=0, block_windows=64)
+    list(dataset)  # the shard's metadata is read once per process (and lazy imports)
+    before = _rchar()
+    samples = list(dataset)
+    read = _rchar() - before
+    delivered = sum(s.signal.numel() * 2 for s in samples)  # float16 on disk
+    whole = sum(w.signal.size * 2 for w in written.values())
+    assert len(samples) == 12
+    # (plus the few hundred bytes of reading /proc/self/io itself)
+    assert delivered <= read < delivered + 1024, (read, delivered)
+    assert whole > 3 * delivered
+
+
+def test_eval_crop_of_whole_rows_is_one_read_per_run() -> None:
+    assert channel_runs(np.array([0, 1, 2, 5, 6, 9])) == [(0, 0, 3), (3, 5, 2), (5, 9, 1)]
+    assert channel_runs(np.array([4])) == [(0, 4, 1)]
+
+
+def test_rewritten_shard_is_refused_not_misread(tmp_path: Path) -> None:
+    """The index's offsets no longer match a shard rewritten with other channel counts:
+    the loader says to rebuild the index instead of reading the wrong bytes."""
+    recs = [Recording("s", "sub-1", "r1", "eeg", 6, 4, "float16")]
+    write_corpus(tmp_path, recs, row_group_windows=1, signal_compression="none")
+    index = CorpusIndex.from_dir(tmp_path)
+    write_corpus(
+        tmp_path,
+        [Recording("s", "sub-1", "r1", "eeg", 5, 4, "float16")],
+        row_group_windows=1,
+        signal_compression="none",
+    )
+    with pytest.raises(ShardMismatchError, match="rebuild the index"):
+        list(WindowDataset(index, 50, shuffle=False))
+    # A shard cut short under the index is refused too.
+    write_corpus(tmp_path, recs, row_group_windows=1, signal_compression="none")
+    index = CorpusIndex.from_dir(tmp_path)
+    path = shard_path(tmp_path, "s", "r1")
+    dataset = WindowDataset(index, 50, shuffle=False)
+    reader = dataset._reader()
+    reader.facts(0)
+    os.truncate(path, int(index.frame["signal_offset"].iloc[-1]) + 10)
+    with pytest.raises(ShardMismatchError, match="ended early"):
+        list(dataset)
+
+
+def test_index_saved_by_an_older_diver_says_rebuild(tmp_path: Path, layouts: Layouts) -> None:
+    index, _ = layouts["in_place"]
+    index.save(tmp_path / "index.parquet")
+    old = pq.read_table(tmp_path / "index.parquet").drop(["signal_offset"])
+    pq.write_table(old, tmp_path / "old.parquet")
+    with pytest.raises(CorpusIndexError, match=r"older diver.*rebuild"):
+        CorpusIndex.load(tmp_path / "old.parquet")
+
+
+def test_dataset_pickles_without_its_open_files(layouts: Layouts) -> None:
+    """Loader workers get the dataset by pickling (spawn) or fork; neither may carry the
+    parent's open files and caches across."""
+    import pickle
+
+    index, _ = layouts["in_place"]
+    dataset = WindowDataset(index, 50)
+    next(iter(dataset))
+    assert dataset._shard_reader is not None
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert copy._shard_reader is None
+    assert [s.window_index for s in copy][:3] == [s.window_index for s in dataset][:3]
