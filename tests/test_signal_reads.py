@@ -98,8 +98,7 @@ def test_in_place_values_are_the_written_ones(layouts: Layouts) -> None:
         w = written[(s.dataset, s.recording, s.window_index)]
         start = s.patch_start * 50
         expected = w.signal[s.channels.numpy(), start : start + s.n_patches * 50]
-        assert s.signal.dtype == torch.float32
-        assert np.array_equal(s.signal.numpy(), expected)
+        assert np.array_equal(s.signal.float().numpy(), expected)
 
 
 def _rchar() -> int:
@@ -121,7 +120,8 @@ def test_a_crop_of_a_wide_window_reads_the_crop_bytes(tmp_path: Path) -> None:
     before = _rchar()
     samples = list(dataset)
     read = _rchar() - before
-    delivered = sum(s.signal.numel() * 2 for s in samples)  # float16 on disk
+    assert {s.signal.dtype for s in samples} == {torch.float16}  # as stored
+    delivered = sum(s.signal.numel() * 2 for s in samples)
     whole = sum(w.signal.size * 2 for w in written.values())
     assert len(samples) == 12
     # (plus the few hundred bytes of reading /proc/self/io itself)
@@ -169,6 +169,34 @@ def test_index_saved_by_an_older_diver_says_rebuild(tmp_path: Path, layouts: Lay
         CorpusIndex.load(tmp_path / "old.parquet")
 
 
+@pytest.mark.parametrize("layout", ["in_place", "decoded"])
+def test_training_loader_batches_equal_collated_samples(layouts: Layouts, layout: str) -> None:
+    """The training loader reads each crop straight into its batch slot (in shared
+    memory inside a worker); its batches, padding included, are exactly those of
+    collating the sample stream, with 0, 1 or 2 workers, and keep the storage type."""
+    from torch.utils.data import DataLoader
+
+    from diver.data import collate_windows
+    from diver.data.loader import training_dataset, training_loader
+
+    index, _ = layouts[layout]
+
+    def flat(batch: object) -> tuple:
+        return tuple(
+            (v.dtype, tuple(v.shape), v.numpy().tobytes()) if isinstance(v, torch.Tensor) else v
+            for v in vars(batch).values()
+        )
+
+    for workers in (0, 1, 2):
+        dataset = training_dataset(index, 50, seed=4, rank=0, world_size=1)
+        dataset.set_epoch(1)
+        direct = [flat(b) for b in training_loader(dataset, 6, num_workers=workers, seed=0)]
+        classic = DataLoader(dataset, batch_size=6, collate_fn=collate_windows, num_workers=workers)
+        assert direct == [flat(b) for b in classic], workers
+        assert len(direct) >= 8
+    assert {b[0][0] for b in direct} == {torch.float32}  # float32 and float16 mixed
+
+
 def test_dataset_pickles_without_its_open_files(layouts: Layouts) -> None:
     """Loader workers get the dataset by pickling (spawn) or fork; neither may carry the
     parent's open files and caches across."""
@@ -181,3 +209,54 @@ def test_dataset_pickles_without_its_open_files(layouts: Layouts) -> None:
     copy = pickle.loads(pickle.dumps(dataset))
     assert copy._shard_reader is None
     assert [s.window_index for s in copy][:3] == [s.window_index for s in dataset][:3]
+
+
+def test_slab_ring_hands_out_free_slabs_and_never_blocks() -> None:
+    from diver.data.slabs import SlabRing
+
+    ring = SlabRing(workers=2, slabs=2, slab_bytes=4 * 10 * 2)
+    shape = (4, 10)
+    first = ring.acquire(1, shape, torch.float16)
+    second = ring.acquire(1, shape, torch.float16)
+    assert {first, second} == {0, 1}
+    assert ring.acquire(1, shape, torch.float16) is None  # all busy: the caller allocates
+    assert ring.acquire(0, shape, torch.float16) == 0  # another worker's slabs are its own
+    assert ring.acquire(0, (4, 10), torch.float32) is None  # does not fit
+    view = ring.view(1, second, shape, torch.float16)
+    view.fill_(3.0)
+    assert ring.view(1, second, shape, torch.float16).sum() == 120  # the same memory
+    ring.release(1, second)
+    assert ring.acquire(1, shape, torch.float16) == second
+    ring.reset()
+    assert int(ring.busy.sum()) == 0
+
+
+def test_workers_hand_batches_over_in_reused_slabs(layouts: Layouts) -> None:
+    """With workers, batches travel through the loader's slabs (not fresh shared memory
+    each time), each freed as soon as it is copied out, and equal the samples' batches."""
+    from torch.utils.data import DataLoader
+
+    from diver.data import collate_windows
+    from diver.data.loader import TrainingLoader, training_dataset
+
+    index, _ = layouts["in_place"]
+    dataset = training_dataset(index, 50, seed=8, rank=0, world_size=1)
+    loader = TrainingLoader(dataset, 4, num_workers=2, seed=0)
+    landed: list[tuple[int, int] | None] = []
+    land = loader._land
+
+    def spy(batch):  # type: ignore[no-untyped-def]
+        landed.append(None if batch.slab is None else batch.slab[:2])
+        out = land(batch)
+        assert int(loader.ring.busy.sum()) <= 2 * 3  # freed on landing (a few in flight)
+        return out
+
+    loader._land = spy  # type: ignore[method-assign]
+    for epoch in (0, 1):
+        dataset.set_epoch(epoch)
+        got = [(b.signal.numpy().tobytes(), b.window_indices.tolist()) for b in loader]
+        want = DataLoader(dataset, batch_size=4, collate_fn=collate_windows, num_workers=2)
+        assert got == [(b.signal.numpy().tobytes(), b.window_indices.tolist()) for b in want]
+    used = [s for s in landed if s is not None]
+    assert len(used) == len(landed) > 10  # every batch fit a free slab
+    assert len(set(used)) <= 2 * 4 < len(used)  # and slabs were reused

@@ -14,7 +14,7 @@ window.  Each epoch:
    slice share row groups, so each row group is read once.
 3. A worker reads its slice in blocks of ``block_windows`` windows (one read per
    shard file in the block), crops each window (``diver.data.resample``) and yields
-   the block in a random order; only cropped float32 samples are held in memory.
+   the block in a random order; only cropped samples are held in memory.
 
 The crop of a window depends only on ``(seed, epoch, window identity)``, not on the
 rank or worker that happens to read it, so changing the number of GPUs or loader
@@ -26,6 +26,7 @@ model's embeddings; id 0 is the padding id of the per-channel vocabularies.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
@@ -39,7 +40,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from diver.data.index import CorpusIndex, window_hashes
 from diver.data.resample import Crop, ResampleConfig, choose_crop
-from diver.data.signal_reads import ShardMismatchError, ShardReader
+from diver.data.signal_reads import Montage, ShardMismatchError, ShardReader
+from diver.data.slabs import SlabRing, _shared
 from diver.data.vocab import (  # noqa: F401  (re-exported: the ids are the dataset's)
     CHANNEL_SUBTYPE_IDS,
     CHANNEL_TYPE_IDS,
@@ -59,7 +61,9 @@ from diver.model.inputs import EncoderInputs
 class WindowSample:
     """One cropped window.
 
-    ``signal`` is ``(C', N' * patch_samples)`` float32; ``coords`` ``(C', 3)`` mm with
+    ``signal`` is ``(C', N' * patch_samples)`` in the corpus's storage type (float16 by
+    default: half the bytes through the loader, and exact in the model's compute type,
+    to which ``WindowBatch.encoder_inputs`` casts it); ``coords`` ``(C', 3)`` mm with
     NaN where unknown (the model zeroes those); ``channels`` the source indices of the
     kept channels and ``patch_start`` the first kept patch, for tracing a token back.
     """
@@ -108,9 +112,13 @@ class WindowBatch:
     datasets: list[str]
     subjects: list[str]
     recordings: list[str]
+    # Set by a loader worker that wrote the signal into a ``SlabRing`` slab instead:
+    # (worker, slab, shape, dtype); ``signal`` is then empty until the training process
+    # copies it out (``diver.data.loader.TrainingLoader``).
+    slab: tuple[int, int, tuple[int, ...], torch.dtype] | None = None
 
     def __len__(self) -> int:
-        return int(self.signal.shape[0])
+        return int(self.channel_mask.shape[0])
 
     @property
     def token_mask(self) -> torch.Tensor:
@@ -148,6 +156,15 @@ class WindowBatch:
         )
 
 
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A zero tensor; in a loader worker, made directly in shared memory (as torch's
+    ``default_collate`` does): the batch would otherwise be copied there to reach the
+    main process."""
+    if get_worker_info() is None:
+        return torch.zeros(shape, dtype=dtype)
+    return _shared(shape, dtype)
+
+
 def collate_windows(samples: Sequence[WindowSample]) -> WindowBatch:
     """Pad ``samples`` to the largest channel count and patch count of the batch."""
     if not samples:
@@ -158,33 +175,90 @@ def collate_windows(samples: Sequence[WindowSample]) -> WindowBatch:
     b = len(samples)
     c_max = max(s.n_channels for s in samples)
     n_max = max(s.n_patches for s in samples)
-    signal = torch.zeros(b, c_max, n_max, patch, dtype=torch.float32)
-    channel_mask = torch.zeros(b, c_max, dtype=torch.bool)
-    patch_mask = torch.zeros(b, n_max, dtype=torch.bool)
-    coords = torch.zeros(b, c_max, 3, dtype=torch.float32)
-    type_ids = torch.full((b, c_max), PAD_ID, dtype=torch.long)
-    subtype_ids = torch.full((b, c_max), PAD_ID, dtype=torch.long)
+    dtype = functools.reduce(torch.promote_types, {s.signal.dtype for s in samples})
+    signal = _zeros((b, c_max, n_max, patch), dtype)
+    parts = _Parts(b, c_max, n_max)
     for i, s in enumerate(samples):
         c, n = s.n_channels, s.n_patches
         signal[i, :c, :n] = s.signal.reshape(c, n, patch)
-        channel_mask[i, :c] = True
-        patch_mask[i, :n] = True
-        coords[i, :c] = s.coords
-        type_ids[i, :c] = s.channel_type_ids
-        subtype_ids[i, :c] = s.channel_subtype_ids
-    return WindowBatch(
-        signal=signal,
-        channel_mask=channel_mask,
-        patch_mask=patch_mask,
-        coords=coords,
-        channel_type_ids=type_ids,
-        channel_subtype_ids=subtype_ids,
-        modality_ids=torch.tensor([s.modality_id for s in samples], dtype=torch.long),
-        window_indices=torch.tensor([s.window_index for s in samples], dtype=torch.long),
+        parts.put(i, c, n, s.coords, s.channel_type_ids, s.channel_subtype_ids)
+    return parts.batch(
+        signal,
+        modality_ids=[s.modality_id for s in samples],
+        window_indices=[s.window_index for s in samples],
         datasets=[s.dataset for s in samples],
         subjects=[s.subject for s in samples],
         recordings=[s.recording for s in samples],
     )
+
+
+class _Parts:
+    """Everything of a padded batch but its signal, filled window by window."""
+
+    def __init__(self, b: int, c_max: int, n_max: int) -> None:
+        self.channel_mask = torch.zeros(b, c_max, dtype=torch.bool)
+        self.patch_mask = torch.zeros(b, n_max, dtype=torch.bool)
+        self.coords = torch.zeros(b, c_max, 3, dtype=torch.float32)
+        self.type_ids = torch.full((b, c_max), PAD_ID, dtype=torch.long)
+        self.subtype_ids = torch.full((b, c_max), PAD_ID, dtype=torch.long)
+        self.slab: tuple[int, int, tuple[int, ...], torch.dtype] | None = None
+
+    def put(
+        self,
+        i: int,
+        c: int,
+        n: int,
+        coords: torch.Tensor,
+        type_ids: torch.Tensor,
+        subtype_ids: torch.Tensor,
+    ) -> None:
+        self.channel_mask[i, :c] = True
+        self.patch_mask[i, :n] = True
+        self.coords[i, :c] = coords
+        self.type_ids[i, :c] = type_ids
+        self.subtype_ids[i, :c] = subtype_ids
+
+    def batch(
+        self,
+        signal: torch.Tensor,
+        *,
+        modality_ids: list[int],
+        window_indices: list[int],
+        datasets: list[str],
+        subjects: list[str],
+        recordings: list[str],
+    ) -> WindowBatch:
+        return WindowBatch(
+            signal=signal,
+            channel_mask=self.channel_mask,
+            patch_mask=self.patch_mask,
+            coords=self.coords,
+            channel_type_ids=self.type_ids,
+            channel_subtype_ids=self.subtype_ids,
+            modality_ids=torch.tensor(modality_ids, dtype=torch.long),
+            window_indices=torch.tensor(window_indices, dtype=torch.long),
+            datasets=datasets,
+            subjects=subjects,
+            recordings=recordings,
+            slab=self.slab,
+        )
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """A window about to be read: where it is, its crop, and its decoded signal when
+    its shard cannot be read in place."""
+
+    position: int
+    code: int
+    row: int
+    crop: Crop
+    dtype: np.dtype
+    montage: Montage
+    decoded: np.ndarray | None
+
+
+_TORCH_DTYPES = {np.dtype("float16"): torch.float16, np.dtype("float32"): torch.float32}
 
 
 def _distributed_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -313,7 +387,9 @@ class WindowDataset(IterableDataset[WindowSample]):
         worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         return self.rank * n_workers + worker, self.world_size * n_workers
 
-    def __iter__(self) -> Iterator[WindowSample]:
+    def _blocks(self) -> Iterator[np.ndarray]:
+        """This iterator's windows in yield order, a block (``block_windows``) at a time:
+        its contiguous slice of the epoch order, each block shuffled when shuffling."""
         consumer, n_consumers = self._consumer()
         order = self.epoch_order()
         n = len(order)
@@ -321,11 +397,18 @@ class WindowDataset(IterableDataset[WindowSample]):
         block_rng = np.random.default_rng([self.seed, self.epoch, consumer, n_consumers])
         for start in range(0, len(mine), self.block_windows):
             block = mine[start : start + self.block_windows]
-            samples = self._read_block(block)
             if self.shuffle:
                 block = block[block_rng.permutation(len(block))]
-            for position in block:
-                yield samples.pop(int(position))
+            yield block
+
+    def __iter__(self) -> Iterator[WindowSample]:
+        for block in self._blocks():
+            for planned in self._plan(block):
+                yield self._sample(planned)
+
+    def batches(self, batch_size: int, ring: SlabRing | None = None) -> WindowBatches:
+        """This dataset's windows as ready-padded batches (see ``WindowBatches``)."""
+        return WindowBatches(self, batch_size, ring)
 
     def _reader(self) -> ShardReader:
         """This process's shard reader (loader workers each make their own)."""
@@ -337,15 +420,16 @@ class WindowDataset(IterableDataset[WindowSample]):
         # Open files and cached facts stay in the process that made them.
         return {**self.__dict__, "_shard_reader": None}
 
-    def _read_block(self, positions: np.ndarray) -> dict[int, WindowSample]:
-        """Crop the windows at ``positions``, shard by shard.
+    def _plan(self, positions: np.ndarray) -> list[_Planned]:
+        """The crops of the windows at ``positions``, in that order, ready to be read.
 
-        A window whose shard allows it (``signal_offset >= 0``) is read in place, only
-        the crop's bytes; otherwise its row groups are decoded, once per shard and
-        block.  The crop is chosen before reading, from the window's shape alone.
+        Shards are visited once each: a window whose shard allows it (``signal_offset >=
+        0``) will be read in place, only the crop's bytes; otherwise the row groups of
+        the shard's windows here are decoded now, once.  The crop is chosen from the
+        window's shape alone, before anything is read.
         """
         reader = self._reader()
-        samples: dict[int, WindowSample] = {}
+        planned: dict[int, _Planned] = {}
         codes = self._shard_codes[positions]
         for code in dict.fromkeys(codes.tolist()):
             in_shard = positions[codes == code]
@@ -367,32 +451,105 @@ class WindowDataset(IterableDataset[WindowSample]):
                         f"{self._row_group[position]}, row {self._row_in_group[position]}); "
                         "rebuild the index"
                     )
-                n_channels, n_samples = int(facts.n_channels[row]), int(facts.n_samples[row])
-                crop = self._choose(position, n_channels, n_samples // self.patch_samples)
-                start = crop.patch_start * self.patch_samples
-                stop = start + crop.n_patches * self.patch_samples
-                if decoded is None:
-                    signal = reader.read_in_place(code, row, crop.channels, start, stop)
-                else:
-                    signal = decoded[row][crop.channels, start:stop]
-                montage = facts.montages[int(facts.montage_of_row[row])]
-                channels = torch.from_numpy(crop.channels)
-                samples[position] = WindowSample(
-                    # f16 -> f32 in torch: numpy's conversion is ~15x slower
-                    signal=torch.from_numpy(signal).float(),
-                    coords=montage.coords[channels],
-                    channel_type_ids=montage.type_ids[channels],
-                    channel_subtype_ids=montage.subtype_ids[channels],
-                    modality_id=modality_id(self._label("modality", position)),
-                    channels=channels,
-                    patch_start=crop.patch_start,
-                    patch_samples=self.patch_samples,
-                    dataset=self._label("dataset", position),
-                    subject=self._label("subject", position),
-                    recording=self._label("recording", position),
-                    window_index=int(self._window_index[position]),
+                n_samples = int(facts.n_samples[row])
+                crop = self._choose(
+                    position, int(facts.n_channels[row]), n_samples // self.patch_samples
                 )
-        return samples
+                planned[position] = _Planned(
+                    position=position,
+                    code=code,
+                    row=row,
+                    crop=crop,
+                    dtype=facts.dtype,
+                    montage=facts.montages[int(facts.montage_of_row[row])],
+                    decoded=None if decoded is None else decoded[row],
+                )
+        return [planned[p] for p in positions.tolist()]
+
+    def _fill(self, planned: _Planned, rows: Sequence[np.ndarray]) -> None:
+        """Write the crop's kept channels, one per array of ``rows`` (each ``N' x
+        patch`` values long), from the shard or from the decoded window."""
+        crop = planned.crop
+        start = crop.patch_start * self.patch_samples
+        stop = start + crop.n_patches * self.patch_samples
+        if planned.decoded is None:
+            self._reader().read_in_place(
+                planned.code, planned.row, crop.channels, start, stop, rows
+            )
+        else:
+            for out, channel in zip(rows, crop.channels.tolist(), strict=True):
+                out[:] = planned.decoded[channel, start:stop]
+
+    def _sample(self, planned: _Planned) -> WindowSample:
+        crop, position = planned.crop, planned.position
+        signal = np.empty((len(crop.channels), crop.n_patches * self.patch_samples), planned.dtype)
+        self._fill(planned, list(signal))
+        channels = torch.from_numpy(crop.channels)
+        return WindowSample(
+            signal=torch.from_numpy(signal),
+            coords=planned.montage.coords[channels],
+            channel_type_ids=planned.montage.type_ids[channels],
+            channel_subtype_ids=planned.montage.subtype_ids[channels],
+            modality_id=modality_id(self._label("modality", position)),
+            channels=channels,
+            patch_start=crop.patch_start,
+            patch_samples=self.patch_samples,
+            dataset=self._label("dataset", position),
+            subject=self._label("subject", position),
+            recording=self._label("recording", position),
+            window_index=int(self._window_index[position]),
+        )
+
+    def _batch(self, positions: np.ndarray, ring: SlabRing | None = None) -> WindowBatch:
+        """``collate_windows`` of the windows' samples, read straight into the batch (in a
+        loader worker, into a free slab of ``ring`` when there is one)."""
+        plan = self._plan(positions)
+        patch = self.patch_samples
+        b = len(plan)
+        c_max = max(len(p.crop.channels) for p in plan)
+        n_max = max(p.crop.n_patches for p in plan)
+        dtype = _TORCH_DTYPES[np.dtype(functools.reduce(np.promote_types, {p.dtype for p in plan}))]
+        shape = (b, c_max, n_max, patch)
+        slab = None
+        info = get_worker_info()
+        if ring is not None and info is not None:
+            slab = ring.acquire(info.id, shape, dtype)
+        if slab is None:
+            signal = _zeros(shape, dtype)
+        else:
+            signal = ring.view(info.id, slab, shape, dtype).zero_()  # a reused slab
+        into = signal.numpy()
+        parts = _Parts(b, c_max, n_max)
+        for i, planned in enumerate(plan):
+            crop = planned.crop
+            c, n = len(crop.channels), crop.n_patches
+            if planned.dtype == into.dtype:
+                self._fill(planned, [into[i, j, :n].reshape(-1) for j in range(c)])
+            else:  # a float16 window in a batch promoted to float32 by another window
+                kept = np.empty((c, n * patch), planned.dtype)
+                self._fill(planned, list(kept))
+                signal[i, :c, :n] = torch.from_numpy(kept).reshape(c, n, patch)
+            channels = torch.from_numpy(crop.channels)
+            montage = planned.montage
+            parts.put(
+                i,
+                c,
+                n,
+                montage.coords[channels],
+                montage.type_ids[channels],
+                montage.subtype_ids[channels],
+            )
+        if slab is not None:
+            parts.slab = (info.id, slab, shape, dtype)
+            signal = torch.empty(0, dtype=dtype)
+        return parts.batch(
+            signal,
+            modality_ids=[modality_id(self._label("modality", p.position)) for p in plan],
+            window_indices=[int(self._window_index[p.position]) for p in plan],
+            datasets=[self._label("dataset", p.position) for p in plan],
+            subjects=[self._label("subject", p.position) for p in plan],
+            recordings=[self._label("recording", p.position) for p in plan],
+        )
 
     def _choose(self, position: int, n_channels: int, n_patches: int) -> Crop:
         """The window's crop: a function of (seed, epoch, window identity) only."""
@@ -400,3 +557,38 @@ class WindowDataset(IterableDataset[WindowSample]):
         if self.resample.enabled:
             rng = np.random.default_rng([self.seed, self.epoch, int(self._keys[position])])
         return choose_crop(n_channels, n_patches, rng, self.resample)
+
+
+class WindowBatches(IterableDataset[WindowBatch]):
+    """A ``WindowDataset``'s stream as padded batches, read straight into them.
+
+    Equal to ``DataLoader(dataset, batch_size, collate_fn=collate_windows)`` batch for
+    batch (each loader worker batches its own slice of the epoch, the last batch of a
+    slice may be partial), but each kept channel is read from the shard directly into
+    its slot of the batch - in shared memory inside a loader worker - instead of into a
+    sample that collation then copies: at 1 s patches that copy and its fresh pages
+    cost more than the read.  With a ``ring`` (``diver.data.slabs``), workers write into
+    reused shared memory; the batches must then be landed by the process that made the
+    ring (``diver.data.loader.TrainingLoader``).  Use with ``DataLoader(batch_size=None)``.
+    """
+
+    def __init__(
+        self, dataset: WindowDataset, batch_size: int, ring: SlabRing | None = None
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.ring = ring
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[WindowBatch]:
+        blocks = list(self.dataset._blocks())
+        if not blocks:
+            return
+        positions = np.concatenate(blocks)
+        for start in range(0, len(positions), self.batch_size):
+            yield self.dataset._batch(positions[start : start + self.batch_size], self.ring)

@@ -166,31 +166,37 @@ class ShardReader:
         return fd
 
     def read_in_place(
-        self, code: int, row: int, channels: np.ndarray, start: int, stop: int
-    ) -> np.ndarray:
+        self,
+        code: int,
+        row: int,
+        channels: np.ndarray,
+        start: int,
+        stop: int,
+        out: Sequence[np.ndarray],
+    ) -> None:
         """Samples ``[start, stop)`` of ``channels`` (increasing) of row ``row``, as
-        stored, read with one ``preadv`` per run of consecutive channels (one per channel
-        unless the crop spans the whole window)."""
+        stored, into ``out`` (one contiguous array per channel, e.g. the channel's slot
+        in a padded batch): one ``preadv`` per channel, or per run of consecutive
+        channels when the crop spans the whole window (their bytes are then adjacent)."""
         facts = self.facts(code)
         assert facts.offsets is not None
         fd = self._fd(code)
         item = facts.dtype.itemsize
         stride = int(facts.n_samples[row]) * item
         base = int(facts.offsets[row]) + start * item
-        out = np.empty((len(channels), stop - start), dtype=facts.dtype)
         if start == 0 and stop == int(facts.n_samples[row]):
-            reads = channel_runs(channels)  # whole rows: consecutive channels are adjacent
+            reads = channel_runs(channels)
         else:
             reads = [(i, int(c), 1) for i, c in enumerate(channels.tolist())]
         for position, channel, count in reads:
-            target = out[position : position + count]
-            got = os.preadv(fd, [target], base + channel * stride)
-            if got != target.nbytes:
+            targets = out[position : position + count]
+            want = sum(t.nbytes for t in targets)
+            got = os.preadv(fd, targets, base + channel * stride)
+            if got != want:
                 raise ShardMismatchError(
-                    f"shard {facts.path} ended early: {got} of {target.nbytes} bytes of "
-                    f"window {facts.window_index[row]}, channel {channel}; rebuild the index"
+                    f"shard {facts.path} ended early: {got} of {want} bytes of window "
+                    f"{facts.window_index[row]}, channel {channel}; rebuild the index"
                 )
-        return out
 
     def decode(self, code: int, row_groups: Sequence[int]) -> dict[int, np.ndarray]:
         """The signals of whole row groups (decoded by pyarrow), by file row."""

@@ -16,13 +16,13 @@ from typing import Any
 
 from diver.config import ConfigError
 from diver.data import (
-    ResampleConfig,
     Splits,
     WindowDataset,
     make_splits,
     micro_batches_per_epoch,
     unique_tokens,
 )
+from diver.data.loader import training_dataset
 from diver.study.settings import PretrainSettings
 from diver.train.distributed import DistEnv
 from diver.train.errors import PretrainError
@@ -66,15 +66,8 @@ def plan_run(
         modalities=s.modalities, datasets=s.datasets, subjects=s.subjects,
     )
     tokens = unique_tokens(splits.train, patch_samples)
-    dataset = WindowDataset(
-        splits.train,
-        patch_samples,
-        resample=ResampleConfig(enabled=True),
-        seed=c.runtime.seed,
-        shuffle=True,
-        rank=env.rank,
-        world_size=env.world_size,
-        drop_uneven=True,
+    dataset = training_dataset(
+        splits.train, patch_samples, seed=c.runtime.seed, rank=env.rank, world_size=env.world_size
     )
     micro_per_epoch = micro_batches_per_epoch(
         len(splits.train), env.world_size, c.batch.num_workers, micro
