@@ -35,6 +35,7 @@ test-slow: setup
 
 bench: setup
 	python benchmarks/bench_corpus.py
+	python benchmarks/bench_loader.py
 	python benchmarks/bench_model.py
 	python benchmarks/bench_pretrain.py
 	python benchmarks/bench_scaling.py
