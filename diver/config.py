@@ -196,9 +196,10 @@ class LauncherConfig:
 OPERATIONAL: Mapping[str, bool] = {"operational": True}
 """Field metadata of a ``pretrain`` key that does not change what a run trains
 (cadence, logging, timeouts; activation checkpointing, whose recomputation replays the
-same RNG): it may differ between attempts of one run, and is left out of the run's
-identity (:meth:`PretrainConfig.identity`).  Every other key changes the result, so a
-rerun or resume with another value is refused."""
+same RNG; ``torch.compile``, which runs the same operations, only fused - rounding may
+differ in the last bits, as between two GPU models): it may differ between attempts of
+one run, and is left out of the run's identity (:meth:`PretrainConfig.identity`).  Every
+other key changes the result, so a rerun or resume with another value is refused."""
 
 
 @dataclass(frozen=True)
@@ -251,11 +252,17 @@ class CheckpointConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """How the processes train: ZeRO stage, precision, the training seed, logging."""
+    """How the processes train: ZeRO stage, precision, compilation, the training seed,
+    logging.  ``compile`` wraps the model's forward in ``torch.compile`` through
+    DeepSpeed's ``engine.compile`` (``compile_backend``: ``inductor`` generates kernels;
+    ``eager``/``aot_eager`` only capture graphs, which tests the compiled path on CPUs,
+    where inductor takes minutes to build this model's kernels)."""
 
     zero_stage: int = 2
     precision: str = "auto"
     activation_checkpointing: bool = field(default=False, metadata=OPERATIONAL)
+    compile: bool = field(default=False, metadata=OPERATIONAL)
+    compile_backend: str = field(default="inductor", metadata=OPERATIONAL)
     seed: int = 0
     dist_timeout_s: float = field(default=60.0, metadata=OPERATIONAL)
     log_every: int = field(default=10, metadata=OPERATIONAL)

@@ -144,11 +144,11 @@ def test_pretrain_components_own_the_schemas_flat_keys_once() -> None:
     flat = PretrainConfig.from_flat(defaults).flat()
     assert {**flat, "betas": list(flat["betas"])} == defaults
     assert config_from_dict({"pretrain": {"lr": 0.5}}).pretrain.optimiser.lr == 0.5
-    # Cadence, logging, timeouts and recomputation do not change a run's result.
+    # Cadence, logging, timeouts, recomputation and compilation do not change a run's result.
     operational = {k for k, (_, op) in PretrainConfig.keys().items() if op}
     assert operational == {
         "checkpoint_every", "keep_checkpoints", "val_every", "log_every", "dist_timeout_s",
-        "activation_checkpointing",
+        "activation_checkpointing", "compile", "compile_backend",
     }
     assert set(PretrainConfig().identity()) == set(schema) - operational
 

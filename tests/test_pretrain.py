@@ -37,7 +37,7 @@ from diver.corpus.synth.corpus import write_synthetic_corpus
 from diver.data import make_splits, micro_batches_per_epoch
 from diver.exitcodes import EXIT_PREEMPTED
 from diver.model import DiverPretrainModel, ModelConfig, model_config
-from diver.model.flops import six_nd, training_flops
+from diver.model.flops import six_nd, training_flops, window_training_flops
 from diver.model.inputs import EncoderInputs
 from diver.model.mup_setup import attach_base_shapes, build_model, count_parameters
 from diver.train.engine import batch_geometry, enable_activation_checkpointing
@@ -354,6 +354,23 @@ def test_debug_pretrains_and_writes_complete_outputs(reference: Path, corpus: Pa
     tokens = [float(r["tokens"]) for r in train]
     assert all(b > a for a, b in itertools.pairwise(tokens))
     assert tokens[-1] == metrics["tokens_seen"]
+    # Each step's wall time, its wait in next(batches) (no workers: the loading itself,
+    # so never zero, and never the whole step) and its model FLOPs (diver.model.flops).
+    step_s = [float(r["step_s"]) for r in train]
+    waits = [float(r["loader_wait_s"]) for r in train]
+    assert all(0 < w < s for w, s in zip(waits, step_s, strict=True))
+    step_tokens = [b - a for a, b in itertools.pairwise([0.0, *tokens])]
+    per_token = [
+        window_training_flops(config, c, n) / (c * n)
+        for c, n in itertools.product(range(1, 33), range(1, 31))
+    ]
+    for row, n, s in zip(train, step_tokens, step_s, strict=True):
+        assert float(row["tokens_per_s"]) == pytest.approx(n / s)
+        # Between the cheapest and the dearest window shape, per token.
+        assert min(per_token) * n <= float(row["model_flops"]) <= max(per_token) * n
+    assert metrics["loader_wait_fraction"] == pytest.approx(sum(waits) / sum(step_s))
+    assert (metrics["device"], metrics["precision"], metrics["compile"]) == ("cpu", "fp32", "off")
+    assert metrics["peak_rss_bytes"] > 2**20 and "peak_gpu_memory_bytes" not in metrics
 
     val = _rows(out / "val_log.csv")
     assert [(int(r["epoch"]), int(r["step"])) for r in val] == [(0, 0), (0, 6), (1, 12)]
@@ -413,6 +430,9 @@ def test_mlflow_child_run_has_params_curves_and_artifacts(
     assert run.data.params["size"] == "debug" and run.data.params["zero_stage"] == "2"
     history = client.get_metric_history(run.info.run_id, "train_loss")
     assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(1, 13))
+    waits = client.get_metric_history(run.info.run_id, "train_loader_wait_s")
+    assert sorted(m.step for m in waits) == list(range(1, 13))
+    assert run.data.tags["diver.device"] == "cpu" and run.data.tags["diver.precision"] == "fp32"
     val = client.get_metric_history(run.info.run_id, "val_loss")
     assert sorted(m.step for m in val) == [0, 6, 12]
     assert run.data.metrics["final_val_loss"] == _metrics(out)["val_loss"]

@@ -297,6 +297,9 @@ def _finetune(settings: FinetuneSettings, cell: str) -> dict:
         ],
         "models": models,
         "elapsed_s": time.perf_counter() - started,
+        # Where the encoder's weights actually were (not the flag): a check of a GPU
+        # job can tell it from one that ran on the CPU.
+        "device": str(next(pretrained.parameters()).device),
     }
     s.out.mkdir(parents=True, exist_ok=True)
     write_csv_atomic(s.out / "predictions.csv", pd.concat(predictions, ignore_index=True))

@@ -69,6 +69,8 @@ token count per epoch is uncertain.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
 import torch
@@ -239,6 +241,32 @@ def training_flops(
     the compute of a run; pass 32 x 30 for full windows.
     """
     return tokens * flops_per_token(config, n_channels, n_patches)
+
+
+@functools.lru_cache(maxsize=4096)
+def window_training_flops(config: ModelConfig, n_channels: int, n_patches: int) -> float:
+    """Training FLOPs of one window at its real ``n_channels`` x ``n_patches`` shape.
+
+    Cached because the training loop asks for every window of every step and a run sees
+    at most 32 x 30 distinct shapes per model, while :func:`forward_flops` builds the
+    patch CNN (on the meta device) each time to read its geometry.
+    """
+    return forward_flops(config, n_channels, n_patches).training
+
+
+def batch_training_flops(
+    config: ModelConfig, n_channels: Iterable[int], n_patches: Iterable[int]
+) -> float:
+    """Training FLOPs of a batch, summed over its windows' own shapes.
+
+    What throughput (MFU) must count: a padded batch costs the padded shape on the
+    device, but only the real tokens are model work, and attention makes the cost of a
+    window depend on its shape, not just its token count (so a mean shape is not enough).
+    """
+    return sum(
+        window_training_flops(config, int(c), int(n))
+        for c, n in zip(n_channels, n_patches, strict=True)
+    )
 
 
 def non_embedding_params(config: ModelConfig) -> int:

@@ -4,8 +4,9 @@
 parameters), ``MuAdamW`` is handed to DeepSpeed as the client optimizer (naming an
 optimizer in the DeepSpeed config would JIT-build ``fused_adam``) and SPEC §3's cosine
 is applied to each muP group's own peak (``diver.train.schedule``).  fp32 on CPU; bf16
-only with CUDA.  Everything DeepSpeed-specific the loop needs is here, so the loop
-reads as training, not as framework set-up.
+only with CUDA; ``torch.compile`` on request (``pretrain.compile``).  Everything
+DeepSpeed-specific the loop needs is here, so the loop reads as training, not as
+framework set-up.
 """
 
 from __future__ import annotations
@@ -95,6 +96,22 @@ def enable_activation_checkpointing(model: DiverPretrainModel) -> None:
         block.forward = forward  # type: ignore[method-assign]
 
 
+def compile_model(engine: Any, backend: str) -> None:
+    """``torch.compile`` the engine's module in place (DeepSpeed's ``engine.compile``).
+
+    Through the engine rather than ``torch.compile(model)`` before ``initialize``: the
+    engine keeps calling its own module (its ZeRO hooks stay on it) and the compiled
+    call is installed on that same module (``nn.Module.compile``), so parameter names,
+    checkpoints and ``model.pt`` are those of an uncompiled run.  Batches differ in
+    channel and patch counts, so the first recompilation marks those dimensions
+    dynamic; the data-dependent branches (padding or not, masked-token gathers) are
+    graph breaks that run eagerly.
+    """
+    if not hasattr(engine, "compile"):  # DeepSpeed before 0.14
+        raise ConfigError("pretrain.compile needs DeepSpeed >= 0.14 (engine.compile)")
+    engine.compile(backend=backend)
+
+
 def consolidated_state_dict(engine: Any, zero_stage: int, env: DistEnv) -> dict[str, Any] | None:
     """The full fp32 model state dict on rank 0 (None elsewhere); call on all ranks.
 
@@ -182,6 +199,8 @@ def build_engine(
     from diver.train import safe_checkpoint
 
     safe_checkpoint.install(engine)  # resuming never unpickles code from the folder
+    if config.runtime.compile:
+        compile_model(engine, config.runtime.compile_backend)
     return TrainEngine(
         engine=engine,
         device=engine.device,

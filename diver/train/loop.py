@@ -12,11 +12,22 @@ run reproduces an uninterrupted run's per-step losses exactly (fp32 CPU).
 Everything the loop needs is built before it starts (``diver.train.plan``,
 ``diver.train.engine``, :func:`resume_state`) and handed to :class:`TrainingLoop`;
 the only thing that changes while it runs is the :class:`TrainState`.
+
+**What a step costs.**  Each step's row also records its wall time (``step_s``), the
+part of it spent waiting for the loader in ``next(batches)`` (``loader_wait_s``: with
+workers, the time the prefetched queue was empty) and the model FLOPs of its windows at
+their real shapes (``model_flops``, ``diver.model.flops``), so throughput, model FLOPs
+utilisation and whether the loader starves the device are read off the run's own logs
+rather than re-measured beside it.  On CUDA the loader pins its batches and the copy to
+the device is asynchronous; the summary records the device, the precision, whether the
+model was compiled and the peak memory.
 """
 
 from __future__ import annotations
 
 import logging
+import resource
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -31,7 +42,7 @@ from diver.data import WindowBatch, collate_windows
 from diver.errors import CheckpointError
 from diver.exitcodes import EXIT_PREEMPTED
 from diver.model import ModelConfig
-from diver.model.flops import six_nd, training_flops
+from diver.model.flops import batch_training_flops, six_nd, training_flops
 from diver.model.load import save_model_file
 from diver.study.artifacts import PRETRAIN_METRICS, PretrainMetrics
 from diver.study.settings import PretrainSettings
@@ -120,6 +131,8 @@ class TrainingLoop:
             collate_fn=collate_windows,
             num_workers=c.batch.num_workers,
             generator=torch.Generator().manual_seed(c.runtime.seed),
+            # Page-locked batches copy to the GPU asynchronously (``_step``).
+            pin_memory=self.engine.device.type == "cuda",
         )
         last_saved = st.step if self.resumed_from is not None else -1
         started = time.perf_counter() - st.elapsed_s
@@ -132,6 +145,7 @@ class TrainingLoop:
                 k = min(plan.accumulation, plan.micro_per_epoch - st.batches_in_epoch)
                 t0 = time.perf_counter()
                 metrics = self._step(batches, k)
+                step_s = time.perf_counter() - t0
                 st.batches_in_epoch += k
                 st.step += 1
                 epoch_done = st.batches_in_epoch >= plan.micro_per_epoch
@@ -147,7 +161,10 @@ class TrainingLoop:
                     "lr": metrics["lr"],
                     "grad_norm": metrics["grad_norm"],
                     "tokens": st.tokens_seen,
-                    "tokens_per_s": metrics["step_tokens"] / max(time.perf_counter() - t0, 1e-9),
+                    "tokens_per_s": metrics["step_tokens"] / max(step_s, 1e-9),
+                    "step_s": step_s,
+                    "loader_wait_s": metrics["loader_wait_s"],
+                    "model_flops": metrics["model_flops"],
                 }
                 st.last_train = {k: float(v) for k, v in row.items()}
                 if env.is_main:
@@ -198,17 +215,31 @@ class TrainingLoop:
 
     def _step(self, batches: Iterator[WindowBatch], k: int) -> dict[str, float]:
         """One optimizer step over ``k`` micro-batches (``k < accumulation`` only at the
-        end of an epoch; the gradient is then the mean over those ``k``)."""
+        end of an epoch; the gradient is then the mean over those ``k``).
+
+        Tokens and model FLOPs are counted on the host batch, before the copy: on CUDA
+        that copy is asynchronous from pinned memory, and reading a device tensor back
+        would stall the step on it.  This rank's loader wait is its own (not summed over
+        ranks: each rank waits on its own workers while the others may not)."""
         engine, env, st = self.engine.engine, self.env, self.state
         device, dtype = self.engine.device, self.engine.dtype
+        non_blocking = device.type == "cuda"
         seed = self.c.runtime.seed
         torch.manual_seed(mixed_seed(seed, st.step, env.rank))  # dropout
         lr = float(engine.optimizer.param_groups[0]["lr"])
         sums = np.zeros(1 + len(LOSS_PARTS))
-        tokens = 0.0
+        tokens = flops = loader_wait = 0.0
         for micro in range(k):
-            batch = next(batches).to(device)
-            tokens += float(batch.token_mask.sum())
+            waiting = time.perf_counter()
+            host = next(batches)
+            loader_wait += time.perf_counter() - waiting
+            tokens += float(host.token_mask.sum())
+            flops += batch_training_flops(
+                self.model_config,
+                host.channel_mask.sum(dim=1).tolist(),
+                host.patch_mask.sum(dim=1).tolist(),
+            )
+            batch = host.to(device, non_blocking=non_blocking)
             generator = torch.Generator(device=device).manual_seed(
                 mixed_seed(seed, st.step, env.rank, micro, 1)
             )
@@ -230,7 +261,7 @@ class TrainingLoop:
         norm = engine.get_global_grad_norm()
         grad_norm = float(norm) if norm is not None else manual_norm
         totals = all_reduce_sum(
-            [*sums.tolist(), tokens], device=device if env.world_size > 1 else None
+            [*sums.tolist(), tokens, flops], device=device if env.world_size > 1 else None
         )
         n = env.world_size
         return {
@@ -238,7 +269,9 @@ class TrainingLoop:
             **{f"loss_{p}": totals[1 + i] / n for i, p in enumerate(LOSS_PARTS)},
             "lr": lr,
             "grad_norm": float("nan") if grad_norm is None else grad_norm,
-            "step_tokens": totals[-1],
+            "step_tokens": totals[-2],
+            "model_flops": totals[-1],
+            "loader_wait_s": loader_wait,
         }
 
     def _validate(self, epoch: int | None = None) -> None:
@@ -296,6 +329,34 @@ class TrainingLoop:
         if self.env.is_main:
             log.info("checkpoint %s", folder)
 
+    def _runtime_summary(self) -> dict[str, Any]:
+        """Where and how this run computed (rank 0's view), for ``metrics.json``.
+
+        The device and precision are the engine's, i.e. what actually ran, so a check
+        can tell a GPU run from one that fell back to the CPU; the loader wait fraction
+        is over every logged step (a resumed run's earlier rows included).
+        """
+        device = self.engine.device
+        runtime = self.c.runtime
+        rows = self.logs.train_rows
+        step_s = sum(float(r["step_s"]) for r in rows)
+        waited = sum(float(r["loader_wait_s"]) for r in rows)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, B on macOS
+        summary: dict[str, Any] = {
+            "device": str(device),
+            "precision": "bf16" if self.engine.dtype == torch.bfloat16 else "fp32",
+            "compile": runtime.compile_backend if runtime.compile else "off",
+            "num_workers": self.c.batch.num_workers,
+            "train_step_s": step_s,
+            "loader_wait_s": waited,
+            "loader_wait_fraction": waited / step_s if step_s > 0 else None,
+            "peak_rss_bytes": rss if sys.platform == "darwin" else rss * 1024,
+        }
+        if device.type == "cuda":
+            summary["device_name"] = torch.cuda.get_device_name(device)
+            summary["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated(device)
+        return summary
+
     def finish(self) -> None:
         """Validate at the last step if not done, write ``model.pt``, the plot and
         ``metrics.json`` (last: it marks the run complete); on every rank."""
@@ -338,11 +399,15 @@ class TrainingLoop:
                 "seed": c.runtime.seed,
                 "elapsed_s": st.elapsed_s,
                 "resumed_from_step": self.resumed_from,
+                **self._runtime_summary(),
             }
             plot_losses(
                 self.logs.train_rows, self.logs.val_rows, self.out / "loss_curve.png", s.cell
             )
             if self.mlflow is not None:
+                self.mlflow.set_tags(
+                    {f"diver.{k}": str(metrics[k]) for k in ("device", "precision", "compile")}
+                )
                 final = {
                     f"final_{k}": float(v)
                     for k, v in metrics.items()

@@ -32,6 +32,9 @@ TRAIN_COLUMNS = (
     "grad_norm",
     "tokens",
     "tokens_per_s",
+    "step_s",
+    "loader_wait_s",
+    "model_flops",
 )
 VAL_COLUMNS = (
     "epoch",
