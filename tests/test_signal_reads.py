@@ -260,3 +260,21 @@ def test_workers_hand_batches_over_in_reused_slabs(layouts: Layouts) -> None:
     used = [s for s in landed if s is not None]
     assert len(used) == len(landed) > 10  # every batch fit a free slab
     assert len(set(used)) <= 2 * 4 < len(used)  # and slabs were reused
+
+
+def test_a_training_log_from_an_older_diver_keeps_its_rows_on_resume(tmp_path: Path) -> None:
+    """Columns were added to train_log.csv (step_s, loader_wait_s, model_flops); a run
+    folder written before keeps its rows when resumed, the new columns nan."""
+    from diver.train.outputs import TRAIN_COLUMNS, CsvLog
+
+    old_columns = [c for c in TRAIN_COLUMNS if c not in ("step_s", "loader_wait_s", "model_flops")]
+    path = tmp_path / "train_log.csv"
+    lines = [",".join(old_columns)]
+    lines += [
+        ",".join(str(step if c == "step" else 0.5) for c in old_columns) for step in (1, 2, 3)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    kept = CsvLog(path, TRAIN_COLUMNS).truncate(max_step=2)
+    assert [int(r["step"]) for r in kept] == [1, 2]
+    assert kept[0]["loader_wait_s"] == "nan" and kept[0]["loss"] == "0.5"
+    assert path.read_text().splitlines()[0] == ",".join(TRAIN_COLUMNS)

@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from diver.data import WindowBatch, collate_windows
+from diver.data import WindowBatch
+from diver.data.loader import training_loader
 from diver.errors import CheckpointError
 from diver.exitcodes import EXIT_PREEMPTED
 from diver.model import ModelConfig
@@ -125,14 +125,13 @@ class TrainingLoop:
         s, c, env, st, plan = self.s, self.c, self.env, self.state, self.plan
         if self.resumed_from is None and c.validation.val_at_start:
             self._validate()
-        loader = DataLoader(
+        # Pinned (page-locked) batches on CUDA: they copy to the GPU asynchronously.
+        loader = training_loader(
             plan.dataset,
-            batch_size=plan.micro,
-            collate_fn=collate_windows,
+            plan.micro,
             num_workers=c.batch.num_workers,
-            generator=torch.Generator().manual_seed(c.runtime.seed),
-            # Page-locked batches copy to the GPU asynchronously (``_step``).
-            pin_memory=self.engine.device.type == "cuda",
+            seed=c.runtime.seed,
+            device=self.engine.device,
         )
         last_saved = st.step if self.resumed_from is not None else -1
         started = time.perf_counter() - st.elapsed_s

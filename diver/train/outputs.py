@@ -61,13 +61,18 @@ class CsvLog:
         self._fh: Any = None
 
     def rows(self) -> list[dict[str, str]]:
+        """The complete rows; a log written by an older diver, with a subset of today's
+        columns, keeps its rows with the new columns ``nan`` (never dropped on resume)."""
         if not self.path.exists():
             return []
         with self.path.open(newline="") as fh:
             reader = csv.DictReader(fh)
-            if tuple(reader.fieldnames or ()) != self.columns:
+            written = tuple(reader.fieldnames or ())
+            if not written or not set(written) <= set(self.columns):
                 return []
-            return [r for r in reader if None not in r.values() and None not in r]
+            rows = [r for r in reader if None not in r.values() and None not in r]
+        added = {c: "nan" for c in self.columns if c not in written}
+        return [{**row, **added} for row in rows]
 
     def truncate(self, max_step: int) -> list[dict[str, str]]:
         """Keep complete rows with ``step <= max_step`` (all gone for a fresh start)."""
