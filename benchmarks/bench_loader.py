@@ -238,10 +238,11 @@ def child_loader(spec: dict) -> Measured:
                 host(tuple(batch.signal.shape), batch.signal.dtype).copy_(batch.signal)
             if time.perf_counter() > deadline:
                 break
-        del batches  # joins (and so reaps) the workers: their I/O and CPU count
-        gc.collect()
+        del batches
         if time.perf_counter() > deadline:
             break
+    del loader  # shuts down and joins (so reaps) the persistent workers: their I/O and
+    gc.collect()  # CPU then count in this process's figures
     return _finish(windows, tokens, tokens * patch, itemsize, t0, c0, io0)
 
 

@@ -12,9 +12,12 @@ window.  Each epoch:
    slices, one per (rank, loader worker): together they cover every window exactly
    once, ranks get the same count within one window, and consecutive windows of a
    slice share row groups, so each row group is read once.
-3. A worker reads its slice in blocks of ``block_windows`` windows (one read per
-   shard file in the block), crops each window (``diver.data.resample``) and yields
-   the block in a random order; only cropped samples are held in memory.
+3. A worker takes its slice in blocks of ``block_windows`` windows, each block in a
+   random order, chooses each window's crop (``diver.data.resample``) from its shape
+   alone, and reads only what the crop keeps (``diver.data.signal_reads``: in place
+   from the default layout, else by decoding each shard's row groups once per block);
+   only cropped samples are held in memory.  ``WindowBatches`` reads the same stream
+   straight into padded batches, the training loader's way (``diver.data.loader``).
 
 The crop of a window depends only on ``(seed, epoch, window identity)``, not on the
 rank or worker that happens to read it, so changing the number of GPUs or loader
@@ -513,7 +516,7 @@ class WindowDataset(IterableDataset[WindowSample]):
         slab = None
         info = get_worker_info()
         if ring is not None and info is not None:
-            slab = ring.acquire(info.id, shape, dtype)
+            slab = ring.acquire(info.id, shape, dtype, int(ring.generation[0]))
         if slab is None:
             signal = _zeros(shape, dtype)
         else:
@@ -569,7 +572,8 @@ class WindowBatches(IterableDataset[WindowBatch]):
     sample that collation then copies: at 1 s patches that copy and its fresh pages
     cost more than the read.  With a ``ring`` (``diver.data.slabs``), workers write into
     reused shared memory; the batches must then be landed by the process that made the
-    ring (``diver.data.loader.TrainingLoader``).  Use with ``DataLoader(batch_size=None)``.
+    ring (``diver.data.loader.TrainingLoader``).  Use with ``DataLoader(batch_size=None)``;
+    ``set_epoch`` reaches persistent workers too.
     """
 
     def __init__(
@@ -581,11 +585,16 @@ class WindowBatches(IterableDataset[WindowBatch]):
         self.dataset = dataset
         self.batch_size = batch_size
         self.ring = ring
+        # Shared, so that persistent loader workers see the epoch set after they started.
+        self.epoch = _shared((1,), torch.int64)
+        self.epoch[0] = dataset.epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch(epoch)
+        self.epoch[0] = epoch
 
     def __iter__(self) -> Iterator[WindowBatch]:
+        self.dataset.set_epoch(int(self.epoch[0]))
         blocks = list(self.dataset._blocks())
         if not blocks:
             return

@@ -73,10 +73,14 @@ class TrainingLoader:
             # room for float32 batches; a float16 batch touches only the first half
             slab = micro_batch * r.max_channels * r.max_patches * dataset.patch_samples * 4
             self.ring = SlabRing(num_workers, SLABS_PER_WORKER, slab)
+        self.batches = dataset.batches(micro_batch, self.ring)
         self.loader = DataLoader(
-            dataset.batches(micro_batch, self.ring),
+            self.batches,
             batch_size=None,
             num_workers=num_workers,
+            # Workers live for the whole run: their slabs, open shards and shard facts
+            # stay warm, and nothing is forked again each epoch.
+            persistent_workers=num_workers > 0,
             generator=torch.Generator().manual_seed(seed),
         )
 
@@ -84,8 +88,14 @@ class TrainingLoader:
         return torch.empty(shape, dtype=dtype, pin_memory=self.pinned)
 
     def __iter__(self) -> Iterator[WindowBatch]:
+        """One pass over the dataset's current epoch (``dataset.set_epoch`` first).
+
+        A pass left unfinished (a preemption, or the batches a resume skips) is simply
+        dropped: the next pass restarts the workers' streams, and the slabs of the
+        batches it never took are free again (``SlabRing.begin``)."""
+        self.batches.set_epoch(self.dataset.epoch)
         if self.ring is not None:
-            self.ring.reset()  # no worker runs between epochs
+            self.ring.begin()
         for batch in self.loader:
             yield self._land(batch)
 

@@ -9,6 +9,8 @@ one, and sends only where it is; the training process copies it out (into pinned
 memory on a GPU node, where a copy is needed anyway for an asynchronous transfer) and
 frees the slab at once.  A worker that finds no free slab (its batches not yet taken)
 falls back to fresh shared memory for that batch, so nothing ever waits on a slab.
+Workers persist across epochs (the epoch reaches them through shared memory,
+``WindowBatches``), so their slabs, open files and shard facts stay warm.
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ import torch
 class SlabRing:
     """``slabs`` buffers of ``slab_bytes`` per worker, and which of them hold a batch.
 
-    Made in the training process before the workers start (they inherit it); the flag
-    of a slab is set by its worker when it writes a batch and cleared by the training
-    process when it has copied the batch out.
+    Made in the training process before the workers start (they inherit it).  A slab's
+    flag is the generation that filled it (0: free): set by its worker when it writes a
+    batch, cleared by the training process once it has copied the batch out.  Each
+    pass over the loader is a new generation (``begin``); a slab still flagged with an
+    older one held a batch that pass abandoned (prefetched, never taken: the loader
+    discards those when it restarts its workers) and is free again.
     """
 
     def __init__(self, workers: int, slabs: int, slab_bytes: int) -> None:
@@ -32,19 +37,27 @@ class SlabRing:
         self.workers, self.slabs, self.slab_bytes = workers, slabs, slab_bytes
         # Shared from the start, without touching a page (torch's default_collate's way).
         self.memory = _shared((workers, slabs, slab_bytes), torch.uint8)
-        self.busy = _shared((workers, slabs), torch.int32)
+        self.busy = _shared((workers, slabs), torch.int64)
+        self.generation = _shared((1,), torch.int64)
 
-    def acquire(self, worker: int, shape: tuple[int, ...], dtype: torch.dtype) -> int | None:
-        """A free slab of ``worker`` for a tensor of ``shape``, now marked busy; None when
-        none is free or the tensor does not fit."""
+    def begin(self) -> int:
+        """A new pass over the loader (in the training process, before it starts)."""
+        self.generation += 1
+        return int(self.generation[0])
+
+    def acquire(
+        self, worker: int, shape: tuple[int, ...], dtype: torch.dtype, generation: int
+    ) -> int | None:
+        """A free slab of ``worker`` for a tensor of ``shape``, now flagged with
+        ``generation``; None when none is free or the tensor does not fit."""
         nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
         if nbytes > self.slab_bytes:
             return None
-        free = (self.busy[worker] == 0).nonzero()
+        free = (self.busy[worker] < generation).nonzero()
         if len(free) == 0:
             return None
         slab = int(free[0])
-        self.busy[worker, slab] = 1
+        self.busy[worker, slab] = generation
         return slab
 
     def view(
@@ -56,11 +69,6 @@ class SlabRing:
 
     def release(self, worker: int, slab: int) -> None:
         self.busy[worker, slab] = 0
-
-    def reset(self) -> None:
-        """Every slab free: before an epoch's workers start (batches an interrupted epoch
-        left behind were never taken)."""
-        self.busy.zero_()
 
 
 def _shared(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
