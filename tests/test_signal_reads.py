@@ -148,6 +148,11 @@ def test_rewritten_shard_is_refused_not_misread(tmp_path: Path) -> None:
     )
     with pytest.raises(ShardMismatchError, match="rebuild the index"):
         list(WindowDataset(index, 50, shuffle=False))
+    # A shard that is no longer Parquet at all: the message names it.
+    path = shard_path(tmp_path, "s", "r1")
+    path.write_bytes(b"not parquet")
+    with pytest.raises(ShardMismatchError, match=r"cannot read shard .*r1\.parquet"):
+        list(WindowDataset(index, 50, shuffle=False))
     # A shard cut short under the index is refused too.
     write_corpus(tmp_path, recs, row_group_windows=1, signal_compression="none")
     index = CorpusIndex.from_dir(tmp_path)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
@@ -85,9 +86,15 @@ class ShardFacts:
 
 def read_shard_facts(path: Path) -> ShardFacts:
     """Everything but the signal of ``path``, with each distinct montage kept once."""
-    with pq.ParquetFile(path) as pf:
-        meta = pf.metadata
-        table = pf.read(columns=_META_COLUMNS, use_threads=False)
+    try:
+        with pq.ParquetFile(path) as pf:
+            meta = pf.metadata
+            table = pf.read(columns=_META_COLUMNS, use_threads=False)
+    except (OSError, pa.ArrowException) as exc:
+        raise ShardMismatchError(
+            f"cannot read shard {path}: {exc}; was it rewritten since the corpus index "
+            "was built? rebuild the index"
+        ) from exc
     n_channels = table.column("n_channels").to_numpy().astype(np.int64)
     n_samples = table.column("n_samples").to_numpy().astype(np.int64)
     dtypes = set(table.column("signal_dtype").unique().to_pylist())
