@@ -44,7 +44,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from diver.data.index import CorpusIndex, window_hashes
 from diver.data.resample import Crop, ResampleConfig, choose_crop
 from diver.data.signal_reads import Montage, ShardMismatchError, ShardReader
-from diver.data.slabs import SlabRing, _shared
+from diver.data.slabs import SlabRing, shared_zeros
 from diver.data.vocab import (  # noqa: F401  (re-exported: the ids are the dataset's)
     CHANNEL_SUBTYPE_IDS,
     CHANNEL_TYPE_IDS,
@@ -165,7 +165,7 @@ def _zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     main process."""
     if get_worker_info() is None:
         return torch.zeros(shape, dtype=dtype)
-    return _shared(shape, dtype)
+    return shared_zeros(shape, dtype)
 
 
 def collate_windows(samples: Sequence[WindowSample]) -> WindowBatch:
@@ -204,7 +204,6 @@ class _Parts:
         self.coords = torch.zeros(b, c_max, 3, dtype=torch.float32)
         self.type_ids = torch.full((b, c_max), PAD_ID, dtype=torch.long)
         self.subtype_ids = torch.full((b, c_max), PAD_ID, dtype=torch.long)
-        self.slab: tuple[int, int, tuple[int, ...], torch.dtype] | None = None
 
     def put(
         self,
@@ -230,6 +229,7 @@ class _Parts:
         datasets: list[str],
         subjects: list[str],
         recordings: list[str],
+        slab: tuple[int, int, tuple[int, ...], torch.dtype] | None = None,
     ) -> WindowBatch:
         return WindowBatch(
             signal=signal,
@@ -243,7 +243,7 @@ class _Parts:
             datasets=datasets,
             subjects=subjects,
             recordings=recordings,
-            slab=self.slab,
+            slab=slab,
         )
 
 
@@ -542,11 +542,13 @@ class WindowDataset(IterableDataset[WindowSample]):
                 montage.type_ids[channels],
                 montage.subtype_ids[channels],
             )
-        if slab is not None:
-            parts.slab = (info.id, slab, shape, dtype)
+        where = None
+        if slab is not None:  # the signal travels in the slab, not in the batch
+            where = (info.id, slab, shape, dtype)
             signal = torch.empty(0, dtype=dtype)
         return parts.batch(
             signal,
+            slab=where,
             modality_ids=[modality_id(self._label("modality", p.position)) for p in plan],
             window_indices=[int(self._window_index[p.position]) for p in plan],
             datasets=[self._label("dataset", p.position) for p in plan],
@@ -586,7 +588,7 @@ class WindowBatches(IterableDataset[WindowBatch]):
         self.batch_size = batch_size
         self.ring = ring
         # Shared, so that persistent loader workers see the epoch set after they started.
-        self.epoch = _shared((1,), torch.int64)
+        self.epoch = shared_zeros((1,), torch.int64)
         self.epoch[0] = dataset.epoch
 
     def set_epoch(self, epoch: int) -> None:

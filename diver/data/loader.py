@@ -1,8 +1,8 @@
 """The training stream of a pretraining run: the dataset and the loader over it.
 
-One place builds them, so ``diver pretrain`` and ``benchmarks/bench_loader.py`` measure
-and run the same pipeline (sharding, spatio-temporal resampling, loader workers,
-batches read in place, pinning).
+One place builds them (``training_dataset``, ``TrainingLoader``), so ``diver pretrain``
+and ``benchmarks/bench_loader.py`` measure and run the same pipeline (sharding,
+spatio-temporal resampling, loader workers, batches read in place, pinning).
 """
 
 from __future__ import annotations
@@ -111,15 +111,3 @@ class TrainingLoader:
         landed = replace(batch, signal=signal, slab=None)
         # (pinning an already pinned tensor - the signal - returns it as it is)
         return landed.pin_memory() if self.pinned else landed
-
-
-def training_loader(
-    dataset: WindowDataset,
-    micro_batch: int,
-    *,
-    num_workers: int,
-    seed: int,
-    device: torch.device | str = "cpu",
-) -> TrainingLoader:
-    """The loader ``diver pretrain`` trains from (see ``TrainingLoader``)."""
-    return TrainingLoader(dataset, micro_batch, num_workers=num_workers, seed=seed, device=device)

@@ -36,9 +36,9 @@ class SlabRing:
             raise ValueError(f"need positive sizes, got {workers}, {slabs}, {slab_bytes}")
         self.workers, self.slabs, self.slab_bytes = workers, slabs, slab_bytes
         # Shared from the start, without touching a page (torch's default_collate's way).
-        self.memory = _shared((workers, slabs, slab_bytes), torch.uint8)
-        self.busy = _shared((workers, slabs), torch.int64)
-        self.generation = _shared((1,), torch.int64)
+        self.memory = shared_zeros((workers, slabs, slab_bytes), torch.uint8)
+        self.busy = shared_zeros((workers, slabs), torch.int64)
+        self.generation = shared_zeros((1,), torch.int64)
 
     def begin(self) -> int:
         """A new pass over the loader (in the training process, before it starts)."""
@@ -50,8 +50,7 @@ class SlabRing:
     ) -> int | None:
         """A free slab of ``worker`` for a tensor of ``shape``, now flagged with
         ``generation``; None when none is free or the tensor does not fit."""
-        nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
-        if nbytes > self.slab_bytes:
+        if _nbytes(shape, dtype) > self.slab_bytes:
             return None
         free = (self.busy[worker] < generation).nonzero()
         if len(free) == 0:
@@ -64,14 +63,17 @@ class SlabRing:
         self, worker: int, slab: int, shape: tuple[int, ...], dtype: torch.dtype
     ) -> torch.Tensor:
         """The slab's bytes as a tensor of ``shape`` (in every process, the same memory)."""
-        n = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
-        return self.memory[worker, slab, :n].view(dtype).view(shape)
+        return self.memory[worker, slab, : _nbytes(shape, dtype)].view(dtype).view(shape)
 
     def release(self, worker: int, slab: int) -> None:
         self.busy[worker, slab] = 0
 
 
-def _shared(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    return math.prod(shape) * dtype.itemsize
+
+
+def shared_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """A zero tensor in fresh shared memory (new shared pages read as zero)."""
     storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(math.prod(shape))
     return torch.empty(0, dtype=dtype).new(storage).view(shape)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from diver.data import WindowBatch
-from diver.data.loader import training_loader
+from diver.data.loader import TrainingLoader
 from diver.errors import CheckpointError
 from diver.exitcodes import EXIT_PREEMPTED
 from diver.model import ModelConfig
@@ -126,7 +126,7 @@ class TrainingLoop:
         if self.resumed_from is None and c.validation.val_at_start:
             self._validate()
         # Pinned (page-locked) batches on CUDA: they copy to the GPU asynchronously.
-        loader = training_loader(
+        loader = TrainingLoader(
             plan.dataset,
             plan.micro,
             num_workers=c.batch.num_workers,
