@@ -298,3 +298,8 @@ def test_a_training_log_from_an_older_diver_keeps_its_rows_on_resume(tmp_path: P
     assert [int(r["step"]) for r in kept] == [1, 2]
     assert kept[0]["loader_wait_s"] == "nan" and kept[0]["loss"] == "0.5"
     assert path.read_text().splitlines()[0] == ",".join(TRAIN_COLUMNS)
+    # The summary's loader wait is over the rows that timed it, not made nan by the rest.
+    from diver.train.loop import loader_wait_totals
+
+    new_row = {**kept[0], "step": "3", "step_s": "2.0", "loader_wait_s": "0.5"}
+    assert loader_wait_totals([*kept, new_row]) == (2.0, 0.5)

@@ -26,6 +26,7 @@ model was compiled and the peak memory.
 from __future__ import annotations
 
 import logging
+import math
 import resource
 import sys
 import time
@@ -90,6 +91,18 @@ def resume_state(
             "(checkpoint value, now); resume with the same settings and world size"
         )
     return TrainState(**saved["state"])
+
+
+def loader_wait_totals(rows: list[dict[str, Any]]) -> tuple[float, float]:
+    """Seconds of the logged steps and of their loader waits, summed over the rows that
+    timed both: a resumed run's rows logged by a diver before these columns read nan
+    (``CsvLog``), and would make the totals nan."""
+    timed = [
+        (float(r["step_s"]), float(r["loader_wait_s"]))
+        for r in rows
+        if math.isfinite(float(r["step_s"])) and math.isfinite(float(r["loader_wait_s"]))
+    ]
+    return sum(t for t, _ in timed), sum(w for _, w in timed)
 
 
 class TrainingLoop:
@@ -333,13 +346,11 @@ class TrainingLoop:
 
         The device and precision are the engine's, i.e. what actually ran, so a check
         can tell a GPU run from one that fell back to the CPU; the loader wait fraction
-        is over every logged step (a resumed run's earlier rows included).
+        is over every logged step that timed it (``loader_wait_totals``).
         """
         device = self.engine.device
         runtime = self.c.runtime
-        rows = self.logs.train_rows
-        step_s = sum(float(r["step_s"]) for r in rows)
-        waited = sum(float(r["loader_wait_s"]) for r in rows)
+        step_s, waited = loader_wait_totals(self.logs.train_rows)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, B on macOS
         summary: dict[str, Any] = {
             "device": str(device),
