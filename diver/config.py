@@ -62,6 +62,8 @@ class DatasetConfig:
     channel_types: Mapping[str, str] = field(default_factory=dict)
     ieeg_subtypes: Mapping[str, str] = field(default_factory=dict)
     coord_frame: str = "unknown"
+    units: str = "auto"
+    montage: str | None = None
 
     def __post_init__(self) -> None:
         # Names also come from the command line (``diver corpus --input NAME=DIR``),
