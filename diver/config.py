@@ -82,6 +82,16 @@ class DatasetConfig:
                     f"regular expression ({exc})"
                 ) from exc
 
+        if self.montage is not None:
+            import mne  # lazily: loading a config should not pay for MNE otherwise
+
+            known = mne.channels.get_builtin_montages()
+            if self.montage not in known:
+                raise ConfigError(
+                    f"dataset {self.name!r}: montage {self.montage!r} is not one of MNE's "
+                    f"built-in montages ({', '.join(sorted(known))})"
+                )
+
     def harmonics_for(self, is_ieeg: bool) -> bool:
         """Whether to notch harmonics of the line frequency (SPEC §1: for iEEG)."""
         if self.notch_harmonics == "auto":
