@@ -2,9 +2,10 @@
 
 EDF/BDF readers call every channel ``eeg`` (SPEC §1), so the type the model sees is
 re-derived here from, in order: the dataset's hints, a BIDS ``channels.tsv``, a
-reader's own non-``eeg`` type, non-neural name patterns, an electrodes file, the
-10-05 montage, and finally the dataset's declared modality.  Non-neural channels are
-kept in the description (for the channels report) with a ``drop_reason``.
+reader's own non-``eeg`` type, non-neural name patterns, the dataset's named MNE
+montage (``DatasetConfig.montage``), an electrodes file, the 10-05 montage, and
+finally the dataset's declared modality.  Non-neural channels are kept in the
+description (for the channels report) with a ``drop_reason``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from diver.corpus.coordinates import (
     midpoint,
     montage_position_mm,
     montage_spelling,
+    named_montage,
+    named_montage_spelling,
     read_electrodes,
 )
 from diver.corpus.discovery import RecordingSource
@@ -100,6 +103,39 @@ def normalise_name(raw: str) -> str:
             if right is not None:
                 return f"{left}-{right}"
     return clean
+
+
+def dataset_montage_name(raw: str, montage: str | None, bids_datatype: str | None) -> str | None:
+    """The spelling of ``raw`` in the dataset's named MNE montage, or None.
+
+    A dataset that names a montage (``GSN-HydroCel-129``, ``biosemi128``) declares
+    that its recordings' channels with those names are that montage's electrodes, so
+    they keep the montage's spelling rather than going through
+    :func:`normalise_name`: BioSemi's ``C1`` is not the 10-05 ``C1``, and its ``A1``
+    is an electrode near the vertex, not an ear reference to strip from a label.
+    Matched on the cleaned label (case-insensitive), also without an ``EEG`` prefix;
+    a pair of montage names (``A2-A1``) is a bipolar derivation in montage spelling,
+    and a montage name with a reference suffix that is not itself one of the
+    montage's names (``E1-REF``) is that name.  A recording in a BIDS ``ieeg``
+    folder is intracranial whatever its labels, so the scalp montage does not apply.
+    """
+    if montage is None or bids_datatype == "ieeg":
+        return None
+    clean = clean_name(raw)
+    body = _EEG_PREFIX.sub("", clean)
+    for candidate in (clean, body):
+        spelling = named_montage_spelling(montage, candidate)
+        if spelling is not None:
+            return spelling
+    parts = body.split("-")
+    if len(parts) == 2:
+        left = named_montage_spelling(montage, parts[0])
+        right = named_montage_spelling(montage, parts[1])
+        if left is not None and right is not None:
+            return f"{left}-{right}"
+        if left is not None and parts[1].strip().upper() in REFERENCE_SUFFIXES:
+            return left
+    return None
 
 
 def scalp_position_mm(name: str) -> tuple[float, float, float] | None:
@@ -369,14 +405,28 @@ def in_file_position_mm(position_m: Sequence[float] | None) -> XYZ | None:
 
 
 def _position(
-    kind: str, raw: str, clean: str, name: str, ctx: _Context, in_file: InFilePosition
+    kind: str,
+    raw: str,
+    clean: str,
+    name: str,
+    ctx: _Context,
+    in_file: InFilePosition,
+    in_montage: bool = False,
 ) -> tuple[XYZ, str, str, str]:
     """(xyz_mm, frame, electrode kind, electrode group) for a typed channel.
 
-    Scalp EEG: the 10-05 template.  iEEG: the electrodes file's row; where that has
-    no position (or there is no row), the position stored in the recording itself,
-    with the recording's frame.
+    Scalp EEG: the dataset's named montage when ``name`` is one of its spellings
+    (``in_montage``), else the 10-05 template.  iEEG: the electrodes file's row;
+    where that has no position (or there is no row), the position stored in the
+    recording itself, with the recording's frame.
     """
+    if kind == "eeg" and in_montage and ctx.dataset.montage is not None:
+        montage = named_montage(ctx.dataset.montage)
+        if name in montage.positions_mm:
+            return montage.positions_mm[name], montage.frame, "", ""
+        left, right = name.split("-")  # a bipolar pair: see dataset_montage_name
+        xyz = midpoint(montage.positions_mm[left], montage.positions_mm[right])
+        return xyz, montage.frame, "", ""
     if kind == "eeg":
         xyz = scalp_position_mm(name)
         return (xyz, SCALP_FRAME, "", "") if xyz else (NAN_XYZ, UNKNOWN_FRAME, "", "")
@@ -418,14 +468,20 @@ def describe_channels(
 
     Typing rules, first that applies wins: (1) ``dataset.channel_types`` hints;
     (2) channels.tsv ``type``; (3) a reader's non-``eeg`` type; (4) non-neural name
-    patterns; (5) the electrodes file (BIDS ``ieeg`` folder, or non-BIDS and not a
-    montage name in a dataset not declared ``eeg``); (6) a 10-05 montage name -> eeg;
-    (7) ``dataset.modality`` ('auto': eeg when most other channels are montage names).
+    patterns; (4b) a name in the dataset's named MNE montage (``dataset.montage``,
+    see :func:`dataset_montage_name`) -> eeg; (5) the electrodes file (BIDS ``ieeg``
+    folder, or non-BIDS and not a montage name in a dataset not declared ``eeg``);
+    (6) a 10-05 montage name -> eeg; (7) ``dataset.modality`` ('auto': eeg when most
+    other channels are montage names).
     Where the recording is known to be intracranial, a montage-like contact (``C3``)
     on a shaft that also has non-montage contacts (``C12``) is treated as iEEG.  iEEG
     channels keep their cleaned raw label as name, so a contact ``T3`` stays ``T3``.
 
-    Positions: scalp EEG takes the 10-05 template; iEEG takes its electrodes-file
+    Names in the dataset's montage keep the montage's spelling; scalp EEG among them
+    takes the montage's position with its frame (``mne_GSN-HydroCel-129``; see
+    :mod:`diver.corpus.coordinates` on why that differs from the 10-05 frame).
+
+    Positions: other scalp EEG takes the 10-05 template; iEEG takes its electrodes-file
     row, else ``positions_m`` -- the position stored in the recording (MNE's
     ``info['chs'][i]['loc'][:3]``, metres; zeros/NaN mean unknown) -- labelled
     ``positions_frame`` (default: ``dataset.coord_frame``).  ``electrode_kinds`` is
@@ -439,7 +495,8 @@ def describe_channels(
             raise ValueError(f"{len(raw_names)} channel names but {len(values)} {label}")
     frame = positions_frame or dataset.coord_frame
     cleaned = [clean_name(r) for r in raw_names]
-    names = [normalise_name(r) for r in raw_names]
+    in_montage = [dataset_montage_name(r, dataset.montage, source.bids_datatype) for r in raw_names]
+    names = [m or normalise_name(r) for r, m in zip(raw_names, in_montage, strict=True)]
     ctx = _load_context(source, dataset, cleaned)
 
     early = [
@@ -447,12 +504,14 @@ def describe_channels(
         for r, c, n, t in zip(raw_names, cleaned, names, mne_types, strict=True)
     ]
     undecided = [i for i, (kind, _) in enumerate(early) if kind is None]
-    scalp = {i for i in undecided if scalp_position_mm(names[i]) is not None}
+    scalp = {i for i in undecided if in_montage[i] or scalp_position_mm(names[i]) is not None}
 
     infos: list[ChannelInfo] = []
     kept_names: set[str] = set()
     for i, (raw, clean, name) in enumerate(zip(raw_names, cleaned, names, strict=True)):
         kind, bad = early[i]
+        if kind is None and in_montage[i]:
+            kind = "eeg"
         if kind is None:
             others = len(undecided) - 1
             share = (len(scalp) - (i in scalp)) / others if others > 0 else 0.0
@@ -467,7 +526,9 @@ def describe_channels(
             frame,
             electrode_kinds[i].lower() if electrode_kinds is not None else "",
         )
-        xyz, xyz_frame, e_kind, e_group = _position(kind, raw, clean, final_name, ctx, in_file)
+        xyz, xyz_frame, e_kind, e_group = _position(
+            kind, raw, clean, final_name, ctx, in_file, in_montage[i] is not None
+        )
         subtype = ""
         if kind == "seeg":
             subtype = "depth"

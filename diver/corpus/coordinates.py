@@ -11,6 +11,27 @@ positions is converted to mm here, once:
   ``x.edf``).  Its units come from the ``*_coordsystem.json``
   (``iEEGCoordinateUnits`` / ``EEGCoordinateUnits``), or are inferred from the values
   when the JSON is missing or says something else (see :func:`infer_units`).
+* Scalp EEG of a dataset that names an MNE montage (``DatasetConfig.montage``, e.g.
+  ``GSN-HydroCel-129`` or ``biosemi128``): that montage's positions for the names it
+  holds (:func:`named_montage_position_mm`), the 10-05 template for the rest.
+
+Whether montage and 10-05 positions can be mixed in one model: only when MNE ships
+the montage in the template's space.  MNE's 10-05 template (and the other ``colin27_*``,
+``mgh*`` and ``artinis-*`` montages) report ``coord_frame == 'mri'``: the template
+head's MRI space, MNI-like, origin near the anterior commissure.  The EGI
+(``GSN-HydroCel-*``, ``EGI_256``) and BioSemi montages report ``'unknown'``: idealised
+positions on a sphere of radius 95 mm centred on the origin (MNE scales them so).
+The two spaces differ by 7-30 mm for the same site -- EGI's vertex ``Cz`` is at
+(0, 0, 96) mm, the 10-05 ``Cz`` at (0, -9, 100); EGI ``E11`` (~Fz) at (0, 86, 55),
+10-05 ``Fz`` at (0, 58, 67) -- and aligning the spherical montages' fiducials with the
+template's does not close the gap (it leaves 12-33 mm).  So positions from such a
+montage are *not* mixed silently: they are labelled with their own frame,
+``mne_<montage>`` (:func:`named_montage_frame`), and a recording or corpus mixing them
+with 10-05 positions shows it in ``coord_frame`` (``mne_GSN-HydroCel-129+
+mne_standard_1005``).  The model itself reads only the mm values, so a corpus pooling
+EGI/BioSemi datasets with 10-05 ones feeds it positions from two spaces, offset by
+up to ~3 cm: a registration onto the template would be needed to remove that.
+Montages MNE ships in the template's ``'mri'`` space share :data:`SCALP_FRAME`.
 """
 
 from __future__ import annotations
@@ -22,7 +43,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import mne
@@ -72,6 +93,80 @@ def montage_position_mm(name: str) -> XYZ | None:
     """Template position of a montage name in mm, or None when it is not one."""
     spelling = montage_spelling(name)
     return None if spelling is None else _montage_mm()[spelling]
+
+
+# --- a dataset's named MNE montage (DatasetConfig.montage) ------------------------------
+
+TEMPLATE_SPACE = "mri"
+"""MNE's ``coord_frame`` of the 10-05 template: montages in it share :data:`SCALP_FRAME`."""
+
+_GSN_REFERENCE_ALIASES = ("VREF",)
+"""Other labels of the GSN vertex reference (the montage's ``Cz``): MNE's MFF reader
+calls it ``VREF``, and exports to other formats number it one past the last
+electrode (``E129`` of a 128-electrode net); see :func:`_montage_aliases`."""
+
+
+@dataclass(frozen=True)
+class NamedMontage:
+    """One MNE built-in montage as diver uses it: positions in mm, spellings, frame."""
+
+    kind: str
+    positions_mm: Mapping[str, XYZ]  # keyed by the montage's own spelling
+    spellings: Mapping[str, str]  # casefolded name (or alias) -> montage spelling
+    frame: str
+
+
+def _montage_aliases(kind: str, names: Sequence[str]) -> dict[str, str]:
+    """Labels recordings use for a montage channel that the montage spells otherwise.
+
+    Only the EGI vertex reference so far: the ``GSN-HydroCel-*`` montages that hold
+    ``E1..En`` and ``Cz`` (the reference) also answer to ``VREF`` and ``E{n+1}``.
+    """
+    if not kind.startswith("GSN-HydroCel") or "Cz" not in names:
+        return {}
+    numbered = [int(n[1:]) for n in names if re.fullmatch(r"E\d+", n)]
+    aliases = {alias: "Cz" for alias in _GSN_REFERENCE_ALIASES}
+    if numbered:
+        aliases[f"E{max(numbered) + 1}"] = "Cz"
+    return aliases
+
+
+def named_montage_frame(kind: str, mne_frame: str) -> str:
+    """The frame label of montage ``kind``'s positions (see the module docstring)."""
+    return SCALP_FRAME if mne_frame == TEMPLATE_SPACE else f"mne_{kind}"
+
+
+@cache
+def named_montage(kind: str) -> NamedMontage:
+    """MNE's built-in montage ``kind`` in mm, read once per process and montage.
+
+    ``kind`` must be one of :func:`mne.channels.get_builtin_montages` (the config
+    checks that).  The spherical montages come at MNE's default head radius (95 mm),
+    as ``make_standard_montage`` gives them.
+    """
+    montage = mne.channels.make_standard_montage(kind).get_positions()
+    positions = {
+        name: (float(xyz[0]) * 1000.0, float(xyz[1]) * 1000.0, float(xyz[2]) * 1000.0)
+        for name, xyz in montage["ch_pos"].items()
+    }
+    spellings = {
+        alias.casefold(): target
+        for alias, target in _montage_aliases(kind, list(positions)).items()
+    }
+    spellings.update({name.casefold(): name for name in positions})  # real names win
+    frame = named_montage_frame(kind, str(montage["coord_frame"]))
+    return NamedMontage(kind, positions, spellings, frame)
+
+
+def named_montage_spelling(kind: str, name: str) -> str | None:
+    """Montage ``kind``'s spelling of channel ``name`` (case-insensitive), or None."""
+    return named_montage(kind).spellings.get(name.strip().casefold())
+
+
+def named_montage_position_mm(kind: str, name: str) -> XYZ | None:
+    """Position (mm) of ``name`` in montage ``kind``, or None when it is not one of its."""
+    spelling = named_montage_spelling(kind, name)
+    return None if spelling is None else named_montage(kind).positions_mm[spelling]
 
 
 def midpoint(a: Sequence[float], b: Sequence[float]) -> XYZ:
