@@ -14,7 +14,12 @@ import numpy as np
 import pytest
 
 from diver.config import ConfigError, DatasetConfig
-from diver.corpus.channels import ChannelInfo, dataset_montage_name, describe_channels
+from diver.corpus.channels import (
+    ChannelInfo,
+    MontageMatch,
+    dataset_montage_name,
+    describe_channels,
+)
 from diver.corpus.coordinates import (
     SCALP_FRAME,
     UNKNOWN_FRAME,
@@ -206,8 +211,18 @@ def test_spherical_montages_are_not_in_the_templates_space() -> None:
 
 def test_a_montage_is_read_once() -> None:
     assert named_montage(GSN) is named_montage(GSN)
-    assert dataset_montage_name("e5", GSN, None) == "E5"
+
+
+def test_a_label_is_looked_up_in_each_named_montage_in_turn() -> None:
+    """One name, or several for a dataset recorded with several systems (PEERS)."""
+    assert dataset_montage_name("e5", GSN, None) == MontageMatch(GSN, "E5")
     assert dataset_montage_name("e5", None, None) is None
+    both = (BIOSEMI, GSN)
+    assert dataset_montage_name("E5", both, None) == MontageMatch(GSN, "E5")
+    assert dataset_montage_name("D32", both, None) == MontageMatch(BIOSEMI, "D32")
+    assert dataset_montage_name("Cz", both, None) == MontageMatch(GSN, "Cz")
+    assert dataset_montage_name("A1-E5", both, None) is None  # a pair is one montage's
+    assert dataset_montage_name("Fp1", both, None) is None
 
 
 def test_an_unknown_montage_is_a_config_error(tmp_path: Path) -> None:

@@ -105,8 +105,30 @@ def normalise_name(raw: str) -> str:
     return clean
 
 
-def dataset_montage_name(raw: str, montage: str | None, bids_datatype: str | None) -> str | None:
-    """The spelling of ``raw`` in the dataset's named MNE montage, or None.
+@dataclass(frozen=True)
+class MontageMatch:
+    """A channel label found in one of the dataset's named MNE montages."""
+
+    montage: str  # the MNE montage's name, e.g. 'GSN-HydroCel-129'
+    name: str  # the montage's spelling of the label (or a bipolar pair of them)
+
+
+def montages_of(setting: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The montages a dataset's ``montage`` setting names, in order.
+
+    The config holds one name (or null); a sequence is accepted too, for datasets
+    recorded with more than one system (PEERS: BioSemi 128 and EGI GSN 129, whose
+    names do not overlap) -- the first montage holding a label wins.
+    """
+    if setting is None:
+        return ()
+    return (setting,) if isinstance(setting, str) else tuple(setting)
+
+
+def dataset_montage_name(
+    raw: str, montage: str | Sequence[str] | None, bids_datatype: str | None
+) -> MontageMatch | None:
+    """Where ``raw`` is in the dataset's named MNE montage(s), or None.
 
     A dataset that names a montage (``GSN-HydroCel-129``, ``biosemi128``) declares
     that its recordings' channels with those names are that montage's electrodes, so
@@ -114,27 +136,28 @@ def dataset_montage_name(raw: str, montage: str | None, bids_datatype: str | Non
     :func:`normalise_name`: BioSemi's ``C1`` is not the 10-05 ``C1``, and its ``A1``
     is an electrode near the vertex, not an ear reference to strip from a label.
     Matched on the cleaned label (case-insensitive), also without an ``EEG`` prefix;
-    a pair of montage names (``A2-A1``) is a bipolar derivation in montage spelling,
-    and a montage name with a reference suffix that is not itself one of the
-    montage's names (``E1-REF``) is that name.  A recording in a BIDS ``ieeg``
-    folder is intracranial whatever its labels, so the scalp montage does not apply.
+    a pair of one montage's names (``A2-A1``) is a bipolar derivation in montage
+    spelling, and a montage name with a reference suffix that is not itself one of
+    the montage's names (``E1-REF``) is that name.  A recording in a BIDS ``ieeg``
+    folder is intracranial whatever its labels, so a scalp montage does not apply.
     """
-    if montage is None or bids_datatype == "ieeg":
+    if bids_datatype == "ieeg":
         return None
     clean = clean_name(raw)
     body = _EEG_PREFIX.sub("", clean)
-    for candidate in (clean, body):
-        spelling = named_montage_spelling(montage, candidate)
-        if spelling is not None:
-            return spelling
     parts = body.split("-")
-    if len(parts) == 2:
-        left = named_montage_spelling(montage, parts[0])
-        right = named_montage_spelling(montage, parts[1])
-        if left is not None and right is not None:
-            return f"{left}-{right}"
-        if left is not None and parts[1].strip().upper() in REFERENCE_SUFFIXES:
-            return left
+    for kind in montages_of(montage):
+        for candidate in (clean, body):
+            spelling = named_montage_spelling(kind, candidate)
+            if spelling is not None:
+                return MontageMatch(kind, spelling)
+        if len(parts) == 2:
+            left = named_montage_spelling(kind, parts[0])
+            right = named_montage_spelling(kind, parts[1])
+            if left is not None and right is not None:
+                return MontageMatch(kind, f"{left}-{right}")
+            if left is not None and parts[1].strip().upper() in REFERENCE_SUFFIXES:
+                return MontageMatch(kind, left)
     return None
 
 
@@ -411,17 +434,17 @@ def _position(
     name: str,
     ctx: _Context,
     in_file: InFilePosition,
-    in_montage: bool = False,
+    in_montage: MontageMatch | None = None,
 ) -> tuple[XYZ, str, str, str]:
     """(xyz_mm, frame, electrode kind, electrode group) for a typed channel.
 
-    Scalp EEG: the dataset's named montage when ``name`` is one of its spellings
-    (``in_montage``), else the 10-05 template.  iEEG: the electrodes file's row;
+    Scalp EEG: the montage that ``in_montage`` found its name in, else the 10-05
+    template.  iEEG: the electrodes file's row;
     where that has no position (or there is no row), the position stored in the
     recording itself, with the recording's frame.
     """
-    if kind == "eeg" and in_montage and ctx.dataset.montage is not None:
-        montage = named_montage(ctx.dataset.montage)
+    if kind == "eeg" and in_montage is not None:
+        montage = named_montage(in_montage.montage)
         if name in montage.positions_mm:
             return montage.positions_mm[name], montage.frame, "", ""
         left, right = name.split("-")  # a bipolar pair: see dataset_montage_name
@@ -496,7 +519,7 @@ def describe_channels(
     frame = positions_frame or dataset.coord_frame
     cleaned = [clean_name(r) for r in raw_names]
     in_montage = [dataset_montage_name(r, dataset.montage, source.bids_datatype) for r in raw_names]
-    names = [m or normalise_name(r) for r, m in zip(raw_names, in_montage, strict=True)]
+    names = [m.name if m else normalise_name(r) for r, m in zip(raw_names, in_montage, strict=True)]
     ctx = _load_context(source, dataset, cleaned)
 
     early = [
@@ -527,7 +550,7 @@ def describe_channels(
             electrode_kinds[i].lower() if electrode_kinds is not None else "",
         )
         xyz, xyz_frame, e_kind, e_group = _position(
-            kind, raw, clean, final_name, ctx, in_file, in_montage[i] is not None
+            kind, raw, clean, final_name, ctx, in_file, in_montage[i]
         )
         subtype = ""
         if kind == "seeg":
