@@ -215,12 +215,12 @@ def test_a_montage_is_read_once() -> None:
 
 def test_a_label_is_looked_up_in_each_named_montage_in_turn() -> None:
     """One name, or several for a dataset recorded with several systems (PEERS)."""
-    assert dataset_montage_name("e5", GSN, None) == MontageMatch(GSN, "E5")
+    assert dataset_montage_name("e5", GSN, None) == MontageMatch(GSN, ("E5",))
     assert dataset_montage_name("e5", None, None) is None
     both = (BIOSEMI, GSN)
-    assert dataset_montage_name("E5", both, None) == MontageMatch(GSN, "E5")
-    assert dataset_montage_name("D32", both, None) == MontageMatch(BIOSEMI, "D32")
-    assert dataset_montage_name("Cz", both, None) == MontageMatch(GSN, "Cz")
+    assert dataset_montage_name("E5", both, None) == MontageMatch(GSN, ("E5",))
+    assert dataset_montage_name("D32", both, None) == MontageMatch(BIOSEMI, ("D32",))
+    assert dataset_montage_name("Cz", both, None) == MontageMatch(GSN, ("Cz",))
     assert dataset_montage_name("A1-E5", both, None) is None  # a pair is one montage's
     assert dataset_montage_name("Fp1", both, None) is None
 

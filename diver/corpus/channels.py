@@ -110,7 +110,12 @@ class MontageMatch:
     """A channel label found in one of the dataset's named MNE montages."""
 
     montage: str  # the MNE montage's name, e.g. 'GSN-HydroCel-129'
-    name: str  # the montage's spelling of the label (or a bipolar pair of them)
+    sites: tuple[str, ...]  # its electrode, or the two of a bipolar pair, as it spells them
+
+    @property
+    def name(self) -> str:
+        """The channel's name: the montage's spelling (``A2-A1`` for a pair)."""
+        return "-".join(self.sites)
 
 
 def montages_of(setting: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -150,14 +155,14 @@ def dataset_montage_name(
         for candidate in (clean, body):
             spelling = named_montage_spelling(kind, candidate)
             if spelling is not None:
-                return MontageMatch(kind, spelling)
+                return MontageMatch(kind, (spelling,))
         if len(parts) == 2:
             left = named_montage_spelling(kind, parts[0])
             right = named_montage_spelling(kind, parts[1])
             if left is not None and right is not None:
-                return MontageMatch(kind, f"{left}-{right}")
+                return MontageMatch(kind, (left, right))
             if left is not None and parts[1].strip().upper() in REFERENCE_SUFFIXES:
-                return MontageMatch(kind, left)
+                return MontageMatch(kind, (left,))
     return None
 
 
@@ -438,17 +443,15 @@ def _position(
 ) -> tuple[XYZ, str, str, str]:
     """(xyz_mm, frame, electrode kind, electrode group) for a typed channel.
 
-    Scalp EEG: the montage that ``in_montage`` found its name in, else the 10-05
-    template.  iEEG: the electrodes file's row;
-    where that has no position (or there is no row), the position stored in the
-    recording itself, with the recording's frame.
+    Scalp EEG: the montage that ``in_montage`` found its name in (a bipolar pair at
+    the midpoint of its two sites), else the 10-05 template.  iEEG: the electrodes
+    file's row; where that has no position (or there is no row), the position stored
+    in the recording itself, with the recording's frame.
     """
     if kind == "eeg" and in_montage is not None:
         montage = named_montage(in_montage.montage)
-        if name in montage.positions_mm:
-            return montage.positions_mm[name], montage.frame, "", ""
-        left, right = name.split("-")  # a bipolar pair: see dataset_montage_name
-        xyz = midpoint(montage.positions_mm[left], montage.positions_mm[right])
+        sites = [montage.positions_mm[site] for site in in_montage.sites]
+        xyz = sites[0] if len(sites) == 1 else midpoint(sites[0], sites[1])
         return xyz, montage.frame, "", ""
     if kind == "eeg":
         xyz = scalp_position_mm(name)
