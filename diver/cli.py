@@ -223,6 +223,39 @@ def _log_corpus(run, corpus, out: Path) -> None:  # type: ignore[no-untyped-def]
         run.log_artifact(out / name, artifact_path="corpus")
 
 
+def cmd_datasets_check(args: argparse.Namespace) -> int:
+    """Survey the config's datasets from their headers (``diver.corpus.survey``): exit
+    non-zero when a dataset could not be surveyed at all (a missing input folder)."""
+    from tqdm import tqdm
+
+    from diver.corpus.survey import format_table, survey_datasets, to_json
+
+    study = load_config(args.config)
+    datasets = _datasets(study, [], args.dataset or [])
+    bars: dict[str, tqdm] = {}
+
+    def progress(name: str, done: int, total: int) -> None:
+        if name not in bars:
+            bars[name] = tqdm(total=total, desc=name, unit="rec", disable=args.quiet)
+        bars[name].n = done
+        bars[name].refresh()
+        if done == total:
+            bars[name].close()
+
+    surveys = survey_datasets(datasets, study.corpus, jobs=args.jobs, progress=progress)
+    for bar in bars.values():
+        bar.close()
+    if args.format == "json":
+        print(json.dumps(to_json(surveys, recordings=args.recordings), indent=1))
+    else:
+        print(format_table(surveys, recordings=args.recordings))
+    failed = [s.dataset for s in surveys if s.error]
+    if failed:
+        print(f"diver datasets check: could not survey {failed}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
 def cmd_track_init(args: argparse.Namespace) -> int:
     from diver.tracking.parent import ensure_parent_run
     from diver.tracking.runid import write_run_id
@@ -392,6 +425,27 @@ def build_parser() -> argparse.ArgumentParser:
         "the plan are an error",
     )
     s.set_defaults(func=cmd_corpus_merge)
+
+    p = sub.add_parser("datasets", help="the corpus datasets of a config, before building")
+    datasets = p.add_subparsers(dest="datasets_command", required=True)
+    d = datasets.add_parser(
+        "check",
+        help="what each dataset holds, from file headers only",
+        description="For each dataset of the config: recordings found, files that cannot "
+        "be opened (and why), sampling rates, subjects (and where their ids came from), "
+        "channel types as the corpus stage would type them, recorded hours and the hours "
+        "of whole windows the build would cut (before QA/QC). Reads headers only, never "
+        "samples. Exits 2 when a dataset's input is missing (its row says so).",
+    )
+    d.add_argument("--config", required=True, help="study config")
+    d.add_argument("--dataset", action="append", help="only this dataset (repeatable)")
+    d.add_argument("--format", choices=["table", "json"], default="table")
+    d.add_argument(
+        "--recordings", action="store_true", help="also list every recording (table and json)"
+    )
+    d.add_argument("--jobs", type=int, default=1, help="headers read in parallel (processes)")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.set_defaults(func=cmd_datasets_check)
 
     p = sub.add_parser("model", help="the DIVER-1 model family (SPEC §2)")
     model = p.add_subparsers(dest="model_command", required=True)

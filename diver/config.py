@@ -64,6 +64,7 @@ class DatasetConfig:
     coord_frame: str = "unknown"
     units: str = "auto"
     montage: str | None = None
+    preset: str | None = None  # provenance only: its keys are merged in by diver.presets
 
     def __post_init__(self) -> None:
         # Names also come from the command line (``diver corpus --input NAME=DIR``),
@@ -388,11 +389,25 @@ class StudyConfig:
         return self.tracking.experiment or self.study
 
 
-def validate_config(raw: Mapping[str, Any], *, source: str = "<config>") -> dict[str, Any]:
-    """Validate ``raw`` against the config schema, fill defaults, and return the result.
+def validate_config(
+    raw: Mapping[str, Any], *, source: str = "<config>", base_dir: str | Path | None = None
+) -> dict[str, Any]:
+    """Merge dataset presets into ``raw``, validate it against the config schema, fill
+    defaults, and return the result.
 
+    Presets (:mod:`diver.presets`) are merged first because the schema's defaults must
+    never win over a preset's values; doing it here means every path to a validated
+    config -- :func:`config_from_dict`, the Snakefile, ``diver config --write`` -- sees
+    the merged datasets.  ``base_dir`` is where the config file is (a preset is looked
+    up beside it); by default the folder of ``source`` when that names a file.
     Raises ConfigError naming ``source`` and the offending key path.
     """
+    from diver.presets import expand_presets  # here: diver.presets imports this module
+
+    if base_dir is None and source and Path(source).is_file():
+        base_dir = Path(source).parent
+    base = None if base_dir is None else Path(base_dir)
+    raw = expand_presets(raw, source=source, base_dir=base)
     return schemas.validate(raw, "config", source=source, error=ConfigError)
 
 
@@ -407,9 +422,12 @@ def _fill_placeholders(entry: str, results_dir: str, dataset: str, source: str) 
         ) from exc
 
 
-def config_from_dict(data: Mapping[str, Any], *, source: str = "<config>") -> StudyConfig:
-    """Build the frozen config tree from a (validated) mapping."""
-    data = validate_config(data, source=source)
+def config_from_dict(
+    data: Mapping[str, Any], *, source: str = "<config>", base_dir: str | Path | None = None
+) -> StudyConfig:
+    """Build the frozen config tree from a mapping (presets merged, then validated: see
+    :func:`validate_config`)."""
+    data = validate_config(data, source=source, base_dir=base_dir)
     corpus = dict(data["corpus"])
     results_dir = data["results_dir"]
     datasets = tuple(
@@ -534,4 +552,5 @@ def read_config_mapping(path: str | Path) -> dict[str, Any]:
 
 def load_config(path: str | Path) -> StudyConfig:
     """Read, validate and freeze a study config file."""
-    return config_from_dict(read_config_mapping(path), source=str(path))
+    raw = read_config_mapping(path)
+    return config_from_dict(raw, source=str(path), base_dir=Path(path).parent)
