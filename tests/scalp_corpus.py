@@ -1,5 +1,5 @@
 """Helpers for the dataset tests (HBN, PEERS): a signal whose amplitude names its channel,
-and reading a built corpus back.
+reading a built corpus back, and a dataset as its shipped preset makes it.
 
 Every channel carries a 10 Hz rhythm of its own amplitude, so a window's channel can
 be checked against what was written -- by name and by scale (the corpus stores EEG
@@ -8,13 +8,17 @@ as µV / 100) -- after the high-pass, notch and resampling, which leave 10 Hz al
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
 
+from diver.config import DatasetConfig, config_from_dict
 from diver.corpus.shards import coords_of, signals_of
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "config" / "datasets"
 
 RHYTHM_HZ = 10.0
 NOISE_UV = 2.0
@@ -58,3 +62,25 @@ def read_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     qc = pd.read_csv(out / "qc.csv", keep_default_na=False)
     channels = pd.read_csv(out / "channels.csv", keep_default_na=False)
     return qc, channels
+
+
+def preset_dataset(preset: str, name: str, inputs: Sequence[Path]) -> DatasetConfig | None:
+    """Dataset ``name`` as the shipped preset ``config/datasets/<preset>.yaml`` makes it,
+    loaded through :mod:`diver.config` as a study config would; None without that file.
+
+    The tests build their corpus from the preset when it exists, so the preset is what
+    is tested end to end; their own settings are the fallback and the reference.
+    """
+    if not (PRESETS_DIR / f"{preset}.yaml").is_file():
+        return None
+    entry = {"name": name, "preset": preset, "inputs": [str(p) for p in inputs]}
+    (dataset,) = config_from_dict({"corpus": {"datasets": [entry]}}).corpus.datasets
+    return dataset
+
+
+SETTINGS = ("modality", "line_freq", "highpass", "montage", "subject_pattern", "channel_types")
+
+
+def settings_of(dataset: DatasetConfig) -> dict[str, object]:
+    """The dataset keys these tests depend on."""
+    return {key: getattr(dataset, key) for key in SETTINGS}

@@ -13,8 +13,10 @@ reader calls ``VREF``.  Two small recordings are written here:
   HydroCel GSN 128 layout; its reference is all zeros, as recorded, and is dropped
   as flat.
 
-Both go through :func:`diver.corpus.build.build_corpus` with HBN's settings, and the
-tests check typing, names, GSN positions, subjects, rate, windows and amplitudes.
+Both go through :func:`diver.corpus.build.build_corpus` with HBN's settings -- the
+shipped preset ``config/datasets/hbn.yaml`` loaded through :mod:`diver.config` when
+it exists, else :func:`hbn_dataset` -- and the tests check typing, names, GSN
+positions, subjects, rate, windows and amplitudes.
 """
 
 from __future__ import annotations
@@ -31,7 +33,15 @@ import scipy.io
 
 from diver.config import CorpusConfig, DatasetConfig
 from diver.corpus.build import build_corpus
-from tests.scalp_corpus import amplitudes_uv, read_tables, read_windows, rhythm_amplitude, rhythm_uv
+from tests.scalp_corpus import (
+    amplitudes_uv,
+    preset_dataset,
+    read_tables,
+    read_windows,
+    rhythm_amplitude,
+    rhythm_uv,
+    settings_of,
+)
 
 SFREQ = 500.0
 SECONDS = 65.0  # two 30 s windows
@@ -161,7 +171,8 @@ def hbn(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     set_path = write_bids(root / "bids", set_data)
     mff_path = write_mff(root / "release" / f"{MFF_RECORDING}.mff", mff_data)
     out = root / "out"
-    dataset = hbn_dataset((str(root / "bids"), str(root / "release")))
+    inputs = (root / "bids", root / "release")
+    dataset = preset_dataset("hbn", "hbn", inputs) or hbn_dataset(tuple(map(str, inputs)))
     build_corpus([dataset], CorpusConfig(), out, progress=False)
     return {"out": out, "set": set_path, "set_data": set_data, "mff": mff_path}
 
@@ -227,3 +238,10 @@ def test_windows_carry_the_written_signal_at_1_100_uv(hbn: dict) -> None:
         amplitude = rhythm_amplitude(window["signal"], 500.0)
         np.testing.assert_allclose(amplitude, amplitudes_uv(129)[:n] / 100.0, rtol=0.02)
         assert np.abs(window["signal"]).max() < 1.0
+
+
+def test_the_shipped_preset_holds_these_settings(tmp_path: Path) -> None:
+    preset = preset_dataset("hbn", "hbn", [tmp_path])
+    if preset is None:
+        pytest.skip("config/datasets/hbn.yaml does not exist")
+    assert settings_of(preset) == settings_of(hbn_dataset((str(tmp_path),)))

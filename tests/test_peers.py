@@ -16,9 +16,12 @@ discovery does not list them as recordings: a gap outside the channel rules.
 A dataset's config names one montage, so the two systems are two datasets here,
 each with its montage (``biosemi128`` / ``GSN-HydroCel-129``); a single dataset with
 ``biosemi128`` would leave the EGI names with 10-05 fallbacks, i.e. no positions
-(checked below).  The BioSemi externals are hinted ``misc``: where they sit (EOG
-around the eyes, mastoids, ...) is a lab's choice the file does not record, and none
-of them is a cap electrode with a template position.
+(checked below).  The BioSemi externals carry no cap position and are hinted out:
+``EXG1..EXG4`` as ``eog`` (BioSemi's usual placement around the eyes) and
+``EXG5..EXG8`` as ``misc`` (mastoids or unused, varying by session) -- the choice of
+the shipped ``peers_biosemi`` preset.  The settings come from the shipped presets
+``config/datasets/peers_biosemi.yaml`` / ``peers_egi.yaml`` loaded through
+:mod:`diver.config` when they exist, else from :func:`peers_datasets`.
 
 Writers: the BDF with edfio's ``Bdf`` (24-bit, ``\\xffBIOSEMI`` magic; read back
 below); the EDF with ``mne.export``.
@@ -40,7 +43,15 @@ from diver.config import CorpusConfig, DatasetConfig
 from diver.corpus.build import build_corpus
 from diver.corpus.channels import describe_channels
 from diver.corpus.discovery import discover_recordings
-from tests.scalp_corpus import amplitudes_uv, read_tables, read_windows, rhythm_amplitude, rhythm_uv
+from tests.scalp_corpus import (
+    amplitudes_uv,
+    preset_dataset,
+    read_tables,
+    read_windows,
+    rhythm_amplitude,
+    rhythm_uv,
+    settings_of,
+)
 
 SECONDS = 65.0  # two 30 s windows
 BIOSEMI_SFREQ = 512.0
@@ -54,7 +65,7 @@ EGI_STEM = f"sub-{EGI_SUBJECT}_ses-1_task-ltpFR"
 EGI_RECORDING = f"sub-{EGI_SUBJECT}/ses-1/eeg/{EGI_STEM}_eeg"
 EGI_RAW_NAMES = [f"E{i}" for i in range(1, 130)]
 SUBJECT_PATTERN = r"(LTP\d+)"
-EXG_HINTS = {r"EXG\d+": "misc"}
+EXG_HINTS = {"EXG[1-4]": "eog", "EXG[5-8]": "misc"}
 BIOSEMI_UV_RANGE = (-262144.0, 262143.0)  # BioSemi's: 1/32 µV per 24-bit step
 
 
@@ -62,7 +73,7 @@ def peers_datasets(biosemi_root: Path, egi_root: Path) -> tuple[DatasetConfig, D
     """PEERS's dataset settings, one dataset per recording system."""
     common = {"modality": "eeg", "line_freq": 60.0, "highpass": 0.3}
     biosemi = DatasetConfig(
-        name="peers-biosemi",
+        name="peers_biosemi",
         inputs=(str(biosemi_root),),
         montage="biosemi128",
         channel_types=EXG_HINTS,
@@ -70,7 +81,7 @@ def peers_datasets(biosemi_root: Path, egi_root: Path) -> tuple[DatasetConfig, D
         **common,  # type: ignore[arg-type]
     )
     egi = DatasetConfig(
-        name="peers-egi",
+        name="peers_egi",
         inputs=(str(egi_root),),
         montage="GSN-HydroCel-129",
         subject_pattern=SUBJECT_PATTERN,
@@ -147,7 +158,8 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     egi_data = rhythm_uv(129, EGI_SFREQ, SECONDS, seed=4)
     egi_data[128] = 0.0  # E129, the vertex reference
     egi = write_egi_bids(root / "egi", egi_data)
-    datasets = peers_datasets(root / "biosemi", root / "egi")
+    fallback = peers_datasets(root / "biosemi", root / "egi")
+    datasets = [preset_dataset(ds.name, ds.name, [Path(ds.inputs[0])]) or ds for ds in fallback]
     out = root / "out"
     build_corpus(datasets, CorpusConfig(), out, progress=False)
     return {"out": out, "bdf": bdf, "bdf_data": bdf_data, "egi": egi, "egi_data": egi_data}
@@ -171,7 +183,7 @@ def test_written_files_read_back_with_mne(peers: dict) -> None:
 def test_biosemi_recording_types_and_positions(peers: dict) -> None:
     qc, channels = read_tables(peers["out"])
     row = qc.set_index("recording").loc[BIOSEMI_RECORDING]
-    assert (row["dataset"], row["status"], row["subject"]) == ("peers-biosemi", "kept", "LTP331")
+    assert (row["dataset"], row["status"], row["subject"]) == ("peers_biosemi", "kept", "LTP331")
     assert row["subject_source"] == "pattern"
     assert float(row["sfreq"]) == BIOSEMI_SFREQ
     assert (row["channels_in"], row["channels_kept"]) == (137, 128)
@@ -183,7 +195,10 @@ def test_biosemi_recording_types_and_positions(peers: dict) -> None:
     positions = mne.channels.make_standard_montage("biosemi128").get_positions()["ch_pos"]
     expected = np.array([positions[n] for n in BIOSEMI_NAMES]) * 1000.0
     np.testing.assert_allclose(cap[["x", "y", "z"]].astype(float).to_numpy(), expected, atol=1e-6)
-    assert set(rows.loc[EXG_NAMES, "status"]) == {"non-neural:misc"}
+    exg = rows.loc[EXG_NAMES]
+    assert list(exg["type"]) == ["eog"] * 4 + ["misc"] * 4
+    assert list(exg["status"]) == ["non-neural:eog"] * 4 + ["non-neural:misc"] * 4
+    assert exg[["x", "y", "z"]].replace("", "nan").astype(float).isna().all().all()
     assert rows.loc["Status", "type"] == "stim"
     assert rows.loc["Status", "status"] == "non-neural:stim"
 
@@ -191,7 +206,7 @@ def test_biosemi_recording_types_and_positions(peers: dict) -> None:
 def test_egi_recording_types_and_positions(peers: dict) -> None:
     qc, channels = read_tables(peers["out"])
     row = qc.set_index("recording").loc[EGI_RECORDING]
-    assert (row["dataset"], row["status"], row["subject"]) == ("peers-egi", "kept", "LTP093")
+    assert (row["dataset"], row["status"], row["subject"]) == ("peers_egi", "kept", "LTP093")
     assert row["subject_source"] == "bids"
     assert float(row["sfreq"]) == EGI_SFREQ
     assert (row["channels_in"], row["channels_kept"]) == (129, 128)  # E129 is flat
@@ -233,3 +248,16 @@ def test_one_montage_per_dataset_leaves_the_other_systems_names_unplaced(peers: 
     e1 = infos[0]
     assert (e1.name, e1.type) == ("E1", "eeg")  # typed by the BIDS channels.tsv
     assert all(math.isnan(v) for v in e1.xyz_mm)
+
+
+@pytest.mark.parametrize("system", [0, 1], ids=["peers_biosemi", "peers_egi"])
+def test_the_shipped_presets_hold_these_settings(tmp_path: Path, system: int) -> None:
+    reference = peers_datasets(tmp_path, tmp_path)[system]
+    preset = preset_dataset(reference.name, reference.name, [tmp_path])
+    if preset is None:
+        pytest.skip(f"config/datasets/{reference.name}.yaml does not exist")
+    expected = settings_of(reference)
+    if reference.name == "peers_biosemi":  # the preset also drops BioSemi's sensor inputs
+        assert set(EXG_HINTS.items()) <= set(preset.channel_types.items())
+        expected["channel_types"] = preset.channel_types
+    assert settings_of(preset) == expected
