@@ -256,6 +256,16 @@ def cmd_datasets_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_datasets_presets(args: argparse.Namespace) -> int:
+    """List the presets a config's ``preset:`` may name (``diver.presets``)."""
+    from diver.presets import available_presets, preset_summary
+
+    base = Path(args.config).parent if args.config else None
+    for name, path in available_presets(base).items():
+        print(f"{name:<16} {preset_summary(path)}\n{'':<16} {path}")
+    return 0
+
+
 def cmd_track_init(args: argparse.Namespace) -> int:
     from diver.tracking.parent import ensure_parent_run
     from diver.tracking.runid import write_run_id
@@ -446,6 +456,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--jobs", type=int, default=1, help="headers read in parallel (processes)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_datasets_check)
+    d.set_defaults(func=cmd_datasets_check)
+    d = datasets.add_parser(
+        "presets",
+        help="the dataset presets a config's `preset:` may name",
+        description="Presets shipped in the repository's config/datasets, and with --config "
+        "those in datasets/ beside that config (which shadow shipped ones of the same name).",
+    )
+    d.add_argument("--config", help="study config whose datasets/ folder to include")
+    d.set_defaults(func=cmd_datasets_presets)
 
     p = sub.add_parser("model", help="the DIVER-1 model family (SPEC §2)")
     model = p.add_subparsers(dest="model_command", required=True)

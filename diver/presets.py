@@ -36,12 +36,10 @@ Where a preset is found (first match wins):
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
 from diver import schemas
@@ -80,6 +78,17 @@ def available_presets(base_dir: Path | None = None) -> dict[str, Path]:
                 if path.suffix.lower() in _SUFFIXES and path.is_file():
                     found.setdefault(path.stem, path)
     return found
+
+
+def preset_summary(path: Path) -> str:
+    """The first line of a preset file's opening comment (what corpus it is for)."""
+    for line in Path(path).read_text().splitlines():
+        text = line.strip()
+        if text.startswith("#") and text.lstrip("#").strip():
+            return text.lstrip("#").strip()
+        if text and not text.startswith("#"):
+            break
+    return ""
 
 
 def resolve_preset(value: str, *, dataset: str, base_dir: Path | None = None) -> Path:
@@ -133,16 +142,20 @@ def load_preset(path: Path) -> dict[str, Any]:
             f"invalid preset {path}: {reserved} may not be set in a preset (a dataset's name "
             "and inputs come from the study config, and presets do not nest)"
         )
-    # Validated as a whole dataset entry (placeholder name and inputs), errors keyed on
-    # the preset's own keys; defaults are not filled here, only in the merged entry.
-    # (The default-filling validator also reads YAML 1.2 numbers such as ``5e-1``, as
-    # the config's validation does.)
-    entry = json.loads(json.dumps({**data, "name": "preset", "inputs": ["-"]}))
-    validator = schemas.fill_defaults(jsonschema.Draft202012Validator)(_dataset_schema())
-    errors = sorted(validator.iter_errors(entry), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = [f"  {schemas._key(err)}: {schemas._message(err)}" for err in errors]
-        raise ConfigError(f"invalid preset {path}:\n" + "\n".join(lines))
+    # Validated as a whole dataset entry of a config (placeholder name and inputs, so
+    # the schema's own validator reads numbers as the config's would), each problem
+    # reported under the preset's own key.
+    entry = {**data, "name": "preset", "inputs": ["-"]}
+    _, lines = schemas.problems({"corpus": {"datasets": [entry]}}, "config")
+    if lines:
+        prefix = "corpus.datasets.0"
+        shown = [
+            "(top level)" + line[len(prefix) :]
+            if line.startswith(prefix + ":")
+            else line.removeprefix(prefix + ".")
+            for line in lines
+        ]
+        raise ConfigError(f"invalid preset {path}:\n" + "\n".join(f"  {x}" for x in shown))
     return data
 
 

@@ -89,6 +89,13 @@ def test_corpus_facts_in_the_presets() -> None:
     assert all(get[n].modality == "eeg" for n in ("tueg", "hbn", "nchsdb", "peers_egi"))
 
 
+def test_datasets_presets_command_lists_them(capsys: pytest.CaptureFixture) -> None:
+    assert main(["datasets", "presets"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{SHIPPED_DIR / name}.yaml" in out for name in PRESETS)
+    assert "TUEG, the Temple University Hospital EEG Corpus" in out
+
+
 def test_diver1_uses_the_presets() -> None:
     datasets = {
         ds.name: ds for ds in load_config(REPO_ROOT / "config" / "diver1.yaml").corpus.datasets
