@@ -237,8 +237,7 @@ def cmd_datasets_check(args: argparse.Namespace) -> int:
     def progress(name: str, done: int, total: int) -> None:
         if name not in bars:
             bars[name] = tqdm(total=total, desc=name, unit="rec", disable=args.quiet)
-        bars[name].n = done
-        bars[name].refresh()
+        bars[name].update(done - bars[name].n)
         if done == total:
             bars[name].close()
 
