@@ -32,16 +32,14 @@ from diver.corpus.discovery import RecordingSource, extension
 from diver.corpus.nwb import RawNWB, read_raw_nwb
 from diver.corpus.preprocess import apply_chain, build_chain, padding_seconds
 from diver.corpus.qc import qc_block
+from diver.corpus.quarantine import Quarantine
 from diver.corpus.shards import ShardWriter, Window, shard_path
+from diver.corpus.units import calibrate
 from diver.study.budget import window_tokens
 
 log = logging.getLogger(__name__)
 
 HEALTH_BLOCK_SECONDS = 600.0
-
-
-class Quarantine(Exception):
-    """The recording cannot be used; the message is the reason written to qc.csv."""
 
 
 @dataclass
@@ -180,22 +178,27 @@ def in_file_positions(
 
 
 def channel_health(
-    raw: mne.io.BaseRaw, picks: np.ndarray, flat_std_uv: float
+    raw: mne.io.BaseRaw,
+    picks: np.ndarray,
+    flat_std_uv: float,
+    factors: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(all_nan, flat) per picked channel over the whole recording, read block by block.
 
     Whole-recording dead channels (unused amplifier inputs, disconnected contacts)
     are removed before window QC; counted per window they would make every window
-    look compromised.
+    look compromised.  ``factors`` (per pick, from :func:`diver.corpus.units.calibrate`)
+    put the reader's volts into true volts first.
     """
     n = raw.n_times
+    scale = (np.ones(len(picks)) if factors is None else np.asarray(factors))[:, None] * 1e6
     step = max(1, int(HEALTH_BLOCK_SECONDS * raw.info["sfreq"]))
     count = np.zeros(len(picks))
     total = np.zeros(len(picks))
     total_sq = np.zeros(len(picks))
     for start in range(0, n, step):
         try:
-            block = raw.get_data(picks=picks, start=start, stop=min(n, start + step)) * 1e6
+            block = raw.get_data(picks=picks, start=start, stop=min(n, start + step)) * scale
         except Exception as exc:
             raise Quarantine(f"unreadable data: {type(exc).__name__}: {exc}") from exc
         finite = np.isfinite(block)
@@ -274,13 +277,19 @@ def _process(
             }
         )
 
-    all_nan, flat = channel_health(raw, neural, corpus.qc.flat_std_uv)
+    try:
+        setting = f"units of dataset {source.dataset!r} in the config"
+        factors = calibrate(raw, neural, dataset.units, setting=setting)
+    except Quarantine as exc:
+        return report({"reason": str(exc), "channels_neural": n_neural, "channels_dropped": n_in})
+    all_nan, flat = channel_health(raw, neural, corpus.qc.flat_std_uv, factors)
     for idx, is_nan, is_flat in zip(neural, all_nan, flat, strict=True):
         if is_nan:
             status[idx] = "nan"
         elif is_flat:
             status[idx] = "flat"
     live = neural[~(all_nan | flat)]
+    live_factors = factors[~(all_nan | flat)]
     if len(live) == 0:
         reason = f"no usable channels: {int(flat.sum())} flat, {int(all_nan.sum())} all-NaN"
         return report({"reason": reason, "channels_neural": n_neural, "channels_dropped": n_in})
@@ -318,7 +327,9 @@ def _process(
     ) as writer:
         for w0 in range(0, n_windows, corpus.block_windows):
             w1 = min(n_windows, w0 + corpus.block_windows)
-            block = _block_windows(raw, live, info, chain, sfreq_in, corpus, w0, w1, pad_s)
+            block = _block_windows(
+                raw, live, live_factors, info, chain, sfreq_in, corpus, w0, w1, pad_s
+            )
             verdict = qc_block(block, scale, corpus.qc)
             keep = verdict.kept_channels
             kept_counts += keep.sum(axis=0)
@@ -381,6 +392,7 @@ def _process(
 def _block_windows(
     raw: mne.io.BaseRaw,
     picks: np.ndarray,
+    factors: np.ndarray,
     info: mne.Info,
     chain: list,
     sfreq_in: float,
@@ -389,13 +401,14 @@ def _block_windows(
     w1: int,
     pad_s: float,
 ) -> np.ndarray:
-    """Windows ``w0 .. w1-1`` preprocessed, in µV, as ``(w1 - w0, C, S)``."""
+    """Windows ``w0 .. w1-1`` preprocessed, in µV, as ``(w1 - w0, C, S)``; ``factors``
+    (per pick) put the reader's volts into true volts."""
     t0 = w0 * corpus.window_seconds
     t1 = w1 * corpus.window_seconds
     start = max(0, math.floor((t0 - pad_s) * sfreq_in))
     stop = min(raw.n_times, math.ceil((t1 + pad_s) * sfreq_in))
     try:
-        data = raw.get_data(picks=picks, start=start, stop=stop)
+        data = raw.get_data(picks=picks, start=start, stop=stop) * factors[:, None]
     except Exception as exc:
         raise Quarantine(f"unreadable data: {type(exc).__name__}: {exc}") from exc
     bad = ~np.isfinite(data)
