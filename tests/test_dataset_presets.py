@@ -210,6 +210,20 @@ def test_user_presets_by_path_and_beside_the_config(tmp_path: Path) -> None:
     assert set(available_presets(tmp_path)) == set(PRESETS)
 
 
+def test_diver_config_finds_presets_beside_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``diver config FILE`` passes only the file name as the source: the folder the
+    presets are looked up in is inferred from it."""
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "own.yaml").write_text("line_freq: 50\n")
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(study({"name": "x", "preset": "own", "inputs": ["d"]})))
+    assert main(["config", str(config)]) == 0
+    (dataset,) = json.loads(capsys.readouterr().out)["corpus"]["datasets"]
+    assert (dataset["line_freq"], dataset["preset"]) == (50, "own")
+
+
 def test_a_fully_resolved_entry_does_not_need_its_preset_file(tmp_path: Path) -> None:
     """What ``diver config --write`` writes (every key filled) loads where the preset
     file is not found: the preset has nothing left to give."""
