@@ -22,6 +22,7 @@ from diver import config as cfg
 from diver.finetune import tasks
 from diver.launch import site as site_module
 from diver.model.config import SIZES
+from diver.presets import expand_presets
 from diver.schemas import SchemaError, load_schema, registry, schema_uri, validate
 from tests.conftest import REPO_ROOT
 
@@ -312,7 +313,9 @@ def test_snakemake_validates_configs_as_the_loader_does(path: Path) -> None:
     snakemake_validate(theirs, str(REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"))
     ours = validate(raw, "config", source=str(path))
     assert _plain(theirs) == ours
-    assert ours == cfg.validate_config(raw, source=str(path))  # the drop-in for config.py
+    # the drop-in for config.py, which first expands dataset presets (config/datasets)
+    expanded = validate(expand_presets(raw, base_dir=path.parent), "config", source=str(path))
+    assert expanded == cfg.validate_config(raw, source=str(path))
 
 
 def test_snakemake_rejects_what_the_loader_rejects() -> None:

@@ -120,7 +120,9 @@ def _fingerprint(
     payload = {
         "file": identity["sha256"] or identity["key"],
         "source": {k: str(v) for k, v in asdict(source).items()},
-        "dataset": asdict(dataset) | {"inputs": None},
+        # the settings, not where they came from: naming a preset or writing its values
+        # out is the same dataset
+        "dataset": asdict(dataset) | {"inputs": None, "preset": None},
         "corpus": corpus.fingerprint(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
