@@ -9,6 +9,12 @@ random ``test_fraction`` of them.  Validation is then drawn from the training si
 by ``val_by`` units (default: the same unit), ``val_fraction`` of them and at least
 one.  Trial-level draws are stratified by class so every split keeps the class mix.
 
+A *fixed* split (``train``, ``val`` and ``test`` all given: the authors' protocols)
+takes the units by name (glob patterns) or by index ranges of the units sorted by name
+(``[0, 70]`` is the first 70, as the authors' ``sorted(os.listdir(root))[:70]``);
+units in none of the three are left out, and a unit in two is an error.  Trial units
+sort by recording, then by trial number.
+
 Everything is a function of the task set and ``split.seed``: training seeds do not
 move trials between splits, so scores of different seeds and models are comparable.
 """
@@ -21,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from diver.finetune.tasks import SplitConfig, TaskError
+from diver.finetune.tasks import SplitConfig, TaskError, Units, is_range
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +106,14 @@ def make_folds(
     test_units = np.asarray(test_units, dtype=object)
     val_units = np.asarray(val_units, dtype=object)
     labels = np.asarray(labels)
+    if split.fixed:
+        return [_fixed_fold(test_units, labels, split, source)]
     per_trial = split.by == "trial"
     distinct = sorted({str(u) for u in test_units})
+    if split.test and is_range(split.test):
+        raise TaskError(
+            f"{source}: split.test as an index range needs train and val ranges too (a fixed split)"
+        )
     if split.folds > 1:
         if split.folds > len(distinct):
             raise TaskError(
@@ -146,3 +158,57 @@ def make_folds(
                 log.warning("%s fold %d: %s split lacks some classes", source, i, name)
         folds.append(fold)
     return folds
+
+
+def _sort_key(unit: str) -> tuple[str, int]:
+    """Units by name; a trial id ``recording#k`` by recording, then k as a number."""
+    head, sep, tail = unit.rpartition("#")
+    return (head, int(tail)) if sep and tail.isdigit() else (unit, -1)
+
+
+def _select(distinct: list[str], units: Units, key: str, by: str, source: str) -> list[str]:
+    if is_range(units):
+        start, stop = units
+        end = len(distinct) if stop is None else stop
+        if end > len(distinct):
+            raise TaskError(
+                f"{source}: split.{key} [{start}, {stop}] reaches past the "
+                f"{len(distinct)} {by}(s) found (first: {distinct[:3]}); point the task at "
+                "the whole dataset, or give a split of its own"
+            )
+        return distinct[start:end]
+    chosen = [u for u in distinct if any(fnmatch.fnmatchcase(u, p) for p in units)]
+    unmatched = [p for p in units if not any(fnmatch.fnmatchcase(u, p) for u in distinct)]
+    if unmatched:
+        raise TaskError(f"{source}: split.{key} patterns {unmatched} match no {by}")
+    return chosen
+
+
+def _fixed_fold(units: np.ndarray, labels: np.ndarray, split: SplitConfig, source: str) -> Fold:
+    """The one fold of a fixed split (see the module doc)."""
+    distinct = sorted({str(u) for u in units}, key=_sort_key)
+    named = {
+        key: _select(distinct, getattr(split, key), key, split.by, source)
+        for key in ("train", "val", "test")
+    }
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        both = sorted(set(named[a]) & set(named[b]))
+        if both:
+            raise TaskError(f"{source}: split.{a} and split.{b} share {split.by}(s) {both[:5]}")
+    for key, chosen in named.items():
+        if not chosen:
+            raise TaskError(f"{source}: split.{key} selects no {split.by}")
+    left = len(distinct) - sum(len(v) for v in named.values())
+    if left:
+        log.info("%s: %d %s(s) in no split are left out", source, left, split.by)
+    as_text = units.astype(str)
+    fold = Fold(
+        0,
+        train=np.flatnonzero(np.isin(as_text, named["train"])),
+        val=np.flatnonzero(np.isin(as_text, named["val"])),
+        test=np.flatnonzero(np.isin(as_text, named["test"])),
+    )
+    for name in ("train", "val", "test"):
+        if len(np.unique(labels[getattr(fold, name)])) < len(np.unique(labels)):
+            log.warning("%s: %s split lacks some classes", source, name)
+    return fold

@@ -2,12 +2,19 @@
 
 Each recording goes through the corpus' own steps (SPEC §1) so fine-tuning sees what
 pretraining saw: channel typing and positions (``diver.corpus.channels``), dead
-(all-NaN or flat) channels removed, high-pass and notch filters and resampling to
-500 Hz (``diver.corpus.preprocess``), then, for iEEG tasks, Laplacian re-referencing
-(``diver.finetune.laplacian``), and the paper's scaling: 1/100 µV for EEG, 1/200 µV for
-iEEG, clipped to ±1.  Trials are then cut from ``onset + tmin`` to ``onset + tmax``;
-a trial reaching outside the recording is skipped and counted.  Unlike the corpus, no
-trial or channel is dropped for clipping: a benchmark's trials stay the benchmark's.
+(all-NaN or flat) channels removed, high-pass (or the task's band-pass) and notch
+filters and resampling to 500 Hz (or the task's ``preprocessing.sfreq``;
+``diver.corpus.preprocess``), then the task's re-reference (common average, or the
+Laplacian, ``diver.finetune.laplacian``, iEEG's default), and the paper's scaling:
+1/100 µV for EEG, 1/200 µV for iEEG, clipped to ±1.  Trials are then cut from
+``onset + tmin`` to ``onset + tmax``, or as fixed-length segments of the whole
+recording or of each labelled event's span (``segment``); a trial reaching outside
+the recording is skipped and counted.  Unlike the corpus, no trial or channel is
+dropped for clipping: a benchmark's trials stay the benchmark's.
+
+Array files (FACED pickles, BrainTreebank HDF5) are read by
+:mod:`diver.finetune.arrays` into recordings with annotations, and then go the same
+way.
 
 Recordings are filtered whole (loaded into memory), which suits trial-based tasks of
 minutes to an hour; the corpus stage's block-wise reader is for the long recordings
@@ -26,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,8 +48,13 @@ import pyarrow.parquet as pq
 from diver.atomic import replacing
 from diver.config import CorpusConfig, QCConfig
 from diver.corpus.channels import IEEG_TYPES, describe_channels
-from diver.corpus.discovery import RecordingSource, discover_recordings
-from diver.corpus.preprocess import apply_chain, build_chain
+from diver.corpus.discovery import (
+    RecordingSource,
+    discover_recordings,
+    find_subject,
+    strip_extension,
+)
+from diver.corpus.preprocess import HighPass, Notch, Resample, Step, apply_chain, notch_frequencies
 from diver.corpus.recording import (
     Quarantine,
     channel_health,
@@ -49,6 +62,7 @@ from diver.corpus.recording import (
     read_raw,
 )
 from diver.corpus.shards import Window, coords_of, signals_of, window_schema, windows_to_table
+from diver.finetune.arrays import EXTENSIONS, companion_files, read_array_recording
 from diver.finetune.laplacian import laplacian
 from diver.finetune.tasks import TaskConfig, TaskError, resolve_recordings
 
@@ -67,64 +81,213 @@ EXTRA_FIELDS = (
 
 def task_fingerprint(task: TaskConfig, recordings: Sequence[str]) -> str:
     """Changes when a setting that shapes the task set, or a recording file, changes."""
+    paths = [Path(p) for p in recordings]
+    if task.input.format != "mne":  # labels, events and positions in files beside them
+        paths += [c for p in list(paths) if p.is_file() for c in companion_files(p, task.input)]
     files = []
-    for path in recordings:
-        stat = Path(path).stat()
-        files.append([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
-    payload = {"task": task.fingerprint_payload(), "files": files, "sfreq": SFREQ}
+    for path in paths:
+        stat = path.stat()
+        files.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+    payload = {"task": task.fingerprint_payload(), "files": files, "sfreq": task_sfreq(task)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def task_sfreq(task: TaskConfig) -> float:
+    """The rate of the task's trials (SPEC §1's 500 Hz unless the task says otherwise)."""
+    return float(task.preprocessing.sfreq)
 
 
 @dataclass(frozen=True)
 class _Trial:
     window: Window
     event: str
+    label: str
     onset: float
+
+
+@dataclass(frozen=True)
+class _Event:
+    """A labelled event: onset and duration (s from the first sample), key, class."""
+
+    onset: float
+    duration: float
+    key: str
+    label: str
+
+
+def _annotation_onsets(raw: mne.io.BaseRaw) -> np.ndarray:
+    """Annotation onsets in seconds from the recording's first sample."""
+    return np.asarray(raw.annotations.onset, dtype=float) - raw.first_time
 
 
 def _events(
     raw: mne.io.BaseRaw, task: TaskConfig, source: RecordingSource
-) -> tuple[list[tuple[float, str]], set[str]]:
-    """(onset seconds from the first sample, event key) of labelled events; keys seen."""
+) -> tuple[list[_Event], set[str], set[str]]:
+    """Labelled events of one recording, the event keys it has, and the keys it was
+    expected to have (its label map's), for the 'occurs in no recording' check."""
     sfreq = float(raw.info["sfreq"])
-    if task.events_from == "annotations":
-        seen = {str(d) for d in raw.annotations.description}
-        wanted = {key: i + 1 for i, key in enumerate(task.labels) if key in seen}
-        if not wanted:
-            return [], seen
-        events, _ = mne.events_from_annotations(raw, event_id=wanted, verbose="error")
-        by_code = {code: key for key, code in wanted.items()}
-    else:
-        try:
-            events = mne.find_events(
-                raw, stim_channel=task.stim_channel, shortest_event=1, verbose="error"
+    name = source.path.name
+    if task.events_from == "file_name":
+        cls = task.file_class(name)
+        if cls is None:
+            raise TaskError(
+                f"task file {task.source}: recording {source.path}: its file name matches "
+                f"none of the labels patterns {list(task.labels)}"
             )
-        except ValueError as exc:
-            raise TaskError(f"{source.path}: cannot read stim events: {exc}") from exc
-        seen = {str(int(c)) for c in np.unique(events[:, 2])}
-        by_code = {int(key): key for key in task.labels}
-    out = [
-        ((int(sample) - raw.first_samp) / sfreq, by_code[int(code)])
-        for sample, _, code in events
-        if int(code) in by_code
+        key = next(k for k in task.labels if re.search(k, name))
+        return [_Event(0.0, raw.n_times / sfreq, key, cls)], {key}, set(task.labels)
+    if task.events_from == "sequence":
+        onsets = _annotation_onsets(raw)
+        order = np.argsort(onsets, kind="stable")
+        if len(order) > len(task.label_sequence):
+            raise TaskError(
+                f"task file {task.source}: recording {source.path} has {len(order)} "
+                f"annotations, label_sequence only {len(task.label_sequence)} classes"
+            )
+        ann = raw.annotations
+        events = [
+            _Event(
+                float(onsets[i]),
+                float(ann.duration[i]),
+                f"{ann.description[i]}#{k}",
+                task.label_sequence[k],
+            )
+            for k, i in enumerate(order)
+        ]
+        return events, {e.key for e in events}, set()
+    labels = task.labels_for(name)
+    if task.events_from == "annotations":
+        ann = raw.annotations
+        seen = {str(d) for d in ann.description}
+        onsets = _annotation_onsets(raw)
+        events = [
+            _Event(float(onsets[i]), float(ann.duration[i]), str(d), labels[str(d)])
+            for i, d in enumerate(ann.description)
+            if str(d) in labels
+        ]
+        # Events from annotations in time order, as mne.events_from_annotations gives.
+        events.sort(key=lambda e: e.onset)
+        return events, seen, set(labels)
+    try:
+        found = mne.find_events(
+            raw, stim_channel=task.stim_channel, shortest_event=1, verbose="error"
+        )
+    except ValueError as exc:
+        raise TaskError(f"{source.path}: cannot read stim events: {exc}") from exc
+    seen = {str(int(c)) for c in np.unique(found[:, 2])}
+    by_code = {int(key): key for key in labels}
+    events = [
+        _Event(
+            (int(sample) - raw.first_samp) / sfreq, 0.0, by_code[int(c)], labels[by_code[int(c)]]
+        )
+        for sample, _, c in found
+        if int(c) in by_code
     ]
-    return out, seen
+    return events, seen, set(labels)
+
+
+def _starts(
+    events: list[_Event], task: TaskConfig, sfreq: float, n_total: int
+) -> list[tuple[int, _Event]]:
+    """(first sample, event) of every trial: one window per event, or the segments of
+    each event's span (a remainder shorter than a segment is dropped)."""
+    if task.segment_length is None:
+        return [(round((e.onset + task.tmin) * sfreq), e) for e in events]
+    n = round(task.segment_length * sfreq)
+    out = []
+    for e in events:
+        first = round(e.onset * sfreq)
+        last = min(first + round(e.duration * sfreq), n_total)
+        out += [(start, e) for start in range(first, last - n + 1, n)]
+    return out
+
+
+@dataclass(frozen=True)
+class _BandPass:
+    """Zero-phase FIR band-pass (MNE defaults), the task's ``preprocessing.bandpass``."""
+
+    l_freq: float
+    h_freq: float
+
+    def apply(self, raw: mne.io.BaseRaw) -> mne.io.BaseRaw:
+        return raw.filter(
+            l_freq=self.l_freq, h_freq=self.h_freq, picks="all", phase="zero", verbose="error"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": "bandpass", "l_freq": self.l_freq, "h_freq": self.h_freq}
+
+
+def _chain(task: TaskConfig, sfreq_in: float, harmonics: bool) -> list[Step]:
+    """The recording's filters and resampling, as the corpus's chain (filters run at the
+    lower of the two rates) with the task's band-pass and notch choices."""
+    pre = task.preprocessing
+    sfreq_out = task_sfreq(task)
+    filter_rate = min(sfreq_in, sfreq_out)
+    nyquist = filter_rate / 2.0
+    filters: list[Step] = []
+    if pre.bandpass is not None:
+        low, high = pre.bandpass
+        if high >= nyquist:
+            raise TaskError(
+                f"task file {task.source}: preprocessing.bandpass high {high} Hz is not "
+                f"below the Nyquist frequency {nyquist} Hz of a {filter_rate} Hz recording"
+            )
+        filters.append(_BandPass(low, high))
+    elif pre.highpass > 0:
+        filters.append(HighPass(pre.highpass))
+    if pre.notch is True:
+        freqs = notch_frequencies(pre.line_freq, nyquist, harmonics=harmonics)
+    elif pre.notch is False:
+        freqs = ()
+    else:
+        freqs = tuple(f for f in pre.notch if f < nyquist)
+    if freqs:
+        filters.append(Notch(tuple(freqs)))
+    resample: list[Step] = [] if sfreq_in == sfreq_out else [Resample(sfreq_out)]
+    return [*resample, *filters] if sfreq_in > sfreq_out else [*filters, *resample]
+
+
+def _read(source: RecordingSource, task: TaskConfig) -> mne.io.BaseRaw:
+    if task.input.format != "mne":
+        return read_array_recording(source.path, task.input)
+    try:
+        return read_raw(source.path)
+    except Quarantine as exc:
+        raise TaskError(f"task {task.name}: recording {source.path}: {exc}") from exc
+
+
+UNIT_VOLTS = {"V": 1.0, "mV": 1e-3, "uV": 1e-6, "nV": 1e-9}
+_MNE_UNITS = {"V": 1.0, "mV": 1e-3, "uV": 1e-6, "µV": 1e-6, "μV": 1e-6, "nV": 1e-9}
+
+
+def _unit_factors(raw: mne.io.BaseRaw, picks: list[int], task: TaskConfig) -> np.ndarray:
+    """Factors that turn ``raw.get_data(picks)`` into volts under ``preprocessing.units``.
+
+    ``auto`` trusts the file (factor 1); a unit says what the stored numbers really are,
+    whatever the header says: MNE scaled them by the header's unit, which is undone.
+    """
+    units = task.preprocessing.units
+    if units == "auto":
+        return np.ones(len(picks))
+    orig = getattr(raw, "_orig_units", None) or {}
+    names = [raw.ch_names[i] for i in picks]
+    header = np.array([_MNE_UNITS.get(str(orig.get(n, "V")), 1.0) for n in names])
+    return UNIT_VOLTS[units] / header
 
 
 def _recording_trials(
     source: RecordingSource, task: TaskConfig, qc: QCConfig
-) -> tuple[list[_Trial], set[str], dict[str, Any]]:
-    """The labelled trials of one recording, the event keys it has, and a report row."""
+) -> tuple[list[_Trial], set[str], set[str], dict[str, Any]]:
+    """The labelled trials of one recording, the event keys it has, the keys its label
+    map expects, and a report row."""
     if source.problem:
         raise TaskError(f"task {task.name}: recording {source.path}: {source.problem}")
-    try:
-        raw = read_raw(source.path)
-    except Quarantine as exc:
-        raise TaskError(f"task {task.name}: recording {source.path}: {exc}") from exc
-    events, seen = _events(raw, task, source)
+    raw = _read(source, task)
+    events, seen, expected = _events(raw, task, source)
     report: dict[str, Any] = {"recording": source.recording, "subject": source.subject}
     if not events:
-        return [], seen, {**report, "trials": 0, "skipped": 0, "channels": 0}
+        return [], seen, expected, {**report, "trials": 0, "skipped": 0, "channels": 0}
     dataset = task.dataset((str(source.path),))
     positions_m, frame = in_file_positions(raw, dataset)
     infos = describe_channels(
@@ -140,22 +303,20 @@ def _recording_trials(
             log.warning("%s: channels %s of task %s are missing", source.path, missing, task.name)
     if not picks:
         raise TaskError(f"task {task.name}: recording {source.path} has no usable neural channel")
+    factors = _unit_factors(raw, picks, task)
     all_nan, flat = channel_health(raw, np.asarray(picks), qc.flat_std_uv)
-    picks = [i for i, dead in zip(picks, all_nan | flat, strict=True) if not dead]
+    keep = ~(all_nan | flat)
+    picks = [i for i, ok in zip(picks, keep, strict=True) if ok]
+    factors = factors[keep]
     if not picks:
         raise TaskError(f"task {task.name}: every channel of {source.path} is flat or NaN")
     kept = [infos[i] for i in picks]
     sfreq_in = float(raw.info["sfreq"])
-    data = raw.get_data(picks=picks) * 1e6  # µV
+    sfreq = task_sfreq(task)
+    data = raw.get_data(picks=picks) * factors[:, None] * 1e6  # µV
     data = np.where(np.isfinite(data), data, 0.0)
     is_ieeg = np.array([ch.type in IEEG_TYPES for ch in kept])
-    chain = build_chain(
-        sfreq_in=sfreq_in,
-        sfreq_out=SFREQ,
-        highpass=task.preprocessing.highpass,
-        line_freq=task.preprocessing.line_freq,
-        harmonics=dataset.harmonics_for(bool(is_ieeg.any())),
-    )
+    chain = _chain(task, sfreq_in, dataset.harmonics_for(bool(is_ieeg.any())))
     info = mne.create_info([ch.name for ch in kept], sfreq_in, "eeg", verbose="error")
     signal = apply_chain(mne.io.RawArray(data, info, verbose="error"), chain).get_data()
     coords = np.array([ch.xyz_mm for ch in kept], dtype=np.float32).reshape(-1, 3)
@@ -163,7 +324,10 @@ def _recording_trials(
     types = [ch.type for ch in kept]
     subtypes = [ch.subtype for ch in kept]
     isolated = 0
-    if task.preprocessing.laplacian:
+    reference = task.preprocessing.re_reference
+    if reference == "average":
+        signal = signal - signal.mean(axis=0, keepdims=True)
+    elif reference == "laplacian":
         lap = laplacian(names, types, subtypes, coords)
         signal = lap.apply(signal)
         isolated = len(lap.isolated)
@@ -173,12 +337,11 @@ def _recording_trials(
             )
     scale = np.where(is_ieeg, qc.ieeg_scale_uv, qc.eeg_scale_uv)[:, None]
     scaled = np.clip(signal / scale, -qc.clip, qc.clip).astype(np.float32)
-    n = round((task.tmax - task.tmin) * SFREQ)
+    n = round(task.window_seconds * sfreq)
     modality = "ieeg" if is_ieeg.any() else "eeg"
     frames = sorted({ch.coord_frame for ch in kept if np.isfinite(ch.xyz_mm).all()})
     trials, skipped = [], 0
-    for k, (onset, key) in enumerate(events):
-        first = round((onset + task.tmin) * SFREQ)
+    for k, (first, event) in enumerate(_starts(events, task, sfreq, scaled.shape[1])):
         if first < 0 or first + n > scaled.shape[1]:
             skipped += 1
             continue
@@ -187,9 +350,9 @@ def _recording_trials(
             subject=source.subject,
             recording=source.recording,
             window_index=k,
-            start_seconds=first / SFREQ,
+            start_seconds=first / sfreq,
             modality=modality,
-            sfreq=SFREQ,
+            sfreq=sfreq,
             coord_frame="+".join(frames) if frames else "unknown",
             channel_names=names,
             channel_types=types,
@@ -197,12 +360,15 @@ def _recording_trials(
             coords_mm=coords,
             signal=scaled[:, first : first + n],
         )
-        trials.append(_Trial(window, key, onset))
+        # A segment's own start is its onset; a window's is its event's.
+        onset = event.onset if task.segment_length is None else first / sfreq
+        trials.append(_Trial(window, event.key, event.label, onset))
     if skipped:
         log.warning("%s: %d trial(s) reach outside the recording; skipped", source.path, skipped)
     return (
         trials,
         seen,
+        expected,
         {
             **report,
             "trials": len(trials),
@@ -212,6 +378,34 @@ def _recording_trials(
             "sfreq_in": sfreq_in,
         },
     )
+
+
+def _array_sources(task: TaskConfig, inputs: Sequence[str]) -> list[RecordingSource]:
+    """Recordings of an array format: the files given, and the format's files in the
+    folders given (recursively), sorted by id (the file name without extension)."""
+    suffixes = EXTENSIONS[task.input.format]
+    files: list[Path] = []
+    for given in inputs:
+        path = Path(given)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes)
+        else:
+            files.append(path)
+    sources = {}
+    for path in files:
+        recording = strip_extension(path.name)
+        if recording in sources:
+            raise TaskError(
+                f"task file {task.source}: two recordings named {recording}: "
+                f"{sources[recording].path} and {path}"
+            )
+        subject, how = find_subject(path, path.name, recording, task.subject_pattern)
+        sources[recording] = RecordingSource(
+            dataset=task.name, path=path, recording=recording, subject=subject,
+            subject_source=how, bids_datatype=None, channels_tsv=None,
+            electrodes_tsv=None, coordsystem_json=None, problem="",
+        )  # fmt: skip
+    return [sources[k] for k in sorted(sources)]
 
 
 @dataclass(frozen=True)
@@ -287,30 +481,38 @@ def build_taskset(
         return TaskSetSummary(
             out, meta["trials"], meta["per_class"], meta["recordings"], fingerprint, False
         )
-    try:
-        sources = discover_recordings(task.dataset(inputs))
-    except ValueError as exc:
-        raise TaskError(f"task file {task.source}: {exc}") from exc
+    if task.input.format == "mne":
+        try:
+            sources = discover_recordings(task.dataset(inputs))
+        except ValueError as exc:
+            raise TaskError(f"task file {task.source}: {exc}") from exc
+    else:
+        sources = _array_sources(task, inputs)
     if not sources:
         raise TaskError(f"task file {task.source}: its recordings entries hold no recording")
     trials: list[_Trial] = []
     seen: set[str] = set()
+    expected: set[str] = set()
     reports = []
     for source in sources:
-        found, keys, report = _recording_trials(source, task, qc)
+        found, keys, wanted, report = _recording_trials(source, task, qc)
         trials += found
         seen |= keys
+        expected |= wanted
         reports.append(report)
-    unknown = [key for key in task.labels if key not in seen]
+    order = [*task.labels, *(k for r in task.label_rules for k in r.labels)]
+    unknown = [key for key in dict.fromkeys(order) if key in expected and key not in seen]
     if unknown:
-        what = "event code(s)" if task.events_from == "stim" else "event name(s)"
+        what = {"stim": "event code(s)", "file_name": "file-name pattern(s)"}.get(
+            task.events_from, "event name(s)"
+        )
         raise TaskError(
             f"task file {task.source}: {what} {unknown} of labels occur in none of its "
             f"{len(sources)} recording(s); events found: {sorted(seen)}"
         )
     if not trials:
         raise TaskError(f"task file {task.source}: no trial fits inside its recordings")
-    per_class = Counter(task.labels[t.event] for t in trials)
+    per_class = Counter(t.label for t in trials)
     summary = {
         "task": task.fingerprint_payload(),
         "trials": len(trials),
@@ -328,8 +530,8 @@ def _write(
     table = windows_to_table([t.window for t in trials], base)
     columns = {
         "event": pa.array([t.event for t in trials], pa.string()),
-        "label": pa.array([task.labels[t.event] for t in trials], pa.string()),
-        "label_index": pa.array([task.class_index(t.event) for t in trials], pa.int32()),
+        "label": pa.array([t.label for t in trials], pa.string()),
+        "label_index": pa.array([task.classes.index(t.label) for t in trials], pa.int32()),
         "onset_seconds": pa.array([t.onset for t in trials], pa.float64()),
     }
     for f in EXTRA_FIELDS:
@@ -378,6 +580,12 @@ class TaskSet:
     @property
     def n_samples(self) -> int:
         return int(self.signals[0].shape[1])
+
+    @property
+    def sfreq(self) -> float:
+        """The trials' sampling rate (500 Hz unless the task file set another)."""
+        pre = self.metadata.get("task", {}).get("preprocessing", {})
+        return float(pre.get("sfreq", SFREQ))
 
     @property
     def trial_ids(self) -> list[str]:
