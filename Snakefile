@@ -6,6 +6,7 @@
 from snakemake.utils import min_version
 
 from diver.config import validate_config
+from diver.study.where import where_text
 
 min_version("9.0")
 
@@ -35,6 +36,11 @@ include: "workflow/rules/report.smk"
 
 onstart:
     write_study_config()
+
+
+# What to open next: the results, the report and the `mlflow ui` command for the runs.
+onsuccess:
+    print(where_text(STUDY))
 
 
 rule all:

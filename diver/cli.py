@@ -363,6 +363,17 @@ def _corpus_finish_args(p: argparse.ArgumentParser, prune_help: str) -> None:
     p.add_argument("--prune", action="store_true", help=prune_help)
 
 
+def cmd_where(args: argparse.Namespace) -> int:
+    from diver.study.where import study_locations, where_text
+
+    study = load_config(args.config)
+    if args.format == "json":
+        print(json.dumps(study_locations(study), indent=2))
+    else:
+        print(where_text(study))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diver", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
@@ -376,6 +387,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the validated config with defaults filled in (YAML) instead of printing",
     )
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser(
+        "where", help="where a study's results, report and MLflow store are (and how to browse)"
+    )
+    p.add_argument("--config", default="config/config.yaml", help="study config (YAML)")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.set_defaults(func=cmd_where)
 
     p = sub.add_parser("synth", help="write a synthetic EEG + iEEG corpus (real file formats)")
     p.add_argument("--out", required=True, help="output folder")

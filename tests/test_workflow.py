@@ -95,6 +95,9 @@ def test_default_dag_corpus_part_runs_for_real_and_is_idempotent(tmp_path: Path)
     )
     assert child.data.metrics["synth_eeg.windows"] == manifest.loc["synth_eeg", "windows"]
     assert child.info.status == "FINISHED"
+    # the run ends saying where its results are and how to browse them
+    assert f"report      {results.resolve() / 'report' / 'index.html'}" in proc.stdout
+    assert f"mlflow ui --backend-store-uri sqlite:///{results.resolve()}/mlflow.db" in proc.stdout
 
     again = _snakemake(tmp_path, *CORPUS_TARGETS, "--profile", "cluster_profiles/local")
     assert again.returncode == 0
