@@ -288,6 +288,21 @@ def test_faced_both_protocols(faced_root: Path, tmp_path: Path, name: str, sfreq
             assert np.allclose(ts.signals[k], expected / 100.0, atol=1e-5)
 
 
+def test_faced_numbers_read_as_volts_are_refused_under_auto(
+    faced_root: Path, tmp_path: Path
+) -> None:
+    """FACED's µV arrays have no header: under units auto they read as volts, an
+    amplitude no EEG has; the error names the file and the setting to change."""
+    raw = _raw("faced_diver")
+    raw["preprocessing"] = {**raw["preprocessing"], "units": "auto"}
+    task = task_from_dict(raw, source="faced-auto.yaml")
+    with pytest.raises(TaskError) as err:
+        build_taskset(task, tmp_path / "x.parquet", base_dir=faced_root)
+    message = str(err.value)
+    assert "sub000.pkl" in message and "implausible amplitude" in message
+    assert "set task file faced-auto.yaml: preprocessing.units to uV" in message
+
+
 class _Payload:
     def __init__(self, call: object, arg: str) -> None:
         self.call, self.arg = call, arg

@@ -1,7 +1,9 @@
 """A task's recordings -> one Parquet *task set*: a row per labelled trial (SPEC §5).
 
 Each recording goes through the corpus' own steps (SPEC §1) so fine-tuning sees what
-pretraining saw: channel typing and positions (``diver.corpus.channels``), dead
+pretraining saw: channel typing and positions (``diver.corpus.channels``), the
+numbers' unit (``preprocessing.units``, ``diver.corpus.units``: a recording whose
+amplitude is implausible under ``auto`` is an error naming it), dead
 (all-NaN or flat) channels removed, high-pass (or the task's band-pass) and notch
 filters and resampling to 500 Hz (or the task's ``preprocessing.sfreq``;
 ``diver.corpus.preprocess``), then the task's re-reference (common average, or the
@@ -55,13 +57,10 @@ from diver.corpus.discovery import (
     strip_extension,
 )
 from diver.corpus.preprocess import HighPass, Notch, Resample, Step, apply_chain, notch_frequencies
-from diver.corpus.recording import (
-    Quarantine,
-    channel_health,
-    in_file_positions,
-    read_raw,
-)
+from diver.corpus.quarantine import Quarantine
+from diver.corpus.recording import channel_health, in_file_positions, read_raw
 from diver.corpus.shards import Window, coords_of, signals_of, window_schema, windows_to_table
+from diver.corpus.units import calibrate
 from diver.finetune.arrays import EXTENSIONS, companion_files, read_array_recording
 from diver.finetune.laplacian import laplacian
 from diver.finetune.tasks import TaskConfig, TaskError, resolve_recordings
@@ -257,23 +256,21 @@ def _read(source: RecordingSource, task: TaskConfig) -> mne.io.BaseRaw:
         raise TaskError(f"task {task.name}: recording {source.path}: {exc}") from exc
 
 
-UNIT_VOLTS = {"V": 1.0, "mV": 1e-3, "uV": 1e-6, "nV": 1e-9}
-_MNE_UNITS = {"V": 1.0, "mV": 1e-3, "uV": 1e-6, "µV": 1e-6, "μV": 1e-6, "nV": 1e-9}
-
-
-def _unit_factors(raw: mne.io.BaseRaw, picks: list[int], task: TaskConfig) -> np.ndarray:
-    """Factors that turn ``raw.get_data(picks)`` into volts under ``preprocessing.units``.
-
-    ``auto`` trusts the file (factor 1); a unit says what the stored numbers really are,
-    whatever the header says: MNE scaled them by the header's unit, which is undone.
-    """
-    units = task.preprocessing.units
-    if units == "auto":
-        return np.ones(len(picks))
-    orig = getattr(raw, "_orig_units", None) or {}
-    names = [raw.ch_names[i] for i in picks]
-    header = np.array([_MNE_UNITS.get(str(orig.get(n, "V")), 1.0) for n in names])
-    return UNIT_VOLTS[units] / header
+def _unit_factors(
+    raw: mne.io.BaseRaw, picks: list[int], task: TaskConfig, source: RecordingSource
+) -> np.ndarray:
+    """Per picked channel, the factor turning ``raw.get_data(picks)`` into true volts
+    under ``preprocessing.units`` (:func:`diver.corpus.units.calibrate`); a recording
+    ``auto`` finds implausible is a TaskError naming it and the setting to change."""
+    try:
+        return calibrate(
+            raw,
+            np.asarray(picks),
+            task.preprocessing.units,
+            setting=f"task file {task.source}: preprocessing.units",
+        )
+    except Quarantine as exc:
+        raise TaskError(f"task {task.name}: recording {source.path}: {exc}") from exc
 
 
 def _recording_trials(
@@ -303,8 +300,8 @@ def _recording_trials(
             log.warning("%s: channels %s of task %s are missing", source.path, missing, task.name)
     if not picks:
         raise TaskError(f"task {task.name}: recording {source.path} has no usable neural channel")
-    factors = _unit_factors(raw, picks, task)
-    all_nan, flat = channel_health(raw, np.asarray(picks), qc.flat_std_uv)
+    factors = _unit_factors(raw, picks, task, source)
+    all_nan, flat = channel_health(raw, np.asarray(picks), qc.flat_std_uv, factors=factors)
     keep = ~(all_nan | flat)
     picks = [i for i, ok in zip(picks, keep, strict=True) if ok]
     factors = factors[keep]
