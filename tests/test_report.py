@@ -317,3 +317,46 @@ def test_finetune_rows_name_task_mode_and_baselines(tmp_path: Path) -> None:
         ("eegmmidb", "diver", False),
         ("eegmmidb", "linear_baseline", True),
     ]
+
+
+def test_finetune_table_sets_the_papers_numbers_beside_ours(tmp_path: Path) -> None:
+    """A benchmark task (its task file carries the paper's results) gets '<model>
+    (paper)' rows in its own table, beside diver's model and the baselines; a task
+    without published numbers gets none, and a metrics file's own 'paper' wins."""
+    from diver.report.sections import finetune_section
+
+    runs = {
+        "diver": [{"balanced_accuracy": 0.60}, {"balanced_accuracy": 0.64}],
+        "linear": [{"balanced_accuracy": 0.41}],
+        "scratch": [{"balanced_accuracy": 0.50}, {"balanced_accuracy": 0.52}],
+    }
+    metrics = {
+        "task": "physionet_mi",
+        "mode": "full",
+        "models": {m: {"summary": _summary(r), "runs": r} for m, r in runs.items()},
+    }
+    path = tmp_path / "physionet_mi" / "metrics.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(metrics))
+    rows = read_finetune(path)
+    paper = {r["model"]: r for r in rows if r["paper"]}
+    assert set(paper) == {"DIVER-1 (paper)", "CBraMod (paper)", "LaBraM (paper)"}
+    assert paper["DIVER-1 (paper)"]["metrics"]["balanced_accuracy"].mean == 0.676
+    assert paper["DIVER-1 (paper)"]["metrics"]["balanced_accuracy"].sem is None
+    assert paper["CBraMod (paper)"]["source"].endswith("benchmarks/physionet_mi.yaml")
+    html = finetune_section([path])
+    table = html[html.index("<h3>physionet_mi (full)</h3>") :].split("</table>")[0]
+    for text in ("diver", "linear", "scratch", "DIVER-1 (paper)", "0.676", "LaBraM (paper)"):
+        assert text in table, text
+    # No published number for Mental Arithmetic: our rows only.
+    other = tmp_path / "mental_arithmetic" / "metrics.json"
+    other.parent.mkdir()
+    other.write_text(json.dumps({**metrics, "task": "mental_arithmetic"}))
+    assert not any(r["paper"] for r in read_finetune(other))
+    # The metrics file's own paper mapping (e.g. a task file kept elsewhere) wins.
+    own = tmp_path / "mine" / "metrics.json"
+    own.parent.mkdir()
+    own.write_text(json.dumps({**metrics, "task": "mine",
+                               "paper": {"metric": "auroc", "results": {"X": 0.9}}}))  # fmt: skip
+    mine = [r for r in read_finetune(own) if r["paper"]]
+    assert [(r["model"], r["metrics"]["auroc"].mean) for r in mine] == [("X (paper)", 0.9)]

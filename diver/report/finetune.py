@@ -17,10 +17,19 @@ trained from scratch).  What is read, so the report does not depend on one layou
 
 SEM is the sample standard deviation (``ddof = 1``) over ``sqrt(n)``, SPEC §5's
 "mean +- SEM over seeds/folds".
+
+The paper's numbers: a task whose task file carries ``paper`` results (the benchmark
+files in ``config/tasks/benchmarks/``) gets one more row per published model, named
+``<model> (paper)``, in the paper's metric (no SEM: the paper's summary is what there
+is), so the table sets them beside this study's model, the Linear baseline and the
+from-scratch model.  They come from the metrics file's own ``paper`` mapping when it
+has one (``metric``, ``results``), else from the task file of the same name under
+``config/tasks`` of this repository; a task without them gets no such rows.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +38,12 @@ from typing import Any
 
 from diver.errors import DiverError
 from diver.study.artifacts import read_json_object
+
+log = logging.getLogger(__name__)
+
+#: Where shipped task files are (their ``paper`` results name the published numbers).
+TASK_DIRS: tuple[Path, ...] = (Path(__file__).resolve().parents[2] / "config" / "tasks",)
+PAPER_SUFFIX = " (paper)"
 
 #: Metric names in report order (SPEC §5); others follow alphabetically.
 METRIC_ORDER = (
@@ -146,8 +161,69 @@ def is_baseline(model: str) -> bool:
     return any(word in model.lower() for word in _BASELINE_WORDS)
 
 
-def read_finetune(path: Path) -> list[dict[str, Any]]:
-    """Report rows (task, mode, pretrained, model, baseline, metrics) of one file."""
+@dataclass(frozen=True)
+class PaperNumbers:
+    """Published results of one benchmark: ``model -> value`` in ``metric``."""
+
+    metric: str
+    results: Mapping[str, float]
+    source: str
+
+
+def _paper_of(block: Any, source: str) -> PaperNumbers | None:
+    if not isinstance(block, Mapping):
+        return None
+    metric, results = block.get("metric"), block.get("results")
+    if not isinstance(metric, str) or not isinstance(results, Mapping):
+        return None
+    values = {
+        str(k): float(v)
+        for k, v in results.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    return PaperNumbers(metric, values, source) if values else None
+
+
+def paper_numbers(task: str, task_dirs: Sequence[Path] = TASK_DIRS) -> PaperNumbers | None:
+    """The ``paper`` results of the task file named ``task`` under ``task_dirs`` (any
+    depth), or None.  Task files that do not load are skipped with a log line: the
+    report does not fail for a file it only looks into."""
+    from diver.finetune.tasks import TaskError, load_task
+
+    for folder in task_dirs:
+        for path in sorted(Path(folder).rglob("*.yaml")):
+            try:
+                loaded = load_task(path)
+            except TaskError as exc:
+                log.info("report: task file %s skipped for paper numbers: %s", path, exc)
+                continue
+            if loaded.name == task and loaded.paper.metric and loaded.paper.results:
+                return PaperNumbers(loaded.paper.metric, dict(loaded.paper.results), str(path))
+    return None
+
+
+def paper_rows(task: str, mode: str, numbers: PaperNumbers | None) -> list[dict[str, Any]]:
+    """Report rows of the published numbers (``<model> (paper)``, no SEM)."""
+    if numbers is None:
+        return []
+    return [
+        {
+            "task": task,
+            "mode": mode,
+            "pretrained": "",
+            "model": model + PAPER_SUFFIX,
+            "baseline": is_baseline(model),
+            "paper": True,
+            "metrics": {numbers.metric: Estimate(value, None, None)},
+            "source": numbers.source,
+        }
+        for model, value in numbers.results.items()
+    ]
+
+
+def read_finetune(path: Path, task_dirs: Sequence[Path] = TASK_DIRS) -> list[dict[str, Any]]:
+    """Report rows (task, mode, pretrained, model, baseline, metrics) of one file, then
+    the paper's rows for its task (see the module doc)."""
     path = Path(path)
     data = read_json_object(path, what="fine-tuning metrics file")
     models = _models(data)
@@ -159,18 +235,22 @@ def read_finetune(path: Path) -> list[dict[str, Any]]:
     pretrained = next(
         (str(data[k]) for k in ("pretrained_cell", "cell", "pretrained") if data.get(k)), ""
     )
-    return [
+    task, mode = _task_name(data, path), str(data.get("mode") or "")
+    rows = [
         {
-            "task": _task_name(data, path),
-            "mode": str(data.get("mode") or ""),
+            "task": task,
+            "mode": mode,
             "pretrained": pretrained,
             "model": model,
             "baseline": is_baseline(model),
+            "paper": False,
             "metrics": metrics,
             "source": str(path),
         }
         for model, metrics in models.items()
     ]
+    numbers = _paper_of(data.get("paper"), str(path)) or paper_numbers(task, task_dirs)
+    return rows + paper_rows(task, mode, numbers)
 
 
 def metric_names(rows: Sequence[Mapping[str, Any]]) -> list[str]:
