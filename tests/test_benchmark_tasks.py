@@ -116,6 +116,7 @@ def test_invalid_benchmark_keys_name_the_file_and_key() -> None:
         ({"input": {"format": "faced_pickle"}}, "input.sfreq: format faced_pickle needs"),
         ({"input": {"resample_clips_to": 10}}, "input.resample_clips_to: only for"),
         ({"preprocessing": {"units": "kV"}}, "preprocessing.units: 'kV' is not one of"),
+        ({"split": {"shuffle": False}}, "split.shuffle: false only orders k-fold"),
     ]
     for change, expected in cases:
         with pytest.raises(TaskError) as err:
@@ -352,7 +353,7 @@ BTB_LABELS = ["T1b1", "T1b2", "T1b3", "T1b4", "F3aOFa2*", "F3aOFa3", "F3aOFa4", 
 
 @pytest.fixture(scope="module")
 def braintreebank(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A BrainTreebank root: sub_1_trial000.h5 (data/electrode_i at 2048 Hz), electrode
+    """A BrainTreebank root: sub_1_trial001.h5 (data/electrode_i at 2048 Hz), electrode
     labels, corrupted electrodes, MNI coordinates, and an exported Neuroprobe events
     table (speech windows carry a 40 Hz local rhythm)."""
     root = tmp_path_factory.mktemp("btb")
@@ -370,7 +371,7 @@ def braintreebank(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for onset in onsets[speech]:
         span = (t >= onset) & (t < onset + 1)
         data[2, span] += 40.0 * np.sin(2 * np.pi * 40 * t[span])  # T1b3 only
-    with h5py.File(folder / "sub_1_trial000.h5", "w") as f:
+    with h5py.File(folder / "sub_1_trial001.h5", "w") as f:
         group = f.create_group("data")
         for i, row in enumerate(data):
             group.create_dataset(f"electrode_{i}", data=row.astype(np.float32))
@@ -382,7 +383,7 @@ def braintreebank(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ]
     (folder / "localization" / "elec_coords_full.csv").write_text("\n".join(rows) + "\n")
     events = ["onset,label"] + [f"{o:.3f},{int(s)}" for o, s in zip(onsets, speech, strict=True)]
-    (folder / "neuroprobe_events" / "speech" / "sub_1_trial000.csv").write_text(
+    (folder / "neuroprobe_events" / "speech" / "sub_1_trial001.csv").write_text(
         "\n".join(events) + "\n"
     )
     return root
@@ -409,10 +410,17 @@ def test_neuroprobe_laplacian_task_set_and_linear_baseline(
     assert np.abs(signals).max() < 1.0
     assert float(signals[:, [1, 5, 6]].std()) < 0.15
     # Two folds over trials, the Linear baseline (Laplacian STFT) finds the rhythm.
+    # Neuroprobe's unshuffled 2-fold: the first half of the session's windows in time
+    # order, then the second, each the test set once.
     folds = _folds(ts, task)
     assert len(folds) == 2
+    order = np.argsort(ts.onsets)
+    half = (len(ts) + 1) // 2
+    assert sorted(folds[0].test) == sorted(order[:half])
+    assert sorted(folds[1].test) == sorted(order[half:])
     fold = folds[0]
     assert len(fold.test) + len(fold.train) + len(fold.val) == len(ts)
+    assert len(fold.val) == round(0.1 * (len(ts) - half))
     result = linear_baseline(
         stft_features(signals, sfreq=ts.sfreq), ts.labels, fold.train, fold.val, fold.test,
         2, "auroc",
@@ -422,7 +430,7 @@ def test_neuroprobe_laplacian_task_set_and_linear_baseline(
     # The events table is part of the task set: editing it means a rebuild.
     again = build_taskset(task, summary.path, base_dir=braintreebank)
     assert not again.built
-    table = braintreebank / "data/raw/braintreebank/neuroprobe_events/speech/sub_1_trial000.csv"
+    table = braintreebank / "data/raw/braintreebank/neuroprobe_events/speech/sub_1_trial001.csv"
     rows = table.read_text().splitlines()
     table.write_text("\n".join(rows[:-2]) + "\n")
     assert build_taskset(task, summary.path, base_dir=braintreebank).trials == n_events - 2

@@ -3,7 +3,9 @@
 The test side keeps whole *units* (recordings, subjects, or single trials) out of
 training, so a score measures transfer to unseen runs or people, not memory of
 neighbouring trials.  ``folds = k > 1`` is k-fold cross-validation over units: units
-are shuffled (seeded) and dealt round-robin into k folds, each fold the test set once.
+are shuffled (seeded) and dealt round-robin into k folds, each fold the test set once;
+with ``shuffle: false`` each fold is instead a contiguous run of the sorted units
+(Neuroprobe's unshuffled KFold: trials in time order, the first half then the second).
 ``folds = 1`` holds out the units named in ``test`` (glob patterns), or a seeded
 random ``test_fraction`` of them.  Validation is then drawn from the training side,
 by ``val_by`` units (default: the same unit), ``val_fraction`` of them and at least
@@ -65,6 +67,19 @@ def _deal(
     return groups
 
 
+def _contiguous(units: np.ndarray, k: int) -> list[list[str]]:
+    """Sorted distinct units cut into k contiguous runs (sizes differ by at most one,
+    the larger first, as scikit-learn's KFold)."""
+    distinct = sorted({str(u) for u in units}, key=_sort_key)
+    size, extra = divmod(len(distinct), k)
+    runs, start = [], 0
+    for i in range(k):
+        stop = start + size + (1 if i < extra else 0)
+        runs.append(distinct[start:stop])
+        start = stop
+    return runs
+
+
 def _take(
     units: np.ndarray, labels: np.ndarray, fraction: float, rng: np.random.Generator, what: str
 ) -> set[str]:
@@ -120,8 +135,11 @@ def make_folds(
                 f"{source}: split.folds {split.folds} exceeds the {len(distinct)} "
                 f"{split.by} unit(s) {distinct if len(distinct) < 10 else ''}"
             )
-        rng = np.random.default_rng([split.seed, 0])
-        tests = _deal(test_units, labels, split.folds, rng, per_trial)
+        if split.shuffle:
+            rng = np.random.default_rng([split.seed, 0])
+            tests = _deal(test_units, labels, split.folds, rng, per_trial)
+        else:
+            tests = _contiguous(test_units, split.folds)
     elif split.test:
         chosen = {u for u in distinct if any(fnmatch.fnmatchcase(u, p) for p in split.test)}
         unmatched = [p for p in split.test if not any(fnmatch.fnmatchcase(u, p) for u in distinct)]

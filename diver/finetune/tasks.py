@@ -72,6 +72,7 @@ class SplitConfig:
     seed: int = 0
     train: Units = ()
     val: Units = ()
+    shuffle: bool = True
 
     @property
     def val_unit(self) -> str:
@@ -424,6 +425,8 @@ def _split_problems(split: dict[str, Any]) -> list[str]:
             start, stop = units
             if stop is not None and not stop > start:
                 problems.append(f"split.{key}: range {list(units)} is empty (stop <= start)")
+    if not split["shuffle"] and split["folds"] < 2:
+        problems.append("split.shuffle: false only orders k-fold splits; give folds > 1")
     if split["train"] or split["val"]:
         missing = [k for k in ("train", "val", "test") if not split[k]]
         if missing:

@@ -194,10 +194,18 @@ def _starts(
         return [(round((e.onset + task.tmin) * sfreq), e) for e in events]
     n = round(task.segment_length * sfreq)
     out = []
+    short = 0
     for e in events:
         first = round(e.onset * sfreq)
         last = min(first + round(e.duration * sfreq), n_total)
-        out += [(start, e) for start in range(first, last - n + 1, n)]
+        starts = range(first, last - n + 1, n)
+        short += not starts
+        out += [(start, e) for start in starts]
+    if short:
+        log.warning(
+            "task %s: %d labelled event(s) shorter than one %g s segment give no trial",
+            task.name, short, task.segment_length,
+        )  # fmt: skip
     return out
 
 
