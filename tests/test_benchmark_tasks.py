@@ -63,7 +63,7 @@ def test_benchmark_files_carry_the_authors_choices_and_the_papers_numbers() -> N
     assert ma.paper.results == {}  # no number given in SPEC §5 or the authors' README
     authors, ours = tasks["faced_authors"], tasks["faced_diver"]
     assert authors.preprocessing.sfreq == 200 and authors.input.resample_clips_to == 6000
-    assert ours.preprocessing.sfreq == 500 and ours.input.resample_clips_to is None
+    assert ours.preprocessing.sfreq == 500 and ours.input.resample_clips_to == 15000
     codes = [authors.classes.index(c) for c in authors.label_sequence]
     assert codes == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 6, 6, 6, 7, 7, 7,
                      8, 8, 8]  # fmt: skip
@@ -279,14 +279,14 @@ def test_faced_both_protocols(faced_root: Path, tmp_path: Path, name: str, sfreq
     assert (ts.labels == np.array(codes)[clip_of]).all()
     (fold,) = _folds(ts, task)
     assert [len(getattr(fold, k)) for k in ("train", "val", "test")] == [84, 84, 84]
-    if name == "faced_authors":
-        # Exactly their numbers: each clip FFT-resampled to 6000 samples, cut in three
-        # (µV / 100, SPEC §1's EEG scale; nothing here reaches the +-1 clip).
-        array = _faced_subject(0)
-        for clip, piece in ((0, 0), (13, 2), (27, 1)):
-            expected = sps.resample(array[clip], 6000, axis=1)[:, 2000 * piece : 2000 * (piece + 1)]
-            k = np.flatnonzero(sub & (clip_of == clip))[piece]
-            assert np.allclose(ts.signals[k], expected / 100.0, atol=1e-5)
+    # Each clip FFT-resampled on its own (at 200 Hz the authors' numbers exactly), cut
+    # in three (µV / 100, SPEC §1's EEG scale; nothing here reaches the +-1 clip).
+    array = _faced_subject(0)
+    n = round(10 * sfreq)
+    for clip, piece in ((0, 0), (13, 2), (27, 1)):
+        expected = sps.resample(array[clip], 3 * n, axis=1)[:, n * piece : n * (piece + 1)]
+        k = np.flatnonzero(sub & (clip_of == clip))[piece]
+        assert np.allclose(ts.signals[k], expected / 100.0, atol=1e-5)
 
 
 def test_faced_numbers_read_as_volts_are_refused_under_auto(
