@@ -55,7 +55,7 @@ def test_benchmark_files_carry_the_authors_choices_and_the_papers_numbers() -> N
         (0, 70), (70, 89), (89, 109),
     )  # fmt: skip
     assert mi.preprocessing.re_reference == "average" and mi.preprocessing.bandpass == (4.0, 40.0)
-    assert mi.paper.metric == "balanced_accuracy"
+    assert mi.paper.metric == "balanced_accuracy" and mi.paper.mode == "full"
     assert mi.paper.results == {"DIVER-1": 0.676, "CBraMod": 0.642, "LaBraM": 0.617}
     ma = tasks["mental_arithmetic"]
     assert (ma.split.train, ma.split.val, ma.split.test) == ((0, 56), (56, 64), (64, None))
@@ -70,6 +70,7 @@ def test_benchmark_files_carry_the_authors_choices_and_the_papers_numbers() -> N
     assert authors.paper.results == {"DIVER-1": 0.601}
     npb = tasks["neuroprobe_speech"]
     assert npb.preprocessing.laplacian and npb.preprocessing.notch == (60.0, 120.0, 180.0)
+    assert npb.paper.metric == "auroc" and npb.paper.mode == "linear-probe"  # "frozen"
     assert npb.paper.results == {"DIVER-1": 0.676, "Linear": 0.660, "BrainBERT": 0.586,
                                  "PopT": 0.545}  # fmt: skip
 

@@ -348,6 +348,11 @@ def test_finetune_table_sets_the_papers_numbers_beside_ours(tmp_path: Path) -> N
     table = html[html.index("<h3>physionet_mi (full)</h3>") :].split("</table>")[0]
     for text in ("diver", "linear", "scratch", "DIVER-1 (paper)", "0.676", "LaBraM (paper)"):
         assert text in table, text
+    # Reported for full fine-tuning: not in the linear-probe table.
+    probe = tmp_path / "probe" / "metrics.json"
+    probe.parent.mkdir()
+    probe.write_text(json.dumps({**metrics, "mode": "linear-probe"}))
+    assert not any(r["paper"] for r in read_finetune(probe))
     # No published number for Mental Arithmetic: our rows only.
     other = tmp_path / "mental_arithmetic" / "metrics.json"
     other.parent.mkdir()

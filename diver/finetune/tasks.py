@@ -153,6 +153,7 @@ class PaperResults:
     metric: str | None = None
     setting: str = ""
     results: Mapping[str, float] = field(default_factory=dict)
+    mode: str | None = None
 
 
 @dataclass(frozen=True)
@@ -355,6 +356,7 @@ def task_from_dict(raw: Mapping[str, Any], *, source: str = "<task>") -> TaskCon
         paper=PaperResults(
             metric=data["paper"]["metric"],
             setting=data["paper"]["setting"],
+            mode=data["paper"]["mode"],
             results={str(k): float(v) for k, v in data["paper"]["results"].items()},
         ),
     )

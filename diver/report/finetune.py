@@ -21,9 +21,10 @@ SEM is the sample standard deviation (``ddof = 1``) over ``sqrt(n)``, SPEC §5's
 The paper's numbers: a task whose task file carries ``paper`` results (the benchmark
 files in ``config/tasks/benchmarks/``) gets one more row per published model, named
 ``<model> (paper)``, in the paper's metric (no SEM: the paper's summary is what there
-is), so the table sets them beside this study's model, the Linear baseline and the
-from-scratch model.  They come from the metrics file's own ``paper`` mapping when it
-has one (``metric``, ``results``), else from the task file of the same name under
+is), in the table of the fine-tuning mode the paper used (``paper.mode``), so the
+table sets them beside this study's model, the Linear baseline and the from-scratch
+model.  They come from the metrics file's own ``paper`` mapping when it has one
+(``metric``, ``results``, ``mode``), else from the task file of the same name under
 ``config/tasks`` of this repository; a task without them gets no such rows.
 """
 
@@ -168,6 +169,7 @@ class PaperNumbers:
     metric: str
     results: Mapping[str, float]
     source: str
+    mode: str | None = None  # the fine-tuning mode they are for (None: any)
 
 
 def _paper_of(block: Any, source: str) -> PaperNumbers | None:
@@ -181,7 +183,10 @@ def _paper_of(block: Any, source: str) -> PaperNumbers | None:
         for k, v in results.items()
         if isinstance(v, int | float) and not isinstance(v, bool)
     }
-    return PaperNumbers(metric, values, source) if values else None
+    mode = block.get("mode")
+    if not values:
+        return None
+    return PaperNumbers(metric, values, source, mode if isinstance(mode, str) else None)
 
 
 def paper_numbers(task: str, task_dirs: Sequence[Path] = TASK_DIRS) -> PaperNumbers | None:
@@ -198,13 +203,16 @@ def paper_numbers(task: str, task_dirs: Sequence[Path] = TASK_DIRS) -> PaperNumb
                 log.info("report: task file %s skipped for paper numbers: %s", path, exc)
                 continue
             if loaded.name == task and loaded.paper.metric and loaded.paper.results:
-                return PaperNumbers(loaded.paper.metric, dict(loaded.paper.results), str(path))
+                return PaperNumbers(
+                    loaded.paper.metric, dict(loaded.paper.results), str(path), loaded.paper.mode
+                )
     return None
 
 
 def paper_rows(task: str, mode: str, numbers: PaperNumbers | None) -> list[dict[str, Any]]:
-    """Report rows of the published numbers (``<model> (paper)``, no SEM)."""
-    if numbers is None:
+    """Report rows of the published numbers (``<model> (paper)``, no SEM); none when
+    they were reported for another fine-tuning mode than ``mode``."""
+    if numbers is None or (numbers.mode and mode and numbers.mode != mode):
         return []
     return [
         {
