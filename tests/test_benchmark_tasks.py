@@ -20,6 +20,7 @@ import pytest
 import yaml
 from scipy import signal as sps
 
+from diver.cli import main
 from diver.finetune.arrays import UnsafePickleError, load_array_pickle
 from diver.finetune.baselines import linear_baseline, stft_features
 from diver.finetune.splits import make_folds
@@ -27,6 +28,10 @@ from diver.finetune.tasks import TaskError, load_task, task_from_dict
 from diver.finetune.taskset import build_taskset, load_taskset
 from diver.schemas import load_schema
 from tests.conftest import REPO_ROOT
+from tests.test_pretrain import (
+    corpus,  # noqa: F401  (fixture that reference needs)
+    reference,  # noqa: F401  (fixture: the debug model pretrained on the synthetic corpus)
+)
 
 BENCHMARKS = REPO_ROOT / "config" / "tasks" / "benchmarks"
 RUNS = ("04", "06", "08", "10", "12", "14")
@@ -76,11 +81,10 @@ def test_benchmark_files_carry_the_authors_choices_and_the_papers_numbers() -> N
 
 
 def test_task_units_are_the_corpus_datasets() -> None:
-    """preprocessing.units is the dataset's units setting spelt out (not a $ref: see the
-    schema's comment); they must not drift apart."""
+    """preprocessing.units is the dataset's units setting (a $ref), and reaches the
+    task's dataset settings."""
     task = load_schema("task")["properties"]["preprocessing"]["properties"]["units"]
-    dataset = load_schema("config")["$defs"]["dataset"]["properties"]["units"]
-    assert task["enum"] == dataset["enum"] and task["default"] == dataset["default"]
+    assert task["$ref"] == "config.schema.yaml#/$defs/dataset/properties/units"
     assert task_from_dict({**_raw("faced_diver")}).dataset(("x",)).units == "uV"
 
 
@@ -288,6 +292,33 @@ def test_faced_both_protocols(faced_root: Path, tmp_path: Path, name: str, sfreq
         expected = sps.resample(array[clip], 3 * n, axis=1)[:, n * piece : n * (piece + 1)]
         k = np.flatnonzero(sub & (clip_of == clip))[piece]
         assert np.allclose(ts.signals[k], expected / 100.0, atol=1e-5)
+
+
+def test_faced_authors_protocol_finetunes_at_its_own_rate(
+    faced_root: Path,
+    reference: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The authors' FACED trials are 2,000 samples at 200 Hz: fine-tuning sizes the EEG
+    recipe's MLP head for 10 s trials and reads the Linear baseline's STFT at 200 Hz
+    (at diver's 500 Hz the same samples would be a 4 s trial)."""
+    raw = _raw("faced_authors")
+    raw["split"] = {"by": "subject", "train": ["000"], "val": ["001"], "test": ["002"]}
+    task = tmp_path / "faced_authors.yaml"
+    task.write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(faced_root)  # the task's recordings are relative to the root
+    out = tmp_path / "ft"
+    code = main(
+        ["finetune", "--task", str(task), "--pretrained", str(reference / "model.pt"),
+         "--mode", "linear-probe", "--epochs", "1", "--seeds", "0", "--baselines", "linear",
+         "--threads", "1", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["sfreq"] == 200.0 and metrics["trial_seconds"] == 10.0
+    assert metrics["patches"] == 4 and metrics["n_trials"] == 3 * 28 * 3
+    assert set(metrics["models"]) == {"diver", "linear"}
 
 
 def test_faced_numbers_read_as_volts_are_refused_under_auto(

@@ -209,6 +209,7 @@ def test_task_preprocessing_is_the_corpus_dataset_definition() -> None:
         "channel_types",
         "ieeg_subtypes",
         "coord_frame",
+        "units",
     }
     for key, sub in {**shared, "subject_pattern": props["subject_pattern"]}.items():
         assert sub["$ref"] == f"config.schema.yaml#/$defs/dataset/properties/{key}"

@@ -58,7 +58,7 @@ from diver.finetune.metrics import (
 from diver.finetune.recipes import MODES, Recipe
 from diver.finetune.splits import Fold, make_folds
 from diver.finetune.tasks import TaskConfig, TaskError
-from diver.finetune.taskset import SFREQ, load_taskset
+from diver.finetune.taskset import load_taskset
 from diver.model.config import ModelConfig
 from diver.model.encoder import DiverEncoder
 from diver.model.load import load_checkpoint, load_encoder
@@ -148,7 +148,9 @@ def _finetune(settings: FinetuneSettings, cell: str) -> dict:
     pretrained = load_encoder(s.pretrained, device=device)
     inputs = task_inputs(taskset, config.patch_samples)
     _, n_channels, n_patches, _ = inputs.patches.shape
-    seconds = n_patches * config.patch_samples / SFREQ  # sizes the mlp head
+    # sizes the mlp head: the trial's length at the task set's rate (500 Hz unless the
+    # task resamples elsewhere, as the authors' FACED protocol does)
+    seconds = n_patches * config.patch_samples / taskset.sfreq
     metric = selection_metric(n_classes, recipe.select)
     split = s.task.split
     folds = make_folds(
@@ -160,7 +162,9 @@ def _finetune(settings: FinetuneSettings, cell: str) -> dict:
     train_log: list[dict[str, Any]] = []
     features = stft = None
     if "linear" in s.baselines:
-        stft = stft_features(inputs.patches.reshape(*inputs.patches.shape[:2], -1).numpy())
+        stft = stft_features(
+            inputs.patches.reshape(*inputs.patches.shape[:2], -1).numpy(), taskset.sfreq
+        )
     if s.mode == "linear-probe" or recipe.centre:
         # The pretrained encoder's tokens of every trial, once: what a linear probe
         # trains on, and where every fold's centre for the pretrained model comes from.
@@ -282,6 +286,8 @@ def _finetune(settings: FinetuneSettings, cell: str) -> dict:
         "per_class": {c: int((labels == i).sum()) for i, c in enumerate(taskset.classes)},
         "channels": n_channels,
         "patches": n_patches,
+        "sfreq": taskset.sfreq,
+        "trial_seconds": seconds,
         "pretrained": str(s.pretrained),
         "pretrained_cell": cell,
         "d_model": config.d_model,
