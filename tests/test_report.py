@@ -348,6 +348,13 @@ def test_finetune_table_sets_the_papers_numbers_beside_ours(tmp_path: Path) -> N
     table = html[html.index("<h3>physionet_mi (full)</h3>") :].split("</table>")[0]
     for text in ("diver", "linear", "scratch", "DIVER-1 (paper)", "0.676", "LaBraM (paper)"):
         assert text in table, text
+    # a second pretrained cell on the same task: its rows join, the paper's stay once
+    second = tmp_path / "cell2" / "metrics.json"
+    second.parent.mkdir()
+    second.write_text(json.dumps({**metrics, "pretrained_cell": "eeg/1s/small/f0.2_e32"}))
+    table = finetune_section([path, second]).split("<h3>physionet_mi (full)</h3>")[1]
+    table = table.split("</table>")[0]
+    assert table.count("DIVER-1 (paper)") == 1 and "eeg/1s/small/f0.2_e32" in table
     # Reported for full fine-tuning: not in the linear-probe table.
     probe = tmp_path / "probe" / "metrics.json"
     probe.parent.mkdir()

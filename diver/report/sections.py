@@ -452,6 +452,9 @@ def finetune_section(paths: Sequence[Path]) -> str:
     if not paths:
         return note("No fine-tuning configured.") + reference
     rows = [row for path in paths for row in read_finetune(Path(path))]
+    # every pretrained cell's metrics file brings its task's published numbers: once each
+    published = {(r["task"], r["mode"], r["model"]): r for r in rows if r["paper"]}
+    rows = [r for r in rows if not r["paper"]] + list(published.values())
     metrics = metric_names(rows)
     out = []
     by_task: dict[tuple[str, str], list[dict[str, Any]]] = {}
