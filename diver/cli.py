@@ -266,6 +266,7 @@ def cmd_datasets_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_track_init(args: argparse.Namespace) -> int:
+    from diver.tracking.note import study_note
     from diver.tracking.parent import ensure_parent_run
     from diver.tracking.runid import write_run_id
 
@@ -275,6 +276,7 @@ def cmd_track_init(args: argparse.Namespace) -> int:
         study.experiment_name(),
         study.study,
         params={"config": str(Path(args.config).resolve())},
+        description=lambda experiment_id: study_note(study, args.config, experiment_id),
     )
     write_run_id(Path(args.out), run_id)
     print(run_id)
@@ -374,6 +376,24 @@ def cmd_where(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from diver.tracking.compare import compare_runs, render
+
+    study = load_config(args.config)
+    comparison = compare_runs(
+        study.tracking_uri(),
+        study.experiment_name(),
+        study.study,
+        stage=args.stage,
+        where=args.where,
+        sort=args.sort,
+        descending=args.descending,
+        metrics=args.metric,
+    )
+    print(render(comparison, args.format))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diver", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
@@ -394,6 +414,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="config/config.yaml", help="study config (YAML)")
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.set_defaults(func=cmd_where)
+
+    from diver.tracking.names import STAGES
+
+    p = sub.add_parser(
+        "compare",
+        help="a study's runs side by side (the table MLflow shows), sorted by a metric",
+        description="Print the runs of one stage of the study as a table, read from the "
+        "study's MLflow store: the params that say what each run is (a grid cell's family, "
+        "patch, size, data_fraction, subjects, epochs), its metrics (val_loss, tokens, "
+        "unique_tokens, flops, ...), status and run id. CSV and JSON carry MLflow's column "
+        "names and unrounded values.",
+    )
+    p.add_argument("--config", default="config/config.yaml", help="study config (YAML)")
+    p.add_argument("--stage", choices=STAGES, default="pretrain", help="default: pretrain")
+    p.add_argument(
+        "--where",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keep runs whose param KEY is VALUE (size=debug); prefixed keys too: "
+        "tags.NAME=..., metrics.NAME=NUMBER, attributes.status=FINISHED",
+    )
+    p.add_argument(
+        "--sort", metavar="METRIC", help="sort by this metric (default: val_loss for pretrain)"
+    )
+    p.add_argument(
+        "--descending",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="sort high-first (default: low-first, scores of fine-tuning high-first)",
+    )
+    p.add_argument(
+        "--metric",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a metric column instead of the stage's defaults (repeat for several)",
+    )
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("synth", help="write a synthetic EEG + iEEG corpus (real file formats)")
     p.add_argument("--out", required=True, help="output folder")

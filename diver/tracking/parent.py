@@ -8,14 +8,19 @@ run) is serialised with a file lock beside the SQLite database
 (:func:`_store_lock`).  A tracking server (``diver track server``) offers no such
 lock: there callers agree on the oldest parent once it has settled, and the other
 creators delete theirs (:func:`_settle`).
+
+The same step marks the experiment as a model-training one and gives it its
+description (:func:`_describe_experiment`), on creation and again on every later call,
+so an experiment made by an older diver gets both on the next ``diver track init``.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,6 +30,12 @@ from mlflow.entities.view_type import ViewType
 from mlflow.exceptions import MlflowException
 
 from diver.tracking import TAG_GIT_COMMIT, TAG_ROLE, TAG_STUDY
+from diver.tracking.names import (
+    EXPERIMENT_KIND_TAG,
+    EXPERIMENT_KIND_TRAINING,
+    EXPERIMENT_NOTE_SHA_TAG,
+    EXPERIMENT_NOTE_TAG,
+)
 from diver.tracking.provenance import git_commit
 from diver.tracking.retry import with_retry
 from diver.tracking.runs import log_params
@@ -116,6 +127,49 @@ def _get_or_create_experiment(
     return experiment.experiment_id
 
 
+#: Experiment kinds that are MLflow's own guesses (or none): replaced by the training kind.
+#: A kind someone chose on purpose (e.g. ``genai_development``) is kept.
+_GUESSED_KINDS = frozenset(
+    {"", "no_inferred_type", "custom_model_development_inferred", "genai_development_inferred"}
+)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+#: An experiment's description, or the function of its id that writes it.
+Description = str | Callable[[str], str]
+
+
+def _describe_experiment(
+    client: MlflowClient, experiment_id: str, description: Description | None
+) -> None:
+    """Tag the experiment as model training and set its description (idempotent).
+
+    Why: MLflow 3's UI opens an experiment without a kind on its GenAI view (traces,
+    token usage); with ``mlflow.experimentKind = custom_model_development`` it opens on
+    the training runs.  A kind that is not one of MLflow's guesses is left as set.  The
+    description (``mlflow.note.content``) is replaced only while it is still the one
+    diver wrote (its hash in ``diver.note_sha256``): a note edited in the UI stays.
+    Only changed tags are written, so a repeated call writes nothing.
+    """
+    note = description(experiment_id) if callable(description) else description
+    tags = with_retry(client.get_experiment, experiment_id).tags
+    if tags.get(EXPERIMENT_KIND_TAG, "") in _GUESSED_KINDS:
+        with_retry(
+            client.set_experiment_tag, experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND_TRAINING
+        )
+    if note is None or tags.get(EXPERIMENT_NOTE_TAG) == note:
+        return
+    current = tags.get(EXPERIMENT_NOTE_TAG)
+    if current is not None and tags.get(EXPERIMENT_NOTE_SHA_TAG) != _sha256(current):
+        _log.info("experiment %s has a description edited by hand; keeping it", experiment_id)
+        return
+    with_retry(client.set_experiment_tag, experiment_id, EXPERIMENT_NOTE_TAG, note)
+    with_retry(client.set_experiment_tag, experiment_id, EXPERIMENT_NOTE_SHA_TAG, _sha256(note))
+
+
 def _find_parents(client: MlflowClient, experiment_id: str, study: str) -> list:
     """All active parent runs of ``study`` in the experiment, oldest first."""
     filter_string = f"tags.`{TAG_STUDY}` = {_quote(study)} AND tags.`{TAG_ROLE}` = 'parent'"
@@ -146,6 +200,7 @@ def ensure_parent_run(
     params: Mapping[str, object] | None = None,
     tags: Mapping[str, str] | None = None,
     artifact_location: str | None = None,
+    description: Description | None = None,
 ) -> str:
     """Return the id of ``study``'s parent run, creating the experiment and run if needed.
 
@@ -168,6 +223,11 @@ def ensure_parent_run(
     an SQLite store the default is ``mlartifacts/`` beside the database (MLflow's own
     default is ``./mlruns`` under whatever cwd the job had); for a server, the server's
     default (``--artifacts-destination``).
+
+    The experiment is tagged as a model-training experiment and, with ``description``
+    (Markdown, or a function of the experiment id returning it:
+    :func:`diver.tracking.note.study_note`), described, on every call
+    (:func:`_describe_experiment`).
     """
     if not study:
         raise ValueError("study name must not be empty")
@@ -177,6 +237,7 @@ def ensure_parent_run(
     with _store_lock(tracking_uri):
         client = MlflowClient(tracking_uri)
         experiment_id = _get_or_create_experiment(client, experiment, artifact_location)
+        _describe_experiment(client, experiment_id, description)
         parents = _find_parents(client, experiment_id, study)
         if parents and (db is not None or _settled(parents[0])):
             if len(parents) > 1:

@@ -24,6 +24,7 @@ Also written here: ``ds_config.json`` and ``checkpoints/step-N/`` (via the loop)
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from dataclasses import asdict
@@ -32,8 +33,10 @@ from typing import Any
 
 from diver.exitcodes import EXIT_PREEMPTED
 from diver.model import ModelConfig
+from diver.study.artifacts import PRETRAIN_METRICS
 from diver.study.settings import PretrainSettings
 from diver.tracking import TrackingTarget, stage_run
+from diver.tracking.names import EPOCH_METRIC, GRID_METRICS, SUBJECTS_ALL
 from diver.train import checkpoint as ckpt
 from diver.train.distributed import DistEnv, barrier, setup_distributed, teardown_distributed
 from diver.train.engine import batch_geometry, build_engine, resolve_precision
@@ -147,6 +150,8 @@ def _run(
                     mlflow.set_tags({"diver.preempted_at_step": str(state.step)})
                 raise Preempted  # through stage_run, which marks the run KILLED
             loop.finish()
+            if mlflow is not None:
+                _log_run_results(mlflow, out / PRETRAIN_METRICS)
     except Preempted:
         return EXIT_PREEMPTED
     return 0
@@ -163,9 +168,12 @@ def _log_run_start(
 ) -> None:
     """The run's parameters, and (a resumed run is a new MLflow run) the curve so far."""
     params = {
-        "size": s.size,
+        # the cell's axes first, under diver.tracking.names.GRID_PARAMS
+        "family": s.family,
         "patch": s.patch,
+        "size": s.size,
         "data_fraction": s.data_fraction,
+        "subjects": s.subjects if s.subjects is not None else SUBJECTS_ALL,
         "epochs": s.epochs,
         "corpus": str(Path(s.corpus).resolve()),
         "world_size": env.world_size,
@@ -193,3 +201,25 @@ def _log_run_start(
             {k: float(row[k]) for k in VAL_COLUMNS if k.startswith("val_")},
             step=int(row["step"]),
         )
+
+
+def _log_run_results(mlflow: Any, metrics_file: Path) -> None:
+    """The cell's results under the stable names of :mod:`diver.tracking.names`.
+
+    Read back from the ``metrics.json`` just written, so MLflow's table, compare view and
+    ``diver compare`` show exactly the numbers the scaling fit reads: ``GRID_METRICS``
+    (``val_loss`` itself is already the last point of its validation history) and
+    ``EPOCH_METRIC``, the loss at each epoch end with step = epoch.
+    """
+    metrics = json.loads(metrics_file.read_text())
+    steps = int(metrics.get("steps") or 0)
+    mlflow.log_metrics(
+        {
+            k: float(metrics[k])
+            for k in GRID_METRICS
+            if k != "val_loss" and isinstance(metrics.get(k), int | float)
+        },
+        step=steps,
+    )
+    for row in metrics.get("val_by_epoch") or ():
+        mlflow.log_metrics({EPOCH_METRIC: float(row["val_loss"])}, step=int(row["epoch"]))
