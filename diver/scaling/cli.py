@@ -11,7 +11,9 @@ runs the same commands standalone.
 grid's ``read_epochs`` make several points of one long run.
 
 ``fit`` parses its arguments into one call of :func:`diver.scaling.study.fit_study`
-(which module documents the files it writes) and prints the summary it returns;
+(which module documents the files it writes) and prints the summary it returns
+(parameters not identified by the design are printed as such, with their profile
+interval instead of a bootstrap interval);
 ``plan`` reads a fit back (:func:`diver.scaling.study.load_fit`) and prints
 :func:`diver.scaling.frontier.plan`'s allocation.
 """
@@ -31,11 +33,19 @@ from diver.argtypes import non_negative_int
 from diver.atomic import write_csv_atomic
 from diver.errors import DiverError
 from diver.exitcodes import EXIT_ERROR
-from diver.scaling.bootstrap import DEFAULT_BOOTSTRAP
+from diver.scaling.bootstrap import DEFAULT_BOOTSTRAP, RESAMPLE_UNITS
 from diver.scaling.frontier import plan
 from diver.scaling.laws import FORMS
+from diver.scaling.optimise import HUBER_DELTA
 from diver.scaling.runs import ReadEpochs, collect_files, collect_mlflow
-from diver.scaling.study import AUTO, FIT_JSON, fit_study, load_fit, source_label
+from diver.scaling.study import (
+    AUTO,
+    DEFAULT_AUDIT,
+    FIT_JSON,
+    fit_study,
+    load_fit,
+    source_label,
+)
 from diver.study.artifacts import FitSummary, PretrainMetrics, finite_or_none
 from diver.tracking import TrackingTarget
 
@@ -91,8 +101,50 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     f.add_argument(
         "--form",
         choices=(*FORMS, AUTO),
-        default="data-constrained",
-        help="law to fit; auto: data-constrained when the runs determine it, else Chinchilla",
+        default=AUTO,
+        help="law to fit (default auto: both laws fitted when the design could carry the "
+        "data-constrained one, which is chosen only when all its parameters are identified "
+        "and it predicts held-out runs better)",
+    )
+    f.add_argument(
+        "--resample",
+        choices=RESAMPLE_UNITS,
+        default="run",
+        help="bootstrap unit: run (the run_dir column's runs; default), row, or residual "
+        "(fixed design, resampled residuals)",
+    )
+    f.add_argument(
+        "--fix",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        help="hold parameters at values (natural units), e.g. R_N_star=5.3 alpha=0.34",
+    )
+    f.add_argument(
+        "--two-stage",
+        action="store_true",
+        help="Muennighoff et al.'s procedure: A, B, E, alpha, beta on the one-epoch runs "
+        "(or --stage-one), then R_D*, R_N* on all runs with those fixed",
+    )
+    f.add_argument(
+        "--stage-one",
+        action="append",
+        default=[],
+        metavar="COLUMN=VALUE",
+        help="with --two-stage: the rows of stage one (repeatable; default: one-epoch runs)",
+    )
+    f.add_argument(
+        "--audit",
+        type=non_negative_int,
+        default=DEFAULT_AUDIT,
+        help="bootstrap resamples also refitted by the whole multistart fit, to count the "
+        f"refits that missed a better optimum (default {DEFAULT_AUDIT}; 0: none)",
+    )
+    f.add_argument(
+        "--huber-delta",
+        type=_positive_float,
+        default=HUBER_DELTA,
+        help=f"Huber threshold on log loss (default {HUBER_DELTA:g}, as published)",
     )
     f.add_argument(
         "--where",
@@ -211,6 +263,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
         seed=args.seed,
         jobs=args.jobs,
         tracking=_tracking(args),
+        huber_delta=args.huber_delta,
+        fix=args.fix,
+        two_stage=args.two_stage,
+        stage_one=args.stage_one,
+        resample=args.resample,
+        audit=args.audit,
     )
     print_fit(summary)
     print(f"-> {out / FIT_JSON}")
@@ -218,22 +276,59 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def print_fit(summary: FitSummary) -> None:
-    """What ``diver scaling fit`` prints: the form and why, estimates with intervals."""
+    """What ``diver scaling fit`` prints: the form and why, estimates with intervals,
+    which parameters the design does not identify, and the bootstrap's bookkeeping."""
     source = source_label(summary)
     if not summary.fitted:
         print(f"{source}: {summary.form_reason}")
         return
+    extra = summary.extra
     print(f"{summary.form} law fitted to {summary.n_points} runs ({source})")
     if summary.form_requested == AUTO:
         print(f"  auto: {summary.form_reason}")
+    if extra.get("two_stage"):
+        stage = extra["two_stage"]
+        print(f"  two-stage: stage one on {stage['stage_one_points']} points")
+    verdicts = extra.get("identification") or {}
+    profile_ci = extra.get("profile_ci") or {}
     for name, value in summary.params.items():
         ci = summary.ci.get(name)
-        band = f"  [{ci[0]:.5g}, {ci[1]:.5g}]" if ci else ""
+        band = f"  [{ci[0]:.5g}, {ci[1]:.5g}]" if ci and None not in ci else ""
+        status = (verdicts.get(name) or {}).get("status", "")
+        if status == "fixed":
+            band = "  (fixed)"
+        elif status.startswith("not"):
+            reasons = "; ".join(verdicts[name].get("reasons") or [])
+            prof = profile_ci.get(name)
+            where = f"; profile interval [{prof[0]:.5g}, {prof[1]:.5g}]" if prof else ""
+            band = f"  NOT IDENTIFIED BY THIS DESIGN ({reasons}{where})"
         print(f"  {name:9s} {value:.5g}{band}")
     print(
         f"  R^2 linear {summary.r2_linear:.4f}, log {summary.r2_log:.4f}; "
-        f"leave-one-out RMSE(log loss) {summary.loo_rmse_log:.4g}"
+        f"{extra.get('holdout', 'held-out')} RMSE(log loss) {summary.loo_rmse_log:.4g}"
     )
+    if summary.bootstrap:
+        unit = extra.get("resample_unit", "run")
+        print(
+            f"  bootstrap: {summary.bootstrap} resamples by {unit}, "
+            f"{extra.get('bootstrap_starts', 1)} starts each; "
+            f"{summary.bootstrap_failed} did not converge (excluded)"
+        )
+    audit = extra.get("audit")
+    if audit:
+        verdict = (
+            f"{audit['missed']} missed a better optimum (worst by {100 * audit['worst_gap']:.2g} "
+            "%): intervals too narrow"
+            if audit["missed"]
+            else "none missed a better optimum"
+        )
+        print(f"  audit: {audit['resamples']} resamples refitted from the whole grid; {verdict}")
+    scale = extra.get("residual_scale") or {}
+    if scale:
+        print(
+            f"  Huber delta {summary.huber_delta:g}; residual RMS {scale['rms']:.4g}, "
+            f"MAD {scale['mad']:.4g}"
+        )
 
 
 def _line(label: str, entry: dict[str, Any], fmt: str = ".4g") -> str:

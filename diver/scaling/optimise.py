@@ -64,6 +64,23 @@ def huber(r: NDArray[np.float64], delta: float) -> tuple[NDArray[np.float64], ND
     return value, slope
 
 
+def box_arrays(
+    form: str, fixed: dict[int, float] | None = None
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``(lo, hi)`` of :func:`bounds` with each ``fixed`` coordinate pinned (``lo = hi``).
+
+    Fixing a parameter is a box whose two ends meet: both optimisers then hold it
+    where it is (scipy's L-BFGS-B accepts equal bounds; :func:`batched_lbfgs` clips to
+    them and never frees them), so ``--fix``, the two-stage fit and the profile
+    likelihood need no second code path.
+    """
+    box = np.array(bounds(form), dtype=float)
+    lo, hi = box[:, 0].copy(), box[:, 1].copy()
+    for i, value in (fixed or {}).items():
+        lo[i] = hi[i] = float(value)
+    return lo, hi
+
+
 def objective(
     x: NDArray[np.float64],
     data: tuple[NDArray[np.float64], ...],
@@ -97,11 +114,12 @@ def lbfgs(
     form: str,
     weights: NDArray[np.float64] | None = None,
     delta: float = HUBER_DELTA,
+    fixed: dict[int, float] | None = None,
 ) -> Optimum:
-    """A single L-BFGS-B run of :func:`objective` from ``x0``."""
-    box = bounds(form)
-    lo = np.array([b[0] for b in box])
-    hi = np.array([b[1] for b in box])
+    """A single L-BFGS-B run of :func:`objective` from ``x0`` (``fixed``: coordinates
+    held at a value, see :func:`box_arrays`)."""
+    lo, hi = box_arrays(form, fixed)
+    box = list(zip(lo.tolist(), hi.tolist(), strict=True))
     start = np.clip(np.asarray(x0, dtype=float), lo, hi)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         res = minimize(
@@ -127,13 +145,18 @@ def batch_objective(
     data: tuple[NDArray[np.float64], ...],
     weights: NDArray[np.float64],
     delta: float = HUBER_DELTA,
+    targets: NDArray[np.float64] | None = None,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """:func:`objective` for ``B`` problems at once: ``x (B, k)``, ``weights (B, n)``.
+    """:func:`objective` for ``B`` problems at once: ``x (B, k)``, ``weights (B, n)``;
+    ``targets (B, n)``, when given, replace the observed log losses per problem (the
+    residual bootstrap's synthetic responses).
 
     Element-wise numpy only (no BLAS call), so it neither spawns nor fights over
     BLAS threads when several processes run it.
     """
     log_n, log_d, log_ud, log_l = data
+    if targets is not None:
+        log_l = targets
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         pred, jac = log_loss(x, log_n, log_d, log_ud if x.shape[1] == 7 else None, grad=True)
         assert jac is not None
@@ -164,6 +187,9 @@ def batched_lbfgs(
     delta: float = HUBER_DELTA,
     *,
     max_iter: int = int(_LBFGS_OPTIONS["maxiter"]),
+    lo: NDArray[np.float64] | None = None,
+    hi: NDArray[np.float64] | None = None,
+    targets: NDArray[np.float64] | None = None,
 ) -> BatchOptimum:
     """L-BFGS on ``B`` weighted problems in lock-step, vectorised over the problems.
 
@@ -181,17 +207,24 @@ def batched_lbfgs(
     - stopping: scipy's ``ftol`` and ``gtol`` rules with this module's settings, or
       ``max_iter`` iterations (``converged`` stays False).
 
+    ``lo``, ``hi`` (``(k,)`` or ``(B, k)``, default :func:`bounds`) are the box of each
+    problem: a coordinate with ``lo = hi`` is fixed (:func:`box_arrays`), which is how
+    profile-likelihood points and two-stage refits, each with its own fixed values,
+    share one batch.  ``targets`` (``(B, n)``): per-problem log losses (residual
+    bootstrap).
+
     Each problem's iterates do not depend on the others in the batch, so results do
     not depend on how the problems are chunked.  tests/test_scaling.py checks the
     optima against scipy's L-BFGS-B.
     """
     check_form(form)
-    box = np.array(bounds(form))
-    lo, hi = box[:, 0], box[:, 1]
     ftol, gtol, memory = _LBFGS_OPTIONS["ftol"], _LBFGS_OPTIONS["gtol"], _LBFGS_OPTIONS["maxcor"]
     b, k = weights.shape[0], x0.shape[-1]
-    x = np.clip(np.broadcast_to(x0, (b, k)).astype(float), lo, hi)
-    f, g = batch_objective(x, data, weights, delta)
+    box = np.array(bounds(form))
+    lo_all = np.broadcast_to(box[:, 0] if lo is None else lo, (b, k)).astype(float)
+    hi_all = np.broadcast_to(box[:, 1] if hi is None else hi, (b, k)).astype(float)
+    x = np.clip(np.broadcast_to(x0, (b, k)).astype(float), lo_all, hi_all)
+    f, g = batch_objective(x, data, weights, delta, targets)
     s_hist = np.zeros((b, memory, k))
     y_hist = np.zeros((b, memory, k))
     rho = np.zeros((b, memory))
@@ -206,16 +239,18 @@ def batched_lbfgs(
         if idx.size == 0:
             break
         xa, fa, ga = x[idx], f[idx], g[idx]
+        lo, hi = lo_all[idx], hi_all[idx]
         projected = np.clip(xa - ga, lo, hi) - xa
         done = np.max(np.abs(projected), axis=1) <= gtol
         converged[idx[done]] = True
         active[idx[done]] = False
         keep = ~done
         idx, xa, fa, ga = idx[keep], xa[keep], fa[keep], ga[keep]
+        lo, hi = lo[keep], hi[keep]
         if idx.size == 0:
             break
 
-        free = ~(((xa <= lo) & (ga > 0)) | ((xa >= hi) & (ga < 0)))
+        free = ~(((xa <= lo) & (ga > 0)) | ((xa >= hi) & (ga < 0))) & (hi > lo)
         q = ga * free
         order = [(pos - 1 - j) % memory for j in range(memory)]
         alphas = []
@@ -237,8 +272,11 @@ def batched_lbfgs(
         accepted = np.zeros(idx.size, dtype=bool)
         pending = np.arange(idx.size)
         for _halving in range(40):
-            cand = np.clip(xa[pending] + step[pending, None] * d[pending], lo, hi)
-            fc, gc = batch_objective(cand, data, weights[idx[pending]], delta)
+            cand = np.clip(xa[pending] + step[pending, None] * d[pending], lo[pending], hi[pending])
+            sub = idx[pending]
+            fc, gc = batch_objective(
+                cand, data, weights[sub], delta, None if targets is None else targets[sub]
+            )
             decrease = np.sum(ga[pending] * (cand - xa[pending]), axis=1)
             ok = fc <= fa[pending] + 1e-4 * decrease
             good = pending[ok]

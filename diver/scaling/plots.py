@@ -10,12 +10,18 @@ the same folder, then ``os.replace``), so a reader never sees half a PNG.
 - ``fitted_vs_observed.png``: predicted against observed loss, with ``y = x`` and R^2;
 - ``iso_flop.png``: the law's loss along iso-FLOP curves over ``N`` (``U_D`` fixed
   at the runs' median unique tokens for the data-constrained form), each curve's
-  minimum marked.
+  minimum marked;
+- ``profiles.png``: each free parameter's profile likelihood (the objective minimised
+  over the others, in units of the fitted Huber scale, so the 95 % cutoff is 1.92),
+  titled with its identification verdict (:mod:`diver.scaling.identify`).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +31,7 @@ from numpy.typing import ArrayLike
 
 from diver.atomic import replacing
 from diver.scaling.frontier import iso_flop
+from diver.scaling.identify import PROFILE_CUTOFF
 from diver.scaling.laws import LawParams
 
 
@@ -112,4 +119,44 @@ def iso_flop_curves(
     ax.set(xscale="log", yscale="log", xlabel="parameters N", ylabel="loss")
     ax.set_title(f"iso-FLOP curves ({where})")
     ax.legend(fontsize=7, loc="best")
+    return _save(fig, path)
+
+
+def profile_curves(
+    path: Path,
+    profiles: Mapping[str, Mapping[str, Any]],
+    identification: Mapping[str, Mapping[str, Any]],
+) -> Path:
+    """One panel per profiled parameter: ``Δ objective / s`` against its value, the
+    95 % cutoff dashed, the estimate marked; red title when not identified."""
+    names = list(profiles)
+    cols = min(4, max(1, len(names)))
+    rows = max(1, math.ceil(len(names) / cols))
+    fig = Figure(figsize=(3.2 * cols, 2.7 * rows))
+    if not names:
+        ax = fig.add_subplot()
+        ax.text(0.5, 0.5, "no profiles (every parameter fixed)", ha="center", va="center")
+        ax.set_axis_off()
+        return _save(fig, path)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, name in zip(axes, names, strict=False):
+        entry = profiles[name]
+        values = np.asarray(entry["values"], dtype=float)
+        cutoff = float(entry["cutoff"])
+        scale = cutoff / PROFILE_CUTOFF if cutoff > 0 else 1.0
+        rise = np.asarray(entry["delta_objective"], dtype=float) / scale
+        ok = np.isfinite(rise) & np.asarray(entry["converged"], dtype=bool)
+        ax.plot(values[ok], np.maximum(rise[ok], 0.0), "o-", ms=3, lw=1.2, color="tab:blue")
+        ax.axhline(PROFILE_CUTOFF, color="crimson", ls="--", lw=1)
+        ax.axvline(float(entry["estimate"]), color="0.4", lw=0.8)
+        verdict = str(identification.get(name, {}).get("status", ""))
+        logged = bool(np.all(values > 0)) and (values.max() / values.min() > 100)
+        ax.set(xscale="log" if logged else "linear", ylim=(-0.5, 20.0))
+        ax.set_xlabel(name)
+        ax.set_ylabel("Δ objective / s")
+        colour = "crimson" if verdict.startswith("not") else "black"
+        ax.set_title(f"{name}: {verdict}", fontsize=8, color=colour)
+    for ax in axes[len(names) :]:
+        ax.set_axis_off()
+    fig.tight_layout()
     return _save(fig, path)

@@ -21,20 +21,24 @@ the caller, who knows the grid) each of those epochs is a point, from the cell's
 A cell whose ``metrics.json`` lacks a number, or whose loss is not finite and positive
 (a diverged run), is an error naming the file: silently dropping it would bias the fit.
 
-**Judging** (:func:`choose_form`, ``diver scaling fit --form auto``).  The
-data-constrained law (SPEC §4) has 7 parameters and needs a design that moves each of
-them (see :data:`diver.scaling.laws.IDENTIFIABLE_DESIGN`); with fewer or less varied
-points, L-BFGS still returns numbers, but ``R_N*`` or ``R_D*`` sit on the search bounds
-and the bootstrap intervals span decades.  The rule used here, stated in ``fit.json``:
+**Judging** (:func:`choose_form` and :func:`choose_by_evidence`, ``diver scaling fit
+--form auto``).  The data-constrained law (SPEC §4) has 7 parameters and needs a design
+that moves each of them (see :data:`diver.scaling.laws.IDENTIFIABLE_DESIGN`); with
+fewer or less varied points, L-BFGS still returns numbers, but ``R_N*`` or ``R_D*``
+sit on the search bounds and the bootstrap intervals span decades.  Counting points
+cannot tell (Muennighoff et al.'s 182 runs pass any count while ``R_N*`` sits on its
+bound), so the counts are only the *necessary* conditions for trying a law:
 
 - data-constrained: at least ``2 x 7 = 14`` points (a bootstrap resample holds about
   63 % distinct points, so 2k keeps more distinct points than parameters), at least 3
-  model sizes, at least 2 unique-token counts ``U_D`` (else ``B`` and ``beta`` are one
-  constant and ``N_opt(U_D)`` is one number) and at least 2 epoch counts above one
-  (``R_D > 0`` at two levels, so the repetition curve ``R_D*`` has a shape to fit);
-- else Chinchilla: at least ``2 x 5 = 10`` points, 2 model sizes and 2 token counts;
+  model sizes and at least one epoch count above one (``R_D*`` enters the law only
+  through runs with ``R_D > 0``);
+- Chinchilla: at least ``2 x 5 = 10`` points, 2 model sizes and 2 token counts;
 - else no law (``form`` null): the report says why instead of showing a fit the data
   cannot carry.
+
+When the data-constrained law passes, both laws are fitted and the evidence decides
+(:func:`choose_by_evidence`: identification and held-out error by run).
 """
 
 from __future__ import annotations
@@ -288,6 +292,21 @@ def _matches(column: pd.Series, value: str) -> pd.Series:
     return np.isclose(numeric.astype(float), number, rtol=1e-12, atol=0.0) & numeric.notna()
 
 
+def where_mask(frame: pd.DataFrame, where: Sequence[str], *, source: str) -> np.ndarray:
+    """Rows of ``frame`` matching every ``COLUMN=VALUE`` of ``where`` (boolean array)."""
+    keep = np.ones(len(frame), dtype=bool)
+    for item in where:
+        column, sep, value = item.partition("=")
+        if not sep or not column:
+            raise CollectError(f"{item!r}: expected COLUMN=VALUE")
+        if column not in frame.columns:
+            raise CollectError(
+                f"{source}: {item!r} names column {column!r}; columns: {list(frame.columns)}"
+            )
+        keep &= np.asarray(_matches(frame[column], value), dtype=bool)
+    return keep
+
+
 def select_rows(
     frame: pd.DataFrame, where: Sequence[str], *, source: str
 ) -> tuple[pd.DataFrame, dict[str, str], dict[str, int]]:
@@ -362,7 +381,9 @@ def design_counts(frame: pd.DataFrame) -> dict[str, int]:
 
 
 def choose_form(frame: pd.DataFrame) -> FormChoice:
-    """The richest law the runs can determine (module doc), with a one-line reason."""
+    """The richest law the design could carry (module doc's necessary conditions),
+    with a one-line reason; the data-constrained law still has to pass
+    :func:`choose_by_evidence`."""
     c = design_counts(frame)
     dc_points = POINTS_PER_PARAMETER * n_params("data-constrained")
     ch_points = POINTS_PER_PARAMETER * n_params("chinchilla")
@@ -371,16 +392,14 @@ def choose_form(frame: pd.DataFrame) -> FormChoice:
         short.append(f"{c['points']} points < {dc_points}")
     if c["sizes"] < 3:
         short.append(f"{c['sizes']} model size(s) < 3")
-    if c["unique_token_counts"] < 2:
-        short.append(f"{c['unique_token_counts']} unique-token count(s) U_D < 2")
-    if c["repeat_levels"] < 2:
-        short.append(f"{c['repeat_levels']} epoch level(s) above one < 2")
+    if c["repeat_levels"] < 1:
+        short.append("no run repeats its data (R_D* would not enter the law)")
     if not short:
         return FormChoice(
             "data-constrained",
-            f"data-constrained law: {c['points']} points, {c['sizes']} sizes, "
+            f"data-constrained law tried: {c['points']} points, {c['sizes']} sizes, "
             f"{c['unique_token_counts']} U_D values, {c['repeat_levels']} repeated-data "
-            "levels determine its 7 parameters",
+            "levels",
             c,
         )
     why_not = "the data-constrained law needs more: " + "; ".join(short)
@@ -392,14 +411,69 @@ def choose_form(frame: pd.DataFrame) -> FormChoice:
     if c["token_counts"] < 2:
         ch_short.append(f"{c['token_counts']} token count(s) < 2")
     if not ch_short:
-        return FormChoice(
-            "chinchilla",
-            f"Chinchilla law fitted instead ({why_not}); its D counts repeated tokens as "
-            "fresh ones",
-            c,
+        caveat = (
+            "; its D counts repeated tokens as fresh ones"
+            if c["repeat_levels"] > 0
+            else " (no run repeats its data, so nothing is lost)"
         )
+        return FormChoice("chinchilla", f"Chinchilla law fitted instead ({why_not}){caveat}", c)
     return FormChoice(
         None,
         f"no law fitted: {why_not}; the Chinchilla law needs more too: " + "; ".join(ch_short),
         c,
+    )
+
+
+def choose_by_evidence(dc: Any, chinchilla: Any, counts: Mapping[str, int]) -> FormChoice:
+    """Between two fitted laws (:class:`diver.scaling.fit.FitResult`), the one the
+    evidence supports, with the reason (``diver scaling fit --form auto``).
+
+    The counts of :func:`choose_form` are necessary, not sufficient: Muennighoff et al.'s
+    182 runs pass them while ``R_N*`` sits on its bound.  So when both laws are
+    candidates, both are fitted and the data-constrained law is chosen only when
+
+    - it is *identified*: no parameter is "not identified by this design" (estimate on
+      the search bound, or a profile likelihood that reaches a bound within its 95 %
+      cutoff: :mod:`diver.scaling.identify`) and its Gauss-Newton information is not
+      numerically singular (condition number below
+      :data:`diver.scaling.identify.MAX_CONDITION`); and
+    - it predicts held-out runs better: its held-out RMSE of log loss (leave-one-run-out
+      or k-fold by run) is lower than the Chinchilla law's.  Two parameters more must
+      buy out-of-sample accuracy, not only in-sample fit.
+
+    Otherwise the Chinchilla law, saying which condition failed.
+    """
+    problems = []
+    if dc.not_identified:
+        problems.append(
+            "its " + ", ".join(dc.not_identified) + " are not identified by this design"
+        )
+    cond = dc.conditioning.get("condition_number")
+    if dc.conditioning.get("ill_conditioned"):
+        problems.append(f"its information matrix is near-singular (condition number {cond:.3g})")
+    dc_err, ch_err = dc.loo_rmse_log, chinchilla.loo_rmse_log
+    errors = (
+        f"held-out RMSE of log loss ({dc.holdout}) {dc_err:.4g} data-constrained vs "
+        f"{ch_err:.4g} Chinchilla"
+    )
+    if not problems and dc_err < ch_err:
+        return FormChoice(
+            "data-constrained",
+            f"by evidence, the data-constrained law: all its parameters identified "
+            f"(condition number {cond:.3g}) and {errors}",
+            dict(counts),
+        )
+    if not problems:
+        problems.append("it does not predict held-out runs better")
+    repeated = (
+        "; the Chinchilla law counts repeated tokens as fresh ones"
+        if counts.get("repeat_levels", 0) > 0
+        else ""
+    )
+    return FormChoice(
+        "chinchilla",
+        "by evidence, the Chinchilla law: the data-constrained law was fitted too, but "
+        + "; ".join(problems)
+        + f" ({errors}){repeated}",
+        dict(counts),
     )

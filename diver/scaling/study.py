@@ -6,26 +6,43 @@ scaling rule, the tests and a notebook all want; the command only parses argumen
 and prints the :class:`~diver.study.artifacts.FitSummary` this returns.
 
 ``fit_study`` fits the rows selected by ``where`` (``COLUMN=VALUE``; subject-sweep rows
-never: the law has no variable for subjects).  ``form="auto"`` fits the
-data-constrained law when the runs can determine it, else the Chinchilla law, else
-nothing (:func:`diver.scaling.runs.choose_form`); ``fit.json`` records the request, the
-form used and why.  With ``tracking`` the fit, its files and figures go to an MLflow
-child run (stage ``scaling``) of the study's parent.  It writes into ``out``:
+never: the law has no variable for subjects).  ``form="auto"`` (the default) first
+asks whether the design could carry each law at all (counts:
+:func:`diver.scaling.runs.choose_form`), then, when both could, fits both and chooses
+by evidence (:func:`diver.scaling.runs.choose_by_evidence`: identification and
+held-out error by run); ``fit.json`` records the request, the form used, why, and
+both fits (``forms``).  ``two_stage`` runs Muennighoff et al.'s procedure
+(:mod:`diver.scaling.fit`), ``fix`` holds parameters at given values, ``resample``
+chooses the bootstrap's unit (run, row or residual; runs are named by the table's
+``run_dir``), ``huber_delta`` the Huber threshold.  With ``tracking`` the fit, its
+files and figures go to an MLflow child run (stage ``scaling``) of the study's parent,
+with the parameters not identified as a tag and a param (``not_identified``).  It
+writes into ``out``:
 
 - ``bootstrap.csv``: one row per bootstrap refit, the law's natural parameters
   (what ``plan`` needs for its intervals);
 - ``frontier.csv``: compute budgets from two decades below the runs' least compute to
   two above their most, with SPEC §4's ``N_opt, D_opt`` and the predicted loss (fresh
   data), and ``*_lo``/``*_hi`` 95 % bootstrap bands;
-- ``loss_vs_compute.png``, ``fitted_vs_observed.png``, ``iso_flop.png``;
+- ``loss_vs_compute.png``, ``fitted_vs_observed.png``, ``iso_flop.png``,
+  ``profiles.png`` (each free parameter's profile likelihood, its 95 % cutoff, and
+  which parameters are not identified);
 - ``fit.json`` last (so its presence means the rest is complete): point estimates
   ``A, B, E, alpha, beta[, R_D_star, R_N_star]``, ``ci`` ``{name: [lo, hi]}``,
   ``r2_linear``, ``r2_log``, ``loo_rmse_log``, ``loo_mape``, ``n_points``, ``form``,
   ``bootstrap``, the file names, ``status`` (``fitted``), ``form_requested``,
   ``form_reason``, ``design`` (the counts the auto rule looked at), ``selection``,
-  ``excluded`` and ``at_bound`` (parameters on the search box: not determined by the
-  runs).  When ``form="auto"`` finds no law the runs can determine, ``fit.json`` alone
-  is written, with ``status`` ``skipped``, ``form`` null and the reason.
+  ``excluded`` and ``at_bound`` (estimates on the search box); and, from
+  :meth:`diver.scaling.fit.FitResult.summary`: ``identification`` (per parameter:
+  ``identified``, ``not identified by this design`` or ``fixed``, with the reasons),
+  ``not_identified``, ``profiles`` (the curves' points), ``profile_ci`` (instead of
+  ``ci`` for a parameter that is not identified), ``conditioning``,
+  ``residual_scale``, ``huber_delta``, ``resample_unit`` and ``resample_column``,
+  ``n_runs``, ``holdout``, ``bootstrap_failed`` (refits that did not converge,
+  excluded from the intervals), ``bootstrap_starts``, ``fixed``, ``two_stage``,
+  ``forms`` (with ``auto``: both laws' fits side by side).  When ``form="auto"``
+  finds no law the runs can determine, ``fit.json`` alone is written, with ``status``
+  ``skipped``, ``form`` null and the reason.
 
 Every file is written atomically (temporary name, then ``os.replace``).
 :func:`load_fit` reads a fit back with its bootstrap samples (``diver scaling plan``).
@@ -35,9 +52,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -45,7 +63,7 @@ import pandas as pd
 from diver.atomic import write_csv_atomic
 from diver.errors import DiverError
 from diver.scaling import plots
-from diver.scaling.bootstrap import DEFAULT_BOOTSTRAP
+from diver.scaling.bootstrap import DEFAULT_BOOTSTRAP, RESAMPLE_UNITS, resample_groups
 from diver.scaling.fit import FitResult, fit_law
 from diver.scaling.frontier import flop_range, frontier_table
 from diver.scaling.laws import FORMS, PARAM_NAMES, LawParams, predict
@@ -56,8 +74,14 @@ from diver.scaling.observations import (
     bad_rows,
     make_runs,
 )
-from diver.scaling.optimise import bounds
-from diver.scaling.runs import choose_form, design_counts, select_rows
+from diver.scaling.optimise import HUBER_DELTA, bounds
+from diver.scaling.runs import (
+    choose_by_evidence,
+    choose_form,
+    design_counts,
+    select_rows,
+    where_mask,
+)
 from diver.study.artifacts import FIT_SUMMARY, ArtifactError, FitSummary
 from diver.tracking import TrackingTarget, stage_run
 
@@ -66,8 +90,11 @@ log = logging.getLogger("diver.scaling")
 FIT_JSON = FIT_SUMMARY
 BOOTSTRAP_CSV = "bootstrap.csv"
 FRONTIER_CSV = "frontier.csv"
-FIGURES = ("loss_vs_compute.png", "fitted_vs_observed.png", "iso_flop.png")
+FIGURES = ("loss_vs_compute.png", "fitted_vs_observed.png", "iso_flop.png", "profiles.png")
 AUTO = "auto"
+#: Bootstrap resamples refitted by the whole multistart procedure to check the refits
+#: (:func:`diver.scaling.fit.audit_refits`): ~1.5 s each on a 36-run grid.
+DEFAULT_AUDIT = 10
 SCALING_STAGE = "scaling"
 U_N_DEFINITION = (
     "U_N = min(N_opt(U_D), N), N_opt(U_D) = (alpha A / (beta B))^(1/alpha) U_D^(beta/alpha): "
@@ -145,6 +172,19 @@ def _publish(
             "runs": str(runs_path),
             **{f"where.{k}": v for k, v in summary.selection.items()},
         }
+        extra = summary.extra
+        if summary.fitted:
+            not_identified = list(extra.get("not_identified") or [])
+            params.update(
+                {
+                    "resample_unit": extra.get("resample_unit"),
+                    "huber_delta": summary.huber_delta,
+                    "two_stage": bool(extra.get("two_stage")),
+                    "not_identified": ",".join(not_identified) or "none",
+                    **{f"fixed.{k}": v for k, v in (extra.get("fixed") or {}).items()},
+                }
+            )
+            run.set_tags({"diver.scaling.not_identified": ",".join(not_identified) or "none"})
         run.log_params({k: v for k, v in params.items() if v is not None})
         metrics: dict[str, float | None] = {}
         if summary.fitted:
@@ -155,6 +195,11 @@ def _publish(
                     metrics[f"{name}_ci_lo"], metrics[f"{name}_ci_hi"] = lo_hi
             for key in ("r2_linear", "r2_log", "loo_rmse_log", "loo_mape", "objective"):
                 metrics[key] = getattr(summary, key)
+            metrics["bootstrap_failed"] = summary.bootstrap_failed
+            for name in extra.get("not_identified") or []:
+                band = (extra.get("profile_ci") or {}).get(name)
+                if band:
+                    metrics[f"{name}_profile_lo"], metrics[f"{name}_profile_hi"] = band
         metrics["n_points"] = summary.n_points or 0
         run.log_metrics(
             {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
@@ -190,18 +235,56 @@ def _figures(out: Path, form: str, runs: Runs, result: FitResult, frontier: pd.D
         (runs.params.min() / 10.0, runs.params.max() * 10.0),
         unique_tokens=float(np.median(runs.unique_tokens)) if unique is not None else None,
     )
+    plots.profile_curves(out / FIGURES[3], result.profiles, result.identification)
+
+
+def _parse_fix(fix: Mapping[str, float] | Sequence[str]) -> dict[str, float]:
+    """``NAME=VALUE`` items (or a mapping) -> ``{name: value}``."""
+    if isinstance(fix, Mapping):
+        return {str(k): float(v) for k, v in fix.items()}
+    out: dict[str, float] = {}
+    for item in fix:
+        name, sep, value = str(item).partition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise DiverError(f"--fix {item!r}: expected NAME=VALUE with a number")
+    return out
+
+
+def _form_entry(result: FitResult) -> dict[str, Any]:
+    """One law's fit as ``fit.json``'s ``forms`` shows it beside the other."""
+    return {
+        "params": result.params.to_dict(),
+        "objective": result.objective,
+        "r2_log": result.r2_log,
+        "loo_rmse_log": result.loo_rmse_log,
+        "holdout": result.holdout,
+        "not_identified": result.not_identified,
+        "condition_number": result.conditioning.get("condition_number"),
+        "ill_conditioned": result.conditioning.get("ill_conditioned"),
+        "n_points": result.n_points,
+    }
 
 
 def fit_study(
     runs_csv: str | Path,
     out: str | Path,
     *,
-    form: str = "data-constrained",
+    form: str = AUTO,
     where: Sequence[str] = (),
     bootstrap: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
     jobs: int = 1,
     tracking: TrackingTarget | None = None,
+    huber_delta: float = HUBER_DELTA,
+    fix: Mapping[str, float] | Sequence[str] = (),
+    two_stage: bool = False,
+    stage_one: Sequence[str] = (),
+    resample: str = "run",
+    audit: int = DEFAULT_AUDIT,
 ) -> FitSummary:
     """Fit a law to the runs table ``runs_csv`` (``diver scaling collect``'s RUNS.csv)
     and write the fit's files into ``out`` (module doc); returns what ``fit.json`` holds.
@@ -209,14 +292,28 @@ def fit_study(
     ``form``: one of :data:`~diver.scaling.laws.FORMS` or ``"auto"``.  ``where``:
     ``COLUMN=VALUE`` filters.  ``bootstrap`` resamples (0: no intervals) with ``seed``;
     ``jobs`` processes for them (results do not depend on it).  ``tracking``: where to log
-    the fit as a child run.  Input the fit cannot use raises
-    a :class:`~diver.errors.DiverError` naming the file and the problem.
+    the fit as a child run.  ``huber_delta``: the Huber threshold on log loss.  ``fix``:
+    ``NAME=VALUE`` parameters held fixed.  ``two_stage``: Muennighoff et al.'s
+    procedure, stage one on the one-epoch runs or on the rows matching every
+    ``COLUMN=VALUE`` of ``stage_one``.  ``resample``: ``run``, ``row`` or ``residual``.
+    ``audit``: bootstrap resamples also refitted by the whole multistart procedure.
+    Input the fit cannot use raises a :class:`~diver.errors.DiverError` naming the file
+    and the problem.
     """
     runs_path, out = Path(runs_csv), Path(out)
     if jobs < 1:
         raise DiverError(f"--jobs must be at least 1, got {jobs}")
     if form not in (*FORMS, AUTO):
         raise DiverError(f"form must be one of {(*FORMS, AUTO)}, got {form!r}")
+    if resample not in RESAMPLE_UNITS:
+        raise DiverError(f"resample must be one of {RESAMPLE_UNITS}, got {resample!r}")
+    fixed = _parse_fix(fix)
+    allowed = PARAM_NAMES["chinchilla" if form == "chinchilla" else "data-constrained"]
+    unknown = sorted(set(fixed) - set(allowed))
+    if unknown:
+        raise DiverError(f"--fix names {unknown}; the parameters are {list(allowed)}")
+    if two_stage and form == "chinchilla":
+        raise DiverError("--two-stage fits the data-constrained law; not with --form chinchilla")
     frame = read_runs_csv(runs_path)
     selection: dict[str, str] = {}
     excluded: dict[str, int] = {}
@@ -233,7 +330,31 @@ def fit_study(
         runs=str(runs_path),
     )
     source = source_label(base)
+    groups, group_column = resample_groups(frame)
+    stage_rows = where_mask(frame, stage_one, source=source) if stage_one else None
+
+    def run_fit(law: str, boot: int) -> tuple[Runs, FitResult]:
+        runs = make_runs(frame, law, source=source)
+        fixed_here = {k: v for k, v in fixed.items() if k in PARAM_NAMES[law]}
+        log.info("fitting %s law to %d runs from %s", law, runs.n, source)
+        return runs, fit_law(
+            runs,
+            law,
+            bootstrap=boot,
+            seed=seed,
+            jobs=jobs,
+            delta=huber_delta,
+            fixed=fixed_here,
+            groups=groups,
+            resample=resample,
+            two_stage=two_stage and law == "data-constrained",
+            stage_one_rows=stage_rows,
+            audit=audit if boot else 0,
+        )
+
     used = form
+    forms: dict[str, Any] = {}
+    candidates: dict[str, FitResult] = {}
     if form == AUTO:
         _check_values(frame, source)
         choice = choose_form(frame)
@@ -243,9 +364,22 @@ def fit_study(
             _publish(out, base, [], runs_path, tracking)
             return base
         used = choice.form
-    runs = make_runs(frame, used, source=source)
-    log.info("fitting %s law to %d runs from %s", used, runs.n, source)
-    result = fit_law(runs, used, bootstrap=bootstrap, seed=seed, jobs=jobs)
+        if choice.form == "data-constrained":
+            # Both laws are candidates: fit both, choose by evidence.
+            candidates = {law: run_fit(law, 0)[1] for law in FORMS}
+            forms = {law: _form_entry(r) for law, r in candidates.items()}
+            evidence = choose_by_evidence(
+                candidates["data-constrained"], candidates["chinchilla"], choice.counts
+            )
+            used = evidence.form or "chinchilla"
+            base = replace(base, form_reason=f"{choice.reason}; {evidence.reason}")
+    if forms and bootstrap == 0:
+        # The candidate fit is this fit (no bootstrap to add): do not fit it twice.
+        runs, result = make_runs(frame, used, source=source), candidates[used]
+    else:
+        runs, result = run_fit(used, bootstrap)
+    if forms:
+        forms[used] = _form_entry(result)
 
     out.mkdir(parents=True, exist_ok=True)
     samples = result.bootstrap_samples if result.bootstrap else None
@@ -266,6 +400,8 @@ def fit_study(
         "selection": selection,
         "excluded": excluded,
         "at_bound": _at_bound(result.x, used),
+        "resample_column": group_column or None,
+        "forms": forms,
         "runs": str(runs_path),
         "files": {
             "bootstrap": BOOTSTRAP_CSV if samples is not None else None,
@@ -279,10 +415,22 @@ def fit_study(
     summary = FitSummary.from_dict(fitted, source=str(out / FIT_JSON))
     files = [*([BOOTSTRAP_CSV] if samples is not None else []), FRONTIER_CSV, *FIGURES]
     _publish(out, summary, files, runs_path, tracking)
-    if summary.at_bound:
-        log.warning("on the search bounds (not determined by the runs): %s", list(summary.at_bound))
+    if result.not_identified:
+        log.warning("not identified by this design: %s", result.not_identified)
+    if result.audit and result.audit["missed"]:
+        log.warning(
+            "%d of %d audited bootstrap refits missed a better optimum (up to %.2g): the "
+            "intervals are too narrow",
+            result.audit["missed"],
+            result.audit["resamples"],
+            result.audit["worst_gap"],
+        )
     if result.bootstrap_failed:
-        log.warning("%d of %d bootstrap refits failed", result.bootstrap_failed, bootstrap)
+        log.warning(
+            "%d of %d bootstrap refits did not converge (excluded from the intervals)",
+            result.bootstrap_failed,
+            bootstrap,
+        )
     return summary
 
 
