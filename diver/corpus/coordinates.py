@@ -15,24 +15,24 @@ positions is converted to mm here, once:
   ``GSN-HydroCel-129`` or ``biosemi128``): that montage's positions for the names it
   holds (:func:`named_montage_position_mm`), the 10-05 template for the rest.
 
-Whether montage and 10-05 positions can be mixed in one model: only when MNE ships
-the montage in the template's space.  MNE's 10-05 template (and the other ``colin27_*``,
+Whether montage and 10-05 positions can be mixed in one model: only when MNE ships the
+montage in the template's space. MNE's 10-05 template (and the other ``colin27_*``,
 ``mgh*`` and ``artinis-*`` montages) report ``coord_frame == 'mri'``: the template
-head's MRI space, MNI-like, origin near the anterior commissure.  The EGI
-(``GSN-HydroCel-*``, ``EGI_256``) and BioSemi montages report ``'unknown'``: cap
-layouts scaled to a head of radius ~95 mm (MNE's default ``head_size``) centred on
-their own origin, which is not MNI's (it sits some 1-3 cm behind and up to 1 cm
-above it, judging by the sites below).  Same site, different numbers: EGI's vertex ``Cz`` is at (0, 0, 96) mm, the 10-05 ``Cz``
-at (0, -9, 100), 10 mm apart; the GSN electrodes nearest ten 10-20 sites (``E11`` ~
-Fz at (0, 86, 55) against (0, 58, 67), ``E36`` ~ C3, ``E75`` ~ Oz ...) are 7-30 mm
-from the template's; and aligning the GSN montage's own fiducials with the template's
-(MNE's head frame) leaves 12-33 mm.  So positions from such a montage are *not*
-mixed silently: they are labelled with their own frame, ``mne_<montage>``
+head's MRI space, MNI-like, origin near the anterior commissure. The EGI
+(``GSN-HydroCel-*``, ``EGI_256``) and BioSemi montages report ``'unknown'``: cap layouts
+scaled to a head of radius ~95 mm (MNE's default ``head_size``) centred on their own
+origin, which is not MNI's (it sits some 1-3 cm behind and up to 1 cm above it, judging
+by the sites below). Same site, different numbers: EGI's vertex ``Cz`` is at (0, 0, 96)
+mm, the 10-05 ``Cz`` at (0, -9, 100), 10 mm apart; the GSN electrodes nearest ten 10-20
+sites (``E11`` ~ Fz at (0, 86, 55) against (0, 58, 67), ``E36`` ~ C3, ``E75`` ~ Oz ...)
+are 7-30 mm from the template's; and aligning the GSN montage's own fiducials with the
+template's (MNE's head frame) leaves 12-33 mm. So positions from such a montage are
+*not* mixed silently: they are labelled with their own frame, ``mne_<montage>``
 (:func:`named_montage_frame`), and a recording or corpus mixing them with 10-05
-positions shows it in ``coord_frame`` (``mne_GSN-HydroCel-129+mne_standard_1005``).
-The model itself reads only the mm values, so a corpus pooling EGI/BioSemi datasets
-with 10-05 ones feeds it positions from two spaces, up to ~3 cm apart: removing that
-needs a registration of each cap onto the template, which is not done here.
+positions shows it in ``coord_frame`` (``mne_GSN-HydroCel-129+mne_standard_1005``). The
+model itself reads only the mm values, so a corpus pooling EGI/BioSemi datasets with
+10-05 ones feeds it positions from two spaces, up to ~3 cm apart: removing that needs a
+registration of each cap onto the template, which is not done here.
 Montages MNE ships in the template's ``'mri'`` space share :data:`SCALP_FRAME`.
 """
 
