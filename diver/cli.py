@@ -588,6 +588,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_launch(sub)
 
+    from diver.hpsearch.cli import register as register_hpsearch
+
+    register_hpsearch(sub)
+
     p = sub.add_parser("track", help="MLflow tracking")
     track = p.add_subparsers(dest="track_command", required=True)
     t = track.add_parser("init", help="create (once) the study's experiment and parent run")

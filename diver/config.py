@@ -10,6 +10,7 @@ config is a tree of frozen dataclasses: code downstream never sees a raw dict.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import sys
@@ -148,27 +149,110 @@ class TrackingConfig:
     experiment: str | None = None
 
 
+FROM_SWEEP = "from_sweep"
+"""A family's ``lr`` / ``weight_decay`` (or a ``by_patch`` entry's) that the hpsearch
+stage's ``best.yaml`` supplies (:func:`sweep_best_path`)."""
+
+
+PATCHES = ("1s", "0.1s")
+"""The patch lengths (SPEC §2; the schema's patch enum)."""
+
+
+def sweep_dir(results_dir: str | Path, family: str, patch: str) -> Path:
+    """Where the sweep of ``family`` at ``patch`` keeps its journal, trials and best.yaml.
+
+    Here rather than in ``diver.study.layout`` because :class:`FamilyConfig` reads the
+    best values when a cell asks for them, and this module imports nothing of diver's
+    packages.
+    """
+    return Path(results_dir) / "hpsearch" / family / patch
+
+
+def sweep_best_path(results_dir: str | Path, family: str, patch: str) -> Path:
+    """``<results>/hpsearch/<family>/<patch>/best.yaml``: the sweep's chosen pair."""
+    return sweep_dir(results_dir, family, patch) / "best.yaml"
+
+
+@dataclass(frozen=True)
+class SweepValue:
+    """A family's ``lr`` or ``weight_decay`` written ``from_sweep``: read from ``best``
+    (the sweep's best.yaml) when a cell asks for it, not when the config is loaded, so a
+    config whose sweep has not run yet still loads (the DAG plans the sweep first)."""
+
+    best: str
+
+    def read(self, key: str) -> float:
+        return read_sweep_best(Path(self.best))[key]
+
+
 @dataclass(frozen=True)
 class FamilyConfig:
     """A corpus family (SPEC §3: iEEG, EEG, iEEG+EEG) and the optimiser it was tuned with.
 
     ``lr``/``weight_decay`` of None keep ``pretrain.lr``/``pretrain.weight_decay``;
-    ``by_patch`` overrides both per patch length (SPEC §3 tunes iEEG 0.1 s apart).
+    ``by_patch`` overrides both per patch length (SPEC §3 tunes iEEG 0.1 s apart).  Any of
+    them may be a :class:`SweepValue` (``from_sweep`` in the file, made per patch by
+    :func:`config_from_dict`): the value then comes from the sweep's ``best.yaml``, so a
+    cell's settings follow the sweep and the DAG makes the cell depend on that file.
     """
 
     modalities: tuple[str, ...] = ("eeg", "ieeg")
     datasets: tuple[str, ...] | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    by_patch: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    lr: float | Mapping[str, SweepValue] | None = None
+    weight_decay: float | Mapping[str, SweepValue] | None = None
+    by_patch: Mapping[str, Mapping[str, float | SweepValue]] = field(default_factory=dict)
+
+    def _raw(self, patch: str) -> tuple[Any, Any]:
+        override = self.by_patch.get(patch, {})
+        lr, wd = override.get("lr", self.lr), override.get("weight_decay", self.weight_decay)
+        # a family-level from_sweep is a mapping patch -> that patch's sweep
+        lr = lr.get(patch) if isinstance(lr, Mapping) else lr
+        wd = wd.get(patch) if isinstance(wd, Mapping) else wd
+        return lr, wd
+
+    def uses_sweep(self, patch: str) -> bool:
+        """Whether a cell at ``patch`` takes its lr or weight decay from the sweep."""
+        return any(isinstance(v, SweepValue) for v in self._raw(patch))
 
     def optimiser(self, patch: str, pretrain: PretrainConfig) -> tuple[float, float]:
         """(lr, weight_decay) for a cell of this family at ``patch``."""
         base = pretrain.optimiser
-        lr = self.lr if self.lr is not None else base.lr
-        wd = self.weight_decay if self.weight_decay is not None else base.weight_decay
-        override = self.by_patch.get(patch, {})
-        return float(override.get("lr", lr)), float(override.get("weight_decay", wd))
+        lr, wd = self._raw(patch)
+        lr = lr.read("lr") if isinstance(lr, SweepValue) else lr
+        wd = wd.read("weight_decay") if isinstance(wd, SweepValue) else wd
+        lr = base.lr if lr is None else lr
+        wd = base.weight_decay if wd is None else wd
+        return float(lr), float(wd)
+
+
+def _family_value(value: Any, results_dir: str, family: str, patches: Any) -> Any:
+    """A file's ``lr``/``weight_decay`` value: ``from_sweep`` becomes a SweepValue per
+    patch (each patch has its own sweep), anything else stays as it is."""
+    if value != FROM_SWEEP:
+        return value
+    return {p: SweepValue(str(sweep_best_path(results_dir, family, p))) for p in patches}
+
+
+def read_sweep_best(path: Path) -> dict[str, float]:
+    """The ``lr`` and ``weight_decay`` of a sweep's best.yaml; a ConfigError naming the
+    file (and how to make it) when it is missing or incomplete."""
+    try:
+        best = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"{path} does not exist: the family's lr or weight_decay is {FROM_SWEEP}, so the "
+            "hyper-parameter sweep must run first (the DAG's hpsearch stage, or "
+            "`diver hpsearch run`)"
+        ) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    values = {}
+    for key in ("lr", "weight_decay"):
+        value = best.get(key) if isinstance(best, dict) else None
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{path}: {key} must be a non-negative number, got {value!r}")
+        values[key] = float(value)
+    return values
 
 
 @dataclass(frozen=True)
@@ -353,6 +437,83 @@ class ScalingConfig:
 
 
 @dataclass(frozen=True)
+class TransferConfig:
+    """The muP transfer check (``diver hpsearch transfer``; schema ``hpsearch.transfer``)."""
+
+    enabled: bool = False
+    sizes: tuple[str, ...] = ("debug", "debug-2x", "debug-4x")
+    lrs: tuple[float, ...] = (5.0e-4, 1.0e-3, 2.0e-3, 4.0e-3, 8.0e-3, 1.6e-2, 3.2e-2)
+    steps: int = 20
+    seeds: tuple[int, ...] = (0, 1)
+    batch: int = 4
+    spectral_norm: tuple[str, ...] = ("forward", "ortho")
+
+
+@dataclass(frozen=True)
+class PruningConfig:
+    """Median pruning of sweep trials on their validation losses."""
+
+    enabled: bool = True
+    startup_trials: int = 3
+    warmup_steps: int = 0
+
+
+@dataclass(frozen=True)
+class SweepGridConfig:
+    """Points per axis of the grid method (log-spaced over each range)."""
+
+    lr: int = 6
+    weight_decay: int = 5
+
+
+@dataclass(frozen=True)
+class HpsearchConfig:
+    """The hyper-parameter sweep before the grid (schema ``hpsearch``; ``diver.hpsearch``)."""
+
+    method: str = "tpe"
+    trials: int = 6
+    startup_trials: int = 3
+    size: str = "debug"
+    epochs: int = 1
+    fraction: float = 1.0
+    val_every: int = 2
+    lr: tuple[float, float] = (3.0e-4, 3.0e-2)
+    weight_decay: tuple[float, float] = (1.0e-8, 1.0e-2)
+    grid: SweepGridConfig = field(default_factory=lambda: SweepGridConfig())
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    seed: int = 0
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HpsearchConfig:
+        """From the validated ``hpsearch`` section (defaults filled in)."""
+        transfer = dict(data["transfer"])
+        return cls(
+            method=data["method"],
+            trials=data["trials"],
+            startup_trials=data["startup_trials"],
+            size=data["size"],
+            epochs=data["epochs"],
+            fraction=float(data["fraction"]),
+            val_every=data["val_every"],
+            lr=(float(data["lr"][0]), float(data["lr"][1])),
+            weight_decay=(float(data["weight_decay"][0]), float(data["weight_decay"][1])),
+            grid=SweepGridConfig(**data["grid"]),
+            pruning=PruningConfig(**data["pruning"]),
+            seed=data["seed"],
+            transfer=TransferConfig(
+                enabled=transfer["enabled"],
+                sizes=tuple(transfer["sizes"]),
+                lrs=tuple(float(v) for v in transfer["lrs"]),
+                steps=transfer["steps"],
+                seeds=tuple(transfer["seeds"]),
+                batch=transfer["batch"],
+                spectral_norm=tuple(transfer["spectral_norm"]),
+            ),
+        )
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """A whole study, as one validated config file describes it."""
 
@@ -374,6 +535,7 @@ class StudyConfig:
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    hpsearch: HpsearchConfig = field(default_factory=lambda: HpsearchConfig())
 
     @property
     def results_path(self) -> Path:
@@ -455,14 +617,24 @@ def config_from_dict(
         name: FamilyConfig(
             modalities=tuple(fam["modalities"]),
             datasets=None if fam["datasets"] is None else tuple(fam["datasets"]),
-            lr=fam["lr"],
-            weight_decay=fam["weight_decay"],
-            by_patch={k: dict(v) for k, v in fam["by_patch"].items()},
+            lr=_family_value(fam["lr"], results_dir, name, PATCHES),
+            weight_decay=_family_value(fam["weight_decay"], results_dir, name, PATCHES),
+            by_patch={
+                patch: {
+                    k: _family_value(v, results_dir, name, [patch])[patch]
+                    if v == FROM_SWEEP
+                    else v
+                    for k, v in values.items()
+                }
+                for patch, values in fam["by_patch"].items()
+            },
         )
         for name, fam in data["families"].items()
     }
     grid = tuple(_grid_block(block) for block in data["grid"])
     _check_grid(grid, families, {ds.name for ds in datasets}, source)
+    hpsearch = HpsearchConfig.from_dict(data["hpsearch"])
+    _check_hpsearch(hpsearch, source)
     return StudyConfig(
         study=data["study"],
         results_dir=results_dir,
@@ -486,6 +658,7 @@ def config_from_dict(
             }
         ),
         scaling=ScalingConfig(**data["scaling"]),
+        hpsearch=hpsearch,
     )
 
 
@@ -528,6 +701,24 @@ def _check_grid(
         unknown = sorted(set(family.datasets or ()) - dataset_names)
         if unknown and dataset_names:
             problems.append(f"  families.{name}.datasets: unknown corpus datasets {unknown}")
+    if problems:
+        raise ConfigError(f"invalid config {source}:\n" + "\n".join(problems))
+
+
+def _check_hpsearch(hp: HpsearchConfig, source: str) -> None:
+    """What the schema cannot say: ranges low < high, transfer lrs increasing <= 2x apart."""
+    problems = []
+    for key in ("lr", "weight_decay"):
+        low, high = getattr(hp, key)
+        if not low < high:
+            problems.append(f"  hpsearch.{key}: [{low}, {high}] is not a range (low < high)")
+    lrs = hp.transfer.lrs
+    steps = [b / a for a, b in itertools.pairwise(lrs)]
+    if any(r <= 1 or r > 2 * (1 + 1e-9) for r in steps):
+        problems.append(
+            f"  hpsearch.transfer.lrs: {list(lrs)} must increase by at most 2x per step (one "
+            "grid step is the resolution the transfer check claims)"
+        )
     if problems:
         raise ConfigError(f"invalid config {source}:\n" + "\n".join(problems))
 
