@@ -17,6 +17,7 @@ from pathlib import Path
 
 from diver.atomic import write_text_atomic
 from diver.report import sections
+from diver.report.hpsearch import hpsearch_section
 from diver.report.html import esc, page, section
 from diver.study.artifacts import FitSummary
 
@@ -31,6 +32,7 @@ class ReportInputs:
     runs: Path | None = None
     fits: tuple[Path, ...] = ()
     finetune: tuple[Path, ...] = field(default_factory=tuple)
+    hpsearch_dir: Path | None = None  # <results>/hpsearch: sweeps and the transfer check
 
 
 def _summary(inputs: ReportInputs, runs) -> str:  # type: ignore[no-untyped-def]
@@ -47,7 +49,11 @@ def _summary(inputs: ReportInputs, runs) -> str:  # type: ignore[no-untyped-def]
     for path in inputs.fits:
         fit = FitSummary.from_json(path)
         form = fit.form or "no law"
-        items.append(f"Scaling law ({sections.fit_title(fit)}): {form} - {fit.form_reason}")
+        text = f"Scaling law ({sections.fit_title(fit)}): {form} - {fit.form_reason}"
+        missing = list(fit.extra.get("not_identified") or [])
+        if missing:
+            text += f". Not identified by this design: {', '.join(missing)}"
+        items.append(text)
     items.append(
         f"Fine-tuning: {len(inputs.finetune)} result file(s)."
         if inputs.finetune
@@ -65,6 +71,7 @@ def build_report(inputs: ReportInputs, *, generated: dt.datetime | None = None) 
     parts = [
         ("summary", "Summary", _summary(inputs, runs)),
         ("corpus", "Corpus: manifest and QA/QC", sections.corpus_section(inputs.corpus_dir)),
+        ("hpsearch", "Sweep and muP transfer", hpsearch_section(inputs.hpsearch_dir)),
         ("grid", "Pretraining grid", sections.grid_section(runs, inputs.runs)),
         ("curves", "Loss curves", sections.curves_section(runs)),
         ("scaling", "Scaling law", sections.scaling_section(inputs.fits)),

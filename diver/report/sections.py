@@ -334,6 +334,124 @@ def _ci_text(ci: tuple[float, float] | None) -> str:
     return "–" if ci is None else f"[{fmt_number(ci[0])}, {fmt_number(ci[1])}]"
 
 
+def _verdicts(fit: FitSummary) -> dict[str, str]:
+    """Each parameter's identification verdict as the table shows it."""
+    out = {}
+    for name, entry in (fit.extra.get("identification") or {}).items():
+        status = str((entry or {}).get("status", ""))
+        reasons = "; ".join((entry or {}).get("reasons") or [])
+        out[name] = f"{status} ({reasons})" if status.startswith("not") and reasons else status
+    return out
+
+
+def _interval_text(fit: FitSummary, name: str) -> str:
+    """The bootstrap interval, or for a parameter not identified its profile interval
+    (an end at the search bound marked as such)."""
+    profile = (fit.extra.get("profile_ci") or {}).get(name)
+    if profile is not None:
+        curve = (fit.extra.get("profiles") or {}).get(name) or {}
+        open_lo, open_hi = curve.get("open") or (False, False)
+        lo = "bound" if open_lo else fmt_number(profile[0])
+        hi = "bound" if open_hi else fmt_number(profile[1])
+        return f"profile [{lo}, {hi}]"
+    verdict = ((fit.extra.get("identification") or {}).get(name) or {}).get("status")
+    if verdict == "fixed":
+        return "fixed"
+    return _ci_text(fit.interval(name))
+
+
+def _procedure_part(fit: FitSummary) -> str:
+    """How the intervals were made: resampling unit, starts, convergence, audit, scale."""
+    extra = fit.extra
+    items = []
+    if fit.bootstrap:
+        unit = extra.get("resample_unit") or "row"
+        column = extra.get("resample_column")
+        by = f"run ({column})" if unit == "run" and column else unit
+        if unit == "run" and not column:
+            by = "run (each point its own run: the table names no runs)"
+        items.append(
+            f"{fit.bootstrap} bootstrap resamples by {by}, each refitted from "
+            f"{extra.get('bootstrap_starts', 1)} start(s); {fit.bootstrap_failed} refit(s) "
+            "did not converge and are excluded from the intervals"
+        )
+    audit = extra.get("audit")
+    if audit:
+        if audit.get("missed"):
+            items.append(
+                f"audit: {audit['missed']} of {audit['resamples']} resamples refitted from "
+                f"the whole grid found a better optimum (up to {100 * audit['worst_gap']:.2g} "
+                "% lower objective): the intervals are too narrow"
+            )
+        else:
+            items.append(
+                f"audit: {audit['resamples']} resamples refitted from the whole grid found "
+                "nothing better than the bootstrap refits"
+            )
+    scale = extra.get("residual_scale") or {}
+    if scale:
+        items.append(
+            f"residuals of log loss: RMS {fmt_number(scale.get('rms'))}, 1.4826 MAD "
+            f"{fmt_number(scale.get('mad'))}, Huber scale {fmt_number(scale.get('huber_scale'))}"
+        )
+    cond = (extra.get("conditioning") or {}).get("condition_number")
+    if cond is not None:
+        items.append(f"Gauss-Newton condition number {fmt_number(cond)}")
+    if extra.get("fixed"):
+        items.append(
+            "held fixed: "
+            + ", ".join(
+                f"{PARAM_LABELS.get(k, k)} = {fmt_number(v)}" for k, v in extra["fixed"].items()
+            )
+        )
+    stage = extra.get("two_stage")
+    if stage:
+        items.append(
+            f"two-stage procedure (Muennighoff et al. 2023): A, B, E, α, β from "
+            f"{stage.get('stage_one_points')} one-epoch points, then R_D*, R_N* with those "
+            "fixed (both stages refitted per resample)"
+        )
+    if not items:
+        return ""
+    return '<p class="muted">' + esc("; ".join(items)) + ".</p>"
+
+
+def _forms_part(fit: FitSummary) -> str:
+    """With ``--form auto``: both laws' fits side by side, and the choice."""
+    forms = fit.extra.get("forms") or {}
+    if not forms:
+        return ""
+    columns = [("what", "")] + [(f, f + (" (chosen)" if f == fit.form else "")) for f in forms]
+    rows = []
+    for name in ALL_PARAMS:
+        row = {"what": PARAM_LABELS[name]}
+        for law, entry in forms.items():
+            row[law] = fmt_number((entry.get("params") or {}).get(name))
+        rows.append(row)
+    for key, label in (
+        ("objective", "objective"),
+        ("r2_log", "R² log"),
+        ("loo_rmse_log", "held-out RMSE (log loss)"),
+        ("condition_number", "condition number"),
+    ):
+        rows.append({"what": label, **{law: fmt_number(e.get(key)) for law, e in forms.items()}})
+    rows.append(
+        {
+            "what": "not identified",
+            **{
+                law: ", ".join(PARAM_LABELS.get(n, n) for n in e.get("not_identified") or [])
+                or "none"
+                for law, e in forms.items()
+            },
+        }
+    )
+    return (
+        "<h4>Both laws (--form auto)</h4>"
+        + table(rows, columns, text_columns=["what", *forms])
+        + f'<p class="muted">{esc(fit.form_reason)}</p>'
+    )
+
+
 def fit_title(fit: FitSummary) -> str:
     """A fit's selection as the report names it (``mixed 1s``; ``all runs``)."""
     return " ".join(str(v) for v in fit.selection.values()) or "all runs"
@@ -360,16 +478,18 @@ def fit_block(fit: FitSummary, path: Path) -> str:
     else:
         parts.append(note(f"Form: {form}. {reason}", kind="ok"))
     names = PARAM_NAMES.get(form, ())
+    verdicts = _verdicts(fit)
     rows = []
     for name in ALL_PARAMS:
         row: dict[str, Any] = {"param": PARAM_LABELS[name]}
         row["value"] = fmt_number(fit.params.get(name)) if name in names else "not in this form"
-        row["ci"] = _ci_text(fit.interval(name)) if name in names else "–"
+        row["ci"] = _interval_text(fit, name) if name in names else "–"
+        row["verdict"] = verdicts.get(name, "–") if name in names else "–"
         for published in TABLE_8:
             row[published.family] = fmt_number(getattr(published.params, name))
         rows.append(row)
     for key, label in (("r2_linear", "R² linear"), ("r2_log", "R² log")):
-        row = {"param": label, "value": fmt_number(getattr(fit, key)), "ci": "–"}
+        row = {"param": label, "value": fmt_number(getattr(fit, key)), "ci": "–", "verdict": "–"}
         for published in TABLE_8:
             row[published.family] = fmt_number(getattr(published, key))
         rows.append(row)
@@ -378,6 +498,7 @@ def fit_block(fit: FitSummary, path: Path) -> str:
             "param": "points",
             "value": fmt_number(fit.n_points),
             "ci": "–",
+            "verdict": "–",
             **{p.family: "–" for p in TABLE_8},
         }
     )
@@ -386,30 +507,53 @@ def fit_block(fit: FitSummary, path: Path) -> str:
     columns = [
         ("param", "parameter"),
         ("value", "this study"),
-        ("ci", f"{100 * float(level):g} % CI ({boot} bootstrap fits)" if boot else "CI (none)"),
+        (
+            "ci",
+            f"{100 * float(level):g} % CI ({boot} bootstrap fits; profile interval where "
+            "not identified)"
+            if boot
+            else "CI (none; profile interval where not identified)",
+        ),
+        ("verdict", "identification"),
         *[(p.family, f"DIVER-1 {p.family}") for p in TABLE_8],
     ]
+    delta = fit.huber_delta if fit.huber_delta is not None else 1e-3
     parts.append(
         '<p class="muted">Beside DIVER-1\'s Table 8 (SPEC §4; the paper fits the '
         "data-constrained form and does not describe its procedure). Fit: Chinchilla "
-        "approach 3, summed Huber loss (δ = 10⁻³) of log loss, L-BFGS from a grid of "
-        "starts, percentile bootstrap intervals (Besiroglu et al. 2024).</p>"
+        f"approach 3, summed Huber loss (δ = {esc(fmt_number(delta))}) of log loss, L-BFGS "
+        "from a grid of starts, percentile bootstrap intervals (Besiroglu et al. 2024) "
+        "from multistart refits; a parameter on the search bound (estimate, or more than "
+        "2.5 % of the refits) or whose profile likelihood stays within its 95 % cutoff up "
+        "to a bound is <em>not identified by this design</em> and shown with its profile "
+        "interval instead.</p>"
     )
-    parts.append(table(rows, columns, text_columns=["param"]))
-    at_bound = fit.at_bound
-    if at_bound:
-        labels = ", ".join(PARAM_LABELS.get(n, n) for n in at_bound)
+    parts.append(table(rows, columns, text_columns=["param", "verdict"]))
+    not_identified = list(fit.extra.get("not_identified") or [])
+    if not_identified:
+        labels = ", ".join(PARAM_LABELS.get(n, n) for n in not_identified)
+        parts.append(
+            note(
+                f"Not identified by this design: {labels}. The runs do not pin these down; "
+                "their values are not estimates to quote (see the profile curves)."
+            )
+        )
+    elif fit.at_bound:
+        labels = ", ".join(PARAM_LABELS.get(n, n) for n in fit.at_bound)
         parts.append(
             note(
                 f"The optimiser stopped on its search bounds for: {labels}. The runs do not "
                 "pin these down: their values are limits of the search box, not estimates."
             )
         )
+    parts.append(_procedure_part(fit))
+    parts.append(_forms_part(fit))
     extra = []
+    holdout = str(fit.extra.get("holdout") or "leave-one-out")
     if _finite(fit.loo_rmse_log):
-        extra.append(f"leave-one-out RMSE of log loss {fmt_number(fit.loo_rmse_log)}")
+        extra.append(f"{holdout} RMSE of log loss {fmt_number(fit.loo_rmse_log)}")
     if fit.loo_mape is not None and _finite(fit.loo_mape):
-        extra.append(f"leave-one-out mean absolute error {100 * fit.loo_mape:.2f} %")
+        extra.append(f"{holdout} mean absolute error {100 * fit.loo_mape:.2f} %")
     if extra:
         parts.append(f'<p class="muted">{esc("; ".join(extra))}.</p>')
     captions = {
@@ -417,6 +561,10 @@ def fit_block(fit: FitSummary, path: Path) -> str:
         "the fitted compute-optimal frontier and its 95 % bootstrap band.",
         "fitted_vs_observed.png": "Fitted against observed loss (log axes, y = x dashed).",
         "iso_flop.png": "The fitted law along iso-FLOP curves; dots mark each curve's optimum.",
+        "profiles.png": "Profile likelihood of each free parameter (objective minimised over "
+        "the others, in units of the fitted Huber scale; dashed: the 95 % cutoff 1.92). A "
+        "curve still under the cutoff at the edge of the search box means the design does "
+        "not identify that parameter (red title).",
     }
     shown = []
     for name in fit.files.figures:
