@@ -29,6 +29,7 @@ include: "workflow/rules/tracking.smk"
 include: "workflow/rules/synth.smk"
 include: "workflow/rules/corpus.smk"
 include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/hpsearch.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/scaling.smk"
 include: "workflow/rules/report.smk"
@@ -46,5 +47,6 @@ onsuccess:
 rule all:
     input:
         all_targets(),
+        hpsearch_report_inputs(),
         finetune_targets(),
         path(LAYOUT.report),

@@ -221,12 +221,14 @@ def test_one_cell_target_plans_only_that_cell(tmp_path: Path) -> None:
     table = (proc.stdout + proc.stderr).split("Job stats:")[1].split("\n\n")[0]
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", table, re.MULTILINE))
     # the cell and what it needs (its synthetic input, the parent run, the corpus plan and
-    # merge; the chunks' jobs join once the plan exists), no more
+    # merge; the chunks' jobs join once the plan exists; the sweep its family's lr and
+    # weight decay come from), no more
     assert jobs == {
         "synth": "1",
         "track_init": "1",
         "corpus_plan": "1",
         "corpus": "1",
+        "hpsearch": "1",
         "pretrain": "1",
-        "total": "5",
+        "total": "6",
     }

@@ -131,6 +131,12 @@ def _pair(params: dict[str, Any]) -> tuple[float, float]:
     return float(params["lr"]), float(params["weight_decay"])
 
 
+def _params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """A trial's pair: its parameters, or, for one enqueued and not yet asked, the
+    parameters it was enqueued with (Optuna keeps those in ``fixed_params``)."""
+    return dict(trial.params or trial.system_attrs.get("fixed_params") or {})
+
+
 def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     from optuna.trial import TrialState
 
@@ -145,16 +151,17 @@ def prepare(study: optuna.Study, sweep: Sweep) -> int:
     hp = sweep.study.hpsearch
     done = {_pair(t.params) for t in _finished(study)}
     waiting = {
-        _pair(t.params)
+        _pair(_params(t))
         for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        if "lr" in t.params
+        if "lr" in _params(t)
     }
     for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         # This process holds the sweep's lock, so a RUNNING trial belongs to a dead sweep.
         study.tell(stale.number, state=TrialState.FAIL)
-        if "lr" in stale.params and _pair(stale.params) not in done | waiting:
-            study.enqueue_trial(dict(stale.params), user_attrs={"requeued_from": stale.number})
-            waiting.add(_pair(stale.params))
+        params = _params(stale)
+        if "lr" in params and _pair(params) not in done | waiting:
+            study.enqueue_trial(params, user_attrs={"requeued_from": stale.number})
+            waiting.add(_pair(params))
     if hp.method == "grid":
         points = grid_points(sweep)
         for lr, wd in points:

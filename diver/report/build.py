@@ -17,6 +17,7 @@ from pathlib import Path
 
 from diver.atomic import write_text_atomic
 from diver.report import sections
+from diver.report.hpsearch import hpsearch_section
 from diver.report.html import esc, page, section
 from diver.study.artifacts import FitSummary
 
@@ -31,6 +32,7 @@ class ReportInputs:
     runs: Path | None = None
     fits: tuple[Path, ...] = ()
     finetune: tuple[Path, ...] = field(default_factory=tuple)
+    hpsearch_dir: Path | None = None  # <results>/hpsearch: sweeps and the transfer check
 
 
 def _summary(inputs: ReportInputs, runs) -> str:  # type: ignore[no-untyped-def]
@@ -69,6 +71,7 @@ def build_report(inputs: ReportInputs, *, generated: dt.datetime | None = None) 
     parts = [
         ("summary", "Summary", _summary(inputs, runs)),
         ("corpus", "Corpus: manifest and QA/QC", sections.corpus_section(inputs.corpus_dir)),
+        ("hpsearch", "Sweep and muP transfer", hpsearch_section(inputs.hpsearch_dir)),
         ("grid", "Pretraining grid", sections.grid_section(runs, inputs.runs)),
         ("curves", "Loss curves", sections.curves_section(runs)),
         ("scaling", "Scaling law", sections.scaling_section(inputs.fits)),

@@ -70,6 +70,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         runs=runs,
         fits=fits,
         finetune=existing(args.finetune),
+        hpsearch_dir=layout.root / "hpsearch",
     )
     out = Path(args.out)
     target = None

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import yaml
 
-from diver.config import config_from_dict
+from diver.config import config_from_dict, sweep_best_path
 from diver.finetune.tasks import load_task
+from diver.hpsearch.plan import sweeps
 from diver.launch.site import load_site
 from diver.study.cells import CELL_PATTERN, find_cell, finetune_cells, grid_cells
 from diver.study.layout import StudyLayout
@@ -129,6 +130,44 @@ def family_hash(wildcards):
     """A cell reruns when its family's datasets or optimiser settings change."""
     blob = json.dumps(config["families"][wildcards.family], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# --- the hyper-parameter sweep before the grid (hpsearch.smk) ----------------------------
+
+# (family, patch) of every sweep: the grid's pairs whose family says `from_sweep`.
+SWEEPS = sweeps(STUDY)
+
+
+def sweep_best(family, patch):
+    """A sweep's best.yaml, which the cells of its family and patch read."""
+    return path(sweep_best_path(config["results_dir"], family, patch))
+
+
+def hpsearch_targets():
+    return [sweep_best(family, patch) for family, patch in SWEEPS]
+
+
+def cell_sweep(wildcards):
+    """The cell's sweep result when its family takes lr or weight decay from_sweep: an
+    input, so a changed sweep reruns exactly the cells that read it."""
+    cell = cell_of(wildcards)
+    if STUDY.families[cell.family].uses_sweep(cell.patch):
+        return [sweep_best(cell.family, cell.patch)]
+    return []
+
+
+# The muP transfer check's result (diver.hpsearch.transfer writes transfer.json there).
+TRANSFER_RESULT = path(Path(config["results_dir"]) / "hpsearch" / "transfer" / "transfer.json")
+
+
+def transfer_targets():
+    """The transfer check's result when `hpsearch.transfer.enabled` (the report shows it)."""
+    return [TRANSFER_RESULT] if config["hpsearch"]["transfer"]["enabled"] else []
+
+
+def hpsearch_report_inputs():
+    """What the report's sweep section reads: every sweep's best.yaml and the check."""
+    return [*hpsearch_targets(), *transfer_targets()]
 
 
 def pretrain_targets():

@@ -17,6 +17,7 @@ rule pretrain:
     input:
         parent=parent_run_file(),
         manifest=path(LAYOUT.corpus_manifest),
+        sweep=cell_sweep,
     output:
         metrics=path(LAYOUT.cell_metrics(CELL_PATTERN)),
         model=path(LAYOUT.cell_model(CELL_PATTERN)),

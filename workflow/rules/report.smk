@@ -13,6 +13,7 @@ rule report:
         runs=path(LAYOUT.scaling_runs),
         fits=scaling_fit_targets(),
         finetune=finetune_targets(),
+        hpsearch=hpsearch_report_inputs(),
     output:
         path(LAYOUT.report),
     log:
