@@ -19,12 +19,17 @@ reached (:func:`diver.scaling.fit.fit_point_full` keeps them: converged, objecti
 within :data:`diver.scaling.fit.BASIN_RATIO` of the best).  Why: when the objective has
 several basins, a resample started only from the full optimum stays in its basin even
 when the resample's own optimum is in another, and the intervals come out too narrow.
-Why these and why four: the basins the full fit's grid reaches are those its starts
-ended in, and starting each resample from the best of them lets it move to whichever
-is best *for it*; on the identifiable test design three extra basins already cover
-every resample (the full multistart refit of audited resamples finds nothing better,
-tests/test_scaling_bootstrap.py), and each start costs one more L-BFGS problem per
-resample (4,000 x 4 refits fit the 60 s budget on 2 cores, benchmarks/bench_scaling.py).
+Why these and why at most four: the basins the full fit's grid reaches are those its
+starts ended in, and starting each resample from the best of them lets it move to
+whichever is best *for it*.  Basins whose full-sample objective is more than
+``BASIN_RATIO`` (3) times the optimum's are left out (a re-weighting of the same points
+does not make them best, and their bottoms take thousands of iterations to reach), as
+are optima along one flat valley (same objective: one basin).  On the identifiable test
+design that leaves two starts, and the audit's full multistart refits find nothing
+better (tests/test_scaling_identify.py); each start costs one more L-BFGS problem per
+resample (benchmarks/bench_scaling.py: 4,000 resamples x 2 starts in 27 s on a loaded
+2-core machine, 2.75 x the single-start refits, within the 60 s budget; four starts
+would still fit it).
 
 What starts from full-sample optima cannot promise: on a design that does not
 determine the law, the objective is a flat, multi-modal ridge and a resample's
