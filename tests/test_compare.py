@@ -193,8 +193,9 @@ def test_compare_errors_name_what_to_change(
     assert "no pretrain run has that metric" in capsys.readouterr().err
     assert diver_main(["compare", "--config", str(config), "--where", "size"]) != 0
     assert "KEY=VALUE" in capsys.readouterr().err
-    empty = tmp_path / "empty.yaml"
-    empty.write_text(yaml.safe_dump({"study": "never-run", "results_dir": str(tmp_path / "r")}))
+    empty = tmp_path / "empty.yaml"  # a study never run, on the same store
+    results = load_config(config).results_dir
+    empty.write_text(yaml.safe_dump({"study": "never-run", "results_dir": results}))
     assert diver_main(["compare", "--config", str(empty)]) != 0
     assert "no experiment 'never-run'" in capsys.readouterr().err
 

@@ -260,6 +260,32 @@ def test_ensure_parent_run_is_idempotent(store: str, study: str) -> None:
     assert len(client.search_runs([exp.experiment_id])) == 1
 
 
+def test_experiment_is_a_described_training_experiment(store: str, study: str) -> None:
+    """The experiment-kind tag and the description reach the store (SQLite or a server,
+    through REST), the description built from the experiment's id; a repeated call
+    returns the same parent and leaves the tags as they were."""
+    from diver.tracking.names import (
+        EXPERIMENT_KIND_TAG,
+        EXPERIMENT_KIND_TRAINING,
+        EXPERIMENT_NOTE_SHA_TAG,
+        EXPERIMENT_NOTE_TAG,
+    )
+
+    def note(experiment_id: str) -> str:
+        return f"**{study}** in experiment {experiment_id}"
+
+    first = ensure_parent_run(store, study, study, description=note)
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name(study)
+    tags = experiment.tags
+    assert tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND_TRAINING
+    assert tags[EXPERIMENT_NOTE_TAG] == note(experiment.experiment_id)
+    digest = hashlib.sha256(tags[EXPERIMENT_NOTE_TAG].encode()).hexdigest()
+    assert tags[EXPERIMENT_NOTE_SHA_TAG] == digest
+    assert ensure_parent_run(store, study, study, description=note) == first
+    assert client.get_experiment_by_name(study).tags == tags
+
+
 def test_two_studies_share_an_experiment_with_separate_parents(store: str, study: str) -> None:
     a = ensure_parent_run(store, study, f"{study}-a")
     b = ensure_parent_run(store, study, f"{study}-b")

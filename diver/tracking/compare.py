@@ -54,7 +54,7 @@ STATUS = "status"
 RUN_ID = "run_id"
 _PREFIXES = ("params.", "metrics.", "tags.", "attributes.")
 #: Metric keys never shown by default (spreads and intervals: wide, and in the UI too).
-_AUXILIARY = re.compile(r"(_sem|_ci_lo|_ci_hi)$")
+_AUXILIARY = re.compile(r"(_sem|_ci_lo|_ci_hi|_profile_lo|_profile_hi)$")
 
 
 class CompareError(DiverError, ValueError):
@@ -68,23 +68,31 @@ class StageView:
 
     ``params`` / ``metrics``: the columns (bare names); empty means every param whose
     value differs between the runs / every metric the runs have (minus SEMs and
-    interval bounds), for stages whose runs have no fixed shape.  ``sort``: the
-    default sort metric, tried in order (the first the runs have wins);
-    ``descending``: its default direction (scores high-first, losses low-first).
+    interval bounds) that matches ``metric_pattern``, for stages whose runs have no
+    fixed shape.  ``sort``: the default sort metric, tried in order (the first the runs
+    have wins); ``descending``: its default direction (scores high-first, losses
+    low-first).
     """
 
     params: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()
     sort: tuple[str, ...] = ()
     descending: bool = False
+    metric_pattern: str = ""
 
 
 VIEWS: Mapping[str, StageView] = {
     "pretrain": StageView(GRID_PARAMS, GRID_METRICS, ("val_loss",)),
+    # the pretrained model's scores, and the baselines' on the headline metric (every
+    # score of every model is 15 columns: --metric NAME picks others)
     "finetune": StageView(
-        FINETUNE_PARAMS, (), ("diver.balanced_accuracy", "diver.auroc"), descending=True
+        FINETUNE_PARAMS,
+        (),
+        ("diver.balanced_accuracy", "diver.auroc"),
+        descending=True,
+        metric_pattern=r"^diver\.|^(linear|scratch)\.balanced_accuracy$",
     ),
-    "scaling": StageView(("form", "status", "n_points"), (), ()),
+    "scaling": StageView(("form",), (), ()),
     "hpsearch": StageView((), (), ("val_loss",)),
 }
 assert set(VIEWS) == set(STAGES)
@@ -181,8 +189,9 @@ def _varying(runs: Sequence[Run]) -> tuple[str, ...]:
     return tuple(n for n in names if len({r.data.params.get(n) for r in runs}) > 1)
 
 
-def _all_metrics(runs: Sequence[Run]) -> tuple[str, ...]:
-    return tuple(sorted({k for r in runs for k in r.data.metrics if not _AUXILIARY.search(k)}))
+def _all_metrics(runs: Sequence[Run], pattern: str = "") -> tuple[str, ...]:
+    keys = {k for r in runs for k in r.data.metrics if not _AUXILIARY.search(k)}
+    return tuple(sorted(k for k in keys if re.search(pattern, k)))
 
 
 def _sort_key(row: Mapping[str, Any], column: str, descending: bool) -> tuple:
@@ -227,7 +236,11 @@ def compare_runs(
     runs = _search(client, found.experiment_id, filter_string)
 
     params = view.params or _varying(runs)
-    names = tuple(m.removeprefix("metrics.") for m in metrics) or view.metrics or _all_metrics(runs)
+    names = (
+        tuple(m.removeprefix("metrics.") for m in metrics)
+        or view.metrics
+        or _all_metrics(runs, view.metric_pattern)
+    )
     if sort is None:
         present = {k for r in runs for k in r.data.metrics}
         sort = next((m for m in view.sort if m in present), None)
@@ -294,13 +307,19 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _header(column: str) -> str:
-    if column == RUN_NAME:
-        return "run"
-    for prefix in ("params.", "metrics."):
-        if column.startswith(prefix):
-            return column.removeprefix(prefix)
-    return column
+def _headers(columns: Sequence[str]) -> list[str]:
+    """Column titles for the terminal: names without ``params.``/``metrics.``, unless
+    that makes two titles alike (a param and a metric of one name, or ``status``)."""
+    short = []
+    for column in columns:
+        name = "run" if column == RUN_NAME else column
+        for prefix in ("params.", "metrics."):
+            name = name.removeprefix(prefix)
+        short.append(name)
+    return [
+        s if short.count(s) == 1 else ("status" if c == STATUS else c)
+        for s, c in zip(short, columns, strict=True)
+    ]
 
 
 def render(comparison: Comparison, fmt: str = "table") -> str:
@@ -322,7 +341,7 @@ def render(comparison: Comparison, fmt: str = "table") -> str:
         where = f"experiment {comparison.experiment!r}, filter {comparison.filter}"
         return f"no {comparison.stage} runs ({where})"
     shown = [c for c in columns if c != RUN_ID] + [RUN_ID]
-    cells = [[_header(c) for c in shown]]
+    cells = [_headers(shown)]
     for row in rows:
         cells.append([(row[c] or "")[:8] if c == RUN_ID else _cell(row.get(c)) for c in shown])
     numeric = {c for c in shown if c.startswith("metrics.")}
