@@ -357,7 +357,9 @@ def test_cli_fit_and_plan_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
     for key in ("r2_linear", "r2_log", "loo_rmse_log"):
         assert np.isfinite(summary[key])
     samples = pd.read_csv(out / "bootstrap.csv")
-    assert list(samples.columns) == list(names) and len(samples) == 80
+    assert list(samples.columns) == [*names, "converged", "start"] and len(samples) == 80
+    assert samples["converged"].sum() == 80 - summary["bootstrap_failed"]
+    assert samples.loc[samples["converged"], list(names)].notna().all().all()
     frontier = pd.read_csv(out / "frontier.csv")
     assert {"C", "N_opt", "D_opt", "loss", "loss_lo", "loss_hi"} <= set(frontier.columns)
     run_flops = 6 * np.asarray(design_runs()["params"]) * np.asarray(design_runs()["tokens"])

@@ -395,6 +395,9 @@ class FitResult:
     bootstrap_starts: int = 0
     bootstrap_samples: NDArray[np.float64] = field(default_factory=lambda: np.empty((0, 0)))
     bootstrap_failed: int = 0
+    #: Per resample: did its refit converge, and which start won (0: the optimum).
+    bootstrap_converged: NDArray[np.bool_] = field(default_factory=lambda: np.empty(0, bool))
+    bootstrap_start: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
     ci: dict[str, list[float]] = field(default_factory=dict)
     seed: int = 0
 
@@ -772,6 +775,8 @@ def fit_law(
         result.bootstrap_starts = int(min(bootstrap_starts, point.optima.shape[0]))
         result.bootstrap_samples = samples
         result.bootstrap_failed = int((~ok).sum())
+        result.bootstrap_converged = ok.copy()
+        result.bootstrap_start = refits.start.copy()
     result.identification = _verdicts(form, best.x, lo_v, hi_v, open_at_bound, boot_x)
     if bootstrap > 0:
         ci = percentile_intervals(result.bootstrap_samples, names)

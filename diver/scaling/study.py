@@ -20,7 +20,8 @@ with the parameters not identified as a tag and a param (``not_identified``).  I
 writes into ``out``:
 
 - ``bootstrap.csv``: one row per bootstrap refit, the law's natural parameters
-  (what ``plan`` needs for its intervals);
+  (what ``plan`` needs for its intervals; empty where the refit did not converge),
+  ``converged`` and ``start`` (which start won: 0 is the full-sample optimum);
 - ``frontier.csv``: compute budgets from two decades below the runs' least compute to
   two above their most, with SPEC §4's ``N_opt, D_opt`` and the predicted loss (fresh
   data), and ``*_lo``/``*_hi`` 95 % bootstrap bands;
@@ -312,6 +313,8 @@ def fit_study(
     unknown = sorted(set(fixed) - set(allowed))
     if unknown:
         raise DiverError(f"--fix names {unknown}; the parameters are {list(allowed)}")
+    if stage_one and not two_stage:
+        raise DiverError("--stage-one names the rows of --two-stage's first stage; add --two-stage")
     if two_stage and form == "chinchilla":
         raise DiverError("--two-stage fits the data-constrained law; not with --form chinchilla")
     frame = read_runs_csv(runs_path)
@@ -384,9 +387,10 @@ def fit_study(
     out.mkdir(parents=True, exist_ok=True)
     samples = result.bootstrap_samples if result.bootstrap else None
     if samples is not None:
-        write_csv_atomic(
-            out / BOOTSTRAP_CSV, pd.DataFrame(samples, columns=list(PARAM_NAMES[used]))
-        )
+        table = pd.DataFrame(samples, columns=list(PARAM_NAMES[used]))
+        table["converged"] = result.bootstrap_converged
+        table["start"] = result.bootstrap_start
+        write_csv_atomic(out / BOOTSTRAP_CSV, table)
     frontier = frontier_table(result.params, flop_range(6.0 * runs.params * runs.tokens), samples)
     write_csv_atomic(out / FRONTIER_CSV, frontier)
     _figures(out, used, runs, result, frontier)
