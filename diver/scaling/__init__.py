@@ -7,8 +7,12 @@ model or training code - the fit sees runs as ``(N, D, U_D, loss)`` numbers.
 - :mod:`diver.scaling.laws`: the laws, ``N_opt(U_D)``, compute-optimal allocation;
 - :mod:`diver.scaling.observations`: the runs as the fit sees them (:class:`Runs`);
 - :mod:`diver.scaling.optimise`: the summed Huber objective, scipy and batched L-BFGS;
-- :mod:`diver.scaling.fit`: the approach-3 point fit over a grid of starts, R^2;
-- :mod:`diver.scaling.bootstrap`: bootstrap intervals and leave-one-out refits;
+- :mod:`diver.scaling.fit`: the approach-3 point fit over a grid of starts (``--fix``,
+  the two-stage procedure), R^2, and :func:`fit_law`, which assembles all of it;
+- :mod:`diver.scaling.bootstrap`: multistart bootstrap refits (by run, row or residual)
+  and held-out-run refits;
+- :mod:`diver.scaling.identify`: which parameters the design identifies (search bounds,
+  profile likelihoods, Gauss-Newton conditioning), the residual scale;
 - :mod:`diver.scaling.frontier`: frontier table, iso-FLOP / iso-loss curves, plans;
 - :mod:`diver.scaling.plots`: figures;
 - :mod:`diver.scaling.runs`: the runs table of a grid, and which law it supports;
