@@ -190,21 +190,18 @@ def profiles(
 def profile_interval(
     values: NDArray[np.float64], objective: NDArray[np.float64], best: float, cutoff: float
 ) -> tuple[float, float, bool, bool]:
-    """``(lo, hi, open_below, open_above)``: the range where the profile stays within
-    ``cutoff`` of ``best`` (linear interpolation between grid points); ``open_*``
-    when it is still within the cutoff at the grid's end (the search bound)."""
+    """``(lo, hi, open_below, open_above)``: the hull of the values where the profile is
+    within ``cutoff`` of ``best`` (ends interpolated linearly to the crossing); a
+    multi-modal profile that dips back under the cutoff far out makes the hull reach
+    there.  ``open_*`` when the profile is within the cutoff at the grid's end (the
+    search bound): the data cannot exclude the bound."""
     rise = np.where(np.isfinite(objective), objective - best, np.inf)
     inside = rise <= cutoff
     if not inside.any():
         i = int(np.argmin(rise))
         return float(values[i]), float(values[i]), False, False
-    centre = int(np.argmin(rise))
-    i = centre
-    while i > 0 and inside[i - 1]:
-        i -= 1
-    j = centre
-    while j < values.size - 1 and inside[j + 1]:
-        j += 1
+    where = np.flatnonzero(inside)
+    i, j = int(where[0]), int(where[-1])
 
     def cross(a: int, b: int) -> float:
         ra, rb = rise[a], rise[b]
@@ -215,4 +212,4 @@ def profile_interval(
 
     lo_v = float(values[0]) if i == 0 else cross(i, i - 1)
     hi_v = float(values[-1]) if j == values.size - 1 else cross(j, j + 1)
-    return lo_v, hi_v, i == 0, j == values.size - 1
+    return lo_v, hi_v, bool(inside[0]), bool(inside[-1])

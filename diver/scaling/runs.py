@@ -445,9 +445,7 @@ def choose_by_evidence(dc: Any, chinchilla: Any, counts: Mapping[str, int]) -> F
     """
     problems = []
     if dc.not_identified:
-        problems.append(
-            "its " + ", ".join(dc.not_identified) + " are not identified by this design"
-        )
+        problems.append("not identified by this design: " + ", ".join(dc.not_identified))
     cond = dc.conditioning.get("condition_number")
     if dc.conditioning.get("ill_conditioned"):
         problems.append(f"its information matrix is near-singular (condition number {cond:.3g})")
