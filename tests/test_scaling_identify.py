@@ -22,6 +22,7 @@ import pytest
 from diver.scaling import cli as scaling_cli
 from diver.scaling.bootstrap import bootstrap_weights, resample_groups
 from diver.scaling.fit import VERDICT_FIXED, VERDICT_NOT, VERDICT_OK, fit_law
+from diver.scaling.identify import profile_interval
 from diver.scaling.laws import (
     DIVER1_IEEG_1S,
     IEEG_1S_PARAMS,
@@ -124,6 +125,10 @@ def test_paper_grid_reports_what_it_does_not_identify_and_the_audit_finds_misses
     runs = make_runs(paper_grid(), DC)
     result = fit_law(runs, DC, bootstrap=3, seed=7, audit=3)
     assert "E" in result.not_identified
+    # R_N*'s profile rises, then dips back under the cutoff at the search bound: the
+    # design cannot exclude R_N* -> infinity (SPEC §3's grid has U_N < N everywhere).
+    assert "R_N_star" in result.not_identified
+    assert result.profiles["R_N_star"]["open"] == [False, True]
     verdict = result.identification["E"]
     assert verdict["status"] == VERDICT_NOT and verdict["estimate_at_bound"]
     assert "E" not in result.ci and "E" in result.profile_ci
@@ -143,6 +148,17 @@ def test_paper_grid_reports_what_it_does_not_identify_and_the_audit_finds_misses
     assert fit["identification"]["E"]["status"] == VERDICT_NOT and "E" in fit["profile_ci"]
     assert len(fit["profiles"]["E"]["values"]) == len(fit["profiles"]["E"]["delta_objective"])
     assert (out / "profiles.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_profile_interval_is_the_hull_within_the_cutoff_and_open_at_a_bound() -> None:
+    values = np.arange(11.0)
+    rise = np.array([5.0, 1.0, 0.0, 1.0, 5.0, 5.0, 5.0, 5.0, 5.0, 1.0, 1.0])
+    lo, hi, open_lo, open_hi = profile_interval(values, rise, 0.0, 2.0)
+    assert lo == pytest.approx(0.75) and hi == 10.0  # 1 + (2 - 1) / (5 - 1) * (0 - 1)
+    assert (open_lo, open_hi) == (False, True)
+    closed = np.array([9.0, 4.0, 1.0, 0.0, 1.0, 4.0, 9.0, 16.0, 25.0, 36.0, 49.0])
+    lo, hi, open_lo, open_hi = profile_interval(values, closed, 0.0, 1.0)
+    assert (lo, hi, open_lo, open_hi) == (2.0, 4.0, False, False)
 
 
 # --------------------------------------------------------------- resampling
