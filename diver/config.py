@@ -212,7 +212,23 @@ class FamilyConfig:
 
     def uses_sweep(self, patch: str) -> bool:
         """Whether a cell at ``patch`` takes its lr or weight decay from the sweep."""
-        return any(isinstance(v, SweepValue) for v in self._raw(patch))
+        return bool(self.swept(patch))
+
+    def swept(self, patch: str) -> tuple[str, ...]:
+        """Which of ``lr``, ``weight_decay`` a cell at ``patch`` takes from the sweep."""
+        pairs = zip(("lr", "weight_decay"), self._raw(patch), strict=True)
+        return tuple(k for k, v in pairs if isinstance(v, SweepValue))
+
+    def typed(self, patch: str, pretrain: PretrainConfig) -> dict[str, float]:
+        """The values not taken from the sweep (the family's, else ``pretrain``'s): what a
+        sweep holds fixed while it tunes the others."""
+        base = pretrain.optimiser
+        values = dict(zip(("lr", "weight_decay"), self._raw(patch), strict=True))
+        return {
+            k: float(getattr(base, k) if v is None else v)
+            for k, v in values.items()
+            if not isinstance(v, SweepValue)
+        }
 
     def optimiser(self, patch: str, pretrain: PretrainConfig) -> tuple[float, float]:
         """(lr, weight_decay) for a cell of this family at ``patch``."""

@@ -197,6 +197,23 @@ def test_a_sweep_is_named_by_what_its_trials_measure(tmp_path: Path) -> None:
     assert trial_key(1e-3, 2e-5) == "lr1.000000e-03_wd2.000000e-05"
 
 
+def test_a_typed_value_beside_from_sweep_is_held_fixed(tmp_path: Path) -> None:
+    """lr from_sweep, weight decay typed: the sweep tunes lr at the weight decay the
+    cells will use (and a changed typed value is another sweep)."""
+    raw = _study(tmp_path, method="grid", grid={"lr": 4, "weight_decay": 5})
+    raw["families"]["a"]["weight_decay"] = 3e-6
+    sweep = Sweep(config_from_dict(raw), "a", "1s")
+    assert sweep.tuned == ("lr",) and sweep.fixed == {"weight_decay": 3e-6}
+    points = grid_points(sweep)
+    assert len(points) == 4 and {wd for _, wd in points} == {3e-6}
+    assert sweep.pair({"lr": 2e-3}) == (2e-3, 3e-6)
+    raw["families"]["a"]["weight_decay"] = 4e-6
+    other = Sweep(config_from_dict(raw), "a", "1s")
+    assert other.study_name("corpus") != sweep.study_name("corpus")
+    # a family without from_sweep, swept by hand, tunes both
+    assert Sweep(config_from_dict(raw), "b", "1s").tuned == ("lr", "weight_decay")
+
+
 def test_grid_method_enqueues_the_log_spaced_pairs_once(tmp_path: Path) -> None:
     """The grid's pairs go into the journal as waiting trials, and a second prepare (a
     restart) adds none: the study in the journal file is the same study."""

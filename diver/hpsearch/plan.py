@@ -23,6 +23,7 @@ from pathlib import Path
 
 from diver.config import StudyConfig, sweep_dir
 
+KEYS = ("lr", "weight_decay")
 JOURNAL = "journal.log"
 BEST = "best.yaml"
 TRIALS = "trials"
@@ -48,6 +49,24 @@ class Sweep:
     def best(self) -> Path:
         return self.folder / BEST
 
+    @property
+    def tuned(self) -> tuple[str, ...]:
+        """The keys the sweep tunes: those the family takes ``from_sweep`` at this patch
+        (both when it takes neither: a sweep run by hand to look)."""
+        return self.study.families[self.family].swept(self.patch) or KEYS
+
+    @property
+    def fixed(self) -> dict[str, float]:
+        """The keys the sweep holds at the family's typed values, so the tuned one is
+        found with the other the cells will use."""
+        typed = self.study.families[self.family].typed(self.patch, self.study.pretrain)
+        return {k: v for k, v in typed.items() if k not in self.tuned}
+
+    def pair(self, params: dict[str, float]) -> tuple[float, float]:
+        """(lr, weight_decay) of a trial: its tuned parameters and the fixed ones."""
+        values = {**self.fixed, **params}
+        return float(values["lr"]), float(values["weight_decay"])
+
     def fingerprint(self, corpus: str | Path) -> str:
         """Hash of what a trial's loss depends on, apart from the pair it tries."""
         family = self.study.families[self.family]
@@ -62,6 +81,8 @@ class Sweep:
             "hpsearch": hp,
             "family": {"modalities": sorted(family.modalities), "datasets": family.datasets},
             "patch": self.patch,
+            "tuned": list(self.tuned),
+            "fixed": self.fixed,
             "pretrain": pretrain,
             "model": dict(self.study.model),
             "corpus": str(Path(corpus).resolve()),

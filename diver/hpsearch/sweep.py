@@ -47,8 +47,7 @@ import yaml
 from diver.atomic import write_text_atomic
 from diver.config import FROM_SWEEP, read_config_mapping
 from diver.errors import DiverError
-from diver.exitcodes import EXIT_PREEMPTED
-from diver.hpsearch.plan import Sweep, trial_key
+from diver.hpsearch.plan import KEYS, Sweep, trial_key
 from diver.tracking import TAG_SLURM_JOB_ID, TrackingTarget, stage_run
 
 if TYPE_CHECKING:
@@ -116,19 +115,24 @@ def open_study(sweep: Sweep, corpus: str | Path) -> optuna.Study:
 
 
 def grid_points(sweep: Sweep) -> list[tuple[float, float]]:
-    """The grid method's pairs: log-spaced over each range, lr-major."""
+    """The grid method's pairs: log-spaced over each tuned range (a fixed key keeps its
+    one value), lr-major."""
     hp = sweep.study.hpsearch
-    lrs = np.geomspace(*hp.lr, hp.grid.lr) if hp.grid.lr > 1 else [hp.lr[0]]
-    wds = (
-        np.geomspace(*hp.weight_decay, hp.grid.weight_decay)
-        if hp.grid.weight_decay > 1
-        else [hp.weight_decay[0]]
-    )
-    return [(float(lr), float(wd)) for lr in lrs for wd in wds]
+
+    def axis(key: str, points: int) -> list[float]:
+        if key not in sweep.tuned:
+            return [sweep.fixed[key]]
+        low, high = getattr(hp, key)
+        return [float(v) for v in np.geomspace(low, high, points)] if points > 1 else [low]
+
+    lrs, wds = axis("lr", hp.grid.lr), axis("weight_decay", hp.grid.weight_decay)
+    return [(lr, wd) for lr in lrs for wd in wds]
 
 
-def _pair(params: dict[str, Any]) -> tuple[float, float]:
-    return float(params["lr"]), float(params["weight_decay"])
+def _tuned_params(sweep: Sweep, pair: tuple[float, float]) -> dict[str, float]:
+    """The Optuna parameters of a pair: only the tuned keys."""
+    values = dict(zip(KEYS, pair, strict=True))
+    return {k: values[k] for k in sweep.tuned}
 
 
 def _params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
@@ -149,24 +153,24 @@ def prepare(study: optuna.Study, sweep: Sweep) -> int:
     from optuna.trial import TrialState
 
     hp = sweep.study.hpsearch
-    done = {_pair(t.params) for t in _finished(study)}
+    done = {sweep.pair(t.params) for t in _finished(study)}
     waiting = {
-        _pair(_params(t))
+        sweep.pair(_params(t))
         for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        if "lr" in _params(t)
+        if _params(t)
     }
     for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         # This process holds the sweep's lock, so a RUNNING trial belongs to a dead sweep.
         study.tell(stale.number, state=TrialState.FAIL)
         params = _params(stale)
-        if "lr" in params and _pair(params) not in done | waiting:
+        if params and sweep.pair(params) not in done | waiting:
             study.enqueue_trial(params, user_attrs={"requeued_from": stale.number})
-            waiting.add(_pair(params))
+            waiting.add(sweep.pair(params))
     if hp.method == "grid":
         points = grid_points(sweep)
-        for lr, wd in points:
-            if (lr, wd) not in done | waiting:
-                study.enqueue_trial({"lr": lr, "weight_decay": wd})
+        for pair in points:
+            if pair not in done | waiting:
+                study.enqueue_trial(_tuned_params(sweep, pair))
         return len([p for p in points if p not in done])
     return max(0, hp.trials - len(done))
 
@@ -290,7 +294,7 @@ class TrialRunner:
     def run(self, study: optuna.Study, trial: optuna.Trial) -> TrialResult:
         from optuna.trial import TrialState
 
-        lr, wd = float(trial.params["lr"]), float(trial.params["weight_decay"])
+        lr, wd = self.sweep.pair(trial.params)
         folder = self.sweep.trials_dir(self.corpus) / trial_key(lr, wd)
         folder.mkdir(parents=True, exist_ok=True)
         config = folder / TRIAL_CONFIG
@@ -370,7 +374,9 @@ class TrialRunner:
                     time.sleep(self.poll_s)
             finally:
                 code = _stop(proc) if proc.poll() is None else proc.returncode
-        if pruned and code in (0, EXIT_PREEMPTED):
+        if pruned:
+            # Whatever the job's exit: 75 from a local run that checkpointed, 143 from
+            # `diver launch` cancelling a SLURM job, 0 if it finished in the meantime.
             return "PRUNED", None
         if code != 0:
             raise HpsearchError(f"{label} failed (exit {code}); its log {log}:\n{_tail(log)}")
@@ -411,10 +417,8 @@ def run_sweep(
     if family is None:
         raise HpsearchError(f"family {sweep.family!r} is not in the config's families")
     hp = sweep.study.hpsearch
-    space = {
-        "lr": optuna.distributions.FloatDistribution(*hp.lr, log=True),
-        "weight_decay": optuna.distributions.FloatDistribution(*hp.weight_decay, log=True),
-    }
+    ranges = {"lr": hp.lr, "weight_decay": hp.weight_decay}
+    space = {k: optuna.distributions.FloatDistribution(*ranges[k], log=True) for k in sweep.tuned}
     runner = TrialRunner(
         sweep, config_path=config_path, corpus=corpus, tracking=tracking, poll_s=poll_s, say=say
     )
@@ -425,10 +429,10 @@ def run_sweep(
             f"sweep {study.study_name}: {len(_finished(study))} trial(s) finished, "
             f"{needed} to run ({hp.method}; journal {sweep.journal})"
         )
-        done_pairs = {_pair(t.params) for t in _finished(study)}
+        done_pairs = {sweep.pair(t.params) for t in _finished(study)}
         while needed > 0:
             trial = study.ask(space)
-            pair = _pair(trial.params)
+            pair = sweep.pair(trial.params)
             if pair in done_pairs:  # TPE proposed a pair already run: never run it twice
                 trial.set_user_attr("duplicate_of_a_finished_trial", True)
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -457,8 +461,9 @@ def best_of(study: optuna.Study, sweep: Sweep) -> dict[str, Any]:
     return {
         "family": sweep.family,
         "patch": sweep.patch,
-        "lr": float(best.params["lr"]),
-        "weight_decay": float(best.params["weight_decay"]),
+        "lr": sweep.pair(best.params)[0],
+        "weight_decay": sweep.pair(best.params)[1],
+        "tuned": list(sweep.tuned),
         "val_loss": float(best.value),
         "trial": best.number,
         "study": study.study_name,
@@ -470,8 +475,8 @@ def best_of(study: optuna.Study, sweep: Sweep) -> dict[str, Any]:
         "trials": [
             {
                 "number": t.number,
-                "lr": float(t.params["lr"]),
-                "weight_decay": float(t.params["weight_decay"]),
+                "lr": sweep.pair(t.params)[0],
+                "weight_decay": sweep.pair(t.params)[1],
                 "state": t.state.name,
                 "val_loss": None if t.value is None else float(t.value),
                 "last_step": max(t.intermediate_values) if t.intermediate_values else None,
