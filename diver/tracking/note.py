@@ -128,8 +128,9 @@ def study_note(
         f"**Compare grid cells.** Params (the cell's axes): `{', '.join(GRID_PARAMS)}`. "
         f"Metrics: `{', '.join(GRID_METRICS)}` (as in the cell's metrics.json; `val_loss` "
         f"is the final held-out loss, its chart the curve over optimizer steps) and "
-        f"`{EPOCH_METRIC}` (step = epoch). Select the runs, then *Compare*: the "
-        "parallel-coordinates plot of size, data_fraction, epochs against val_loss.",
+        f"`{EPOCH_METRIC}` (step = epoch). Select the runs, then *Compare*: its "
+        "parallel-coordinates plot starts with d_model (the size's width), data_fraction and "
+        "epochs against val_loss (more axes, e.g. size, from its *Parameters* picker).",
     ]
     if finetune.tasks or finetune.synth_task:
         tail += [
