@@ -139,6 +139,19 @@ def unprivileged(argv: list[str]) -> list[str]:
     return ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", *argv]
 
 
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The working folder of one finished run of the default DAG (``snakemake --profile
+    cluster_profiles/local``), built once a session and shared by every slow test that
+    reads a finished default run (the run takes minutes: never one per test)."""
+    with built_once(tmp_path_factory, "default-dag") as root:
+        if root is not None:
+            proc = run_snakemake(root, "--profile", "cluster_profiles/local")
+            assert proc.returncode == 0, proc.stderr[-4000:]
+            (root / "snakemake.stdout").write_text(proc.stdout)
+    return shared_dir(tmp_path_factory, "default-dag")
+
+
 # The SLURM tests' cluster: two simulated nodes (diver localslurm --nodes 2), so the
 # single-node tests and the multi-node ones share one cluster and one start.
 CLUSTER_NODES = 2

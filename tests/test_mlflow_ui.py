@@ -19,9 +19,8 @@ description's link (``workflowType=machine_learning``) opens the training runs.
 A second test reads the same store with ``diver compare`` and checks every grid run's
 params and metrics against the cell's own ``metrics.json``.
 
-The DAG runs once per test session, in a folder shared by pytest-xdist workers
-(``default-dag``, :func:`tests.conftest.built_once`): the suite had no shared run of
-the default DAG to reuse.  Without chromium the browser test skips on a user's
+Both read the session's one run of the default DAG (``tests.conftest.default_run``,
+shared with test_workflow's end-to-end check).  Without chromium the browser test skips on a user's
 machine and fails under CI (``CI=true``).
 """
 
@@ -57,7 +56,7 @@ from diver.tracking.names import (
     GRID_METRICS,
     GRID_PARAMS,
 )
-from tests.conftest import REPO_ROOT, built_once, run_snakemake, shared_dir
+from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -65,16 +64,6 @@ UI_TIMEOUT = 90.0  # seconds for one page state (a loaded 2-core CI box)
 
 
 # ------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope="session")
-def default_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The working folder of one finished run of the default DAG (built once a session)."""
-    with built_once(tmp_path_factory, "default-dag") as root:
-        if root is not None:
-            proc = run_snakemake(root, "--profile", "cluster_profiles/local")
-            assert proc.returncode == 0, proc.stderr[-4000:]
-    return shared_dir(tmp_path_factory, "default-dag")
 
 
 def _diver(workdir: Path, *args: str) -> subprocess.CompletedProcess:

@@ -44,3 +44,30 @@ def test_where_with_a_tracking_server_gives_its_address(tmp_path: Path, capsys) 
     )
     assert main(["where", "--config", str(config), "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["browse"] == "http://127.0.0.1:5000"
+
+
+def test_where_links_the_grid_runs_once_the_store_exists(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """MLflow 3.17 opens an experiment on its GenAI view: the printed address opens the
+    training runs, filtered to the grid; before the store exists nothing is created."""
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "study.yaml"
+    config.write_text(
+        "study: s\ncorpus: {datasets: [{name: a, inputs: [x]}]}\n"
+        "families: {all: {modalities: [eeg]}}\n"
+        "grid: [{family: all, size: debug, epochs: 1}]\n"
+    )
+    assert main(["where", "--config", str(config), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["grid_runs"] == ""
+    assert not (tmp_path / "results" / "mlflow.db").exists()
+
+    from mlflow.tracking import MlflowClient
+
+    (tmp_path / "results").mkdir()
+    uri = f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
+    experiment_id = MlflowClient(uri).create_experiment("s")
+    assert main(["where", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    page = f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    assert f"grid runs   {page}&searchFilter=tags.diver.stage%20%3D%20%27pretrain%27" in out

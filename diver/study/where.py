@@ -8,13 +8,36 @@ next, including the ``mlflow ui`` command that browses the runs (bound to loopba
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 from diver.config import StudyConfig
 from diver.study.layout import StudyLayout
+from diver.tracking.note import GRID_FILTER, runs_page
+
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+
+
+def _grid_page(study: StudyConfig, uri: str, base: str) -> str:
+    """The address of the grid's training runs in the UI ('' when the store does not
+    exist yet): MLflow 3.17 opens an experiment on its GenAI view unless told otherwise.
+
+    Only a study's own SQLite file is looked into (and never created); a tracking
+    server is not contacted here, its experiment's description carries the same link.
+    """
+    db = Path(uri.removeprefix("sqlite:///"))
+    if not uri.startswith("sqlite:///") or not db.is_file():
+        return ""
+    from mlflow.tracking import MlflowClient  # lazily: `diver where` stays fast otherwise
+
+    experiment = MlflowClient(uri).get_experiment_by_name(study.experiment_name())
+    if experiment is None:
+        return ""
+    return f"{base}/{runs_page(experiment.experiment_id, GRID_FILTER)}"
 
 
 def study_locations(study: StudyConfig) -> dict[str, str]:
-    """Absolute locations of the study's outputs, and the command that browses its runs."""
+    """Absolute locations of the study's outputs, the command that browses its runs and
+    the address of the grid's runs in that browser."""
     layout = StudyLayout(study.results_dir)
     uri = study.tracking_uri()
     browse = ""
@@ -29,6 +52,7 @@ def study_locations(study: StudyConfig) -> dict[str, str]:
         "mlflow": uri,
         "experiment": study.experiment_name(),
         "browse": browse or uri,
+        "grid_runs": _grid_page(study, uri, UI_ADDRESS),
     }
 
 
@@ -43,4 +67,6 @@ def where_text(study: StudyConfig) -> str:
         f"  MLflow      {where['mlflow']}  (experiment {where['experiment']!r})",
         f"  browse runs {where['browse']}",
     ]
+    if where["grid_runs"]:
+        lines.append(f"  grid runs   {where['grid_runs']}")
     return "\n".join(lines)
