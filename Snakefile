@@ -6,7 +6,7 @@
 from snakemake.utils import min_version
 
 from diver.config import validate_config
-from diver.study.where import where_text
+from diver.where import where_text
 
 min_version("9.0")
 

@@ -366,7 +366,7 @@ def _corpus_finish_args(p: argparse.ArgumentParser, prune_help: str) -> None:
 
 
 def cmd_where(args: argparse.Namespace) -> int:
-    from diver.study.where import study_locations, where_text
+    from diver.where import study_locations, where_text
 
     study = load_config(args.config)
     if args.format == "json":

@@ -22,12 +22,8 @@ from typing import Any
 import yaml
 
 from diver import schemas
-from diver.errors import DiverError
+from diver.errors import ConfigError
 from diver.placeholders import fill_placeholders
-
-
-class ConfigError(DiverError, ValueError):
-    """A configuration file is invalid; the message names the file and the key."""
 
 
 @dataclass(frozen=True)
@@ -580,7 +576,7 @@ def validate_config(
     up beside it); by default the folder of ``source`` when that names a file.
     Raises ConfigError naming ``source`` and the offending key path.
     """
-    from diver.presets import expand_presets  # here: diver.presets imports this module
+    from diver.presets import expand_presets
 
     if base_dir is None and source and Path(source).is_file():
         base_dir = Path(source).parent

@@ -43,7 +43,7 @@ from typing import Any
 import yaml
 
 from diver import schemas
-from diver.config import ConfigError
+from diver.errors import ConfigError
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "config" / "datasets"
 """The repository's ``config/datasets``: the presets shipped with diver (found from the
