@@ -1,8 +1,8 @@
 # diver: raw EEG/iEEG recordings -> Parquet corpus -> pretraining grid -> fine-tuning
 # -> scaling laws, every step tracked in MLflow.  Each rule runs one `diver` command.
 #
-#   snakemake --profile cluster_profiles/local            # embedded default (CPU, minutes)
-#   snakemake --profile cluster_profiles/slurm            # the paper's study on SLURM
+#   snakemake --profile local            # embedded default (CPU, minutes)
+#   snakemake --profile slurm            # the paper's study on SLURM
 from snakemake.utils import min_version
 
 from diver.config import validate_config
