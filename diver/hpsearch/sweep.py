@@ -300,7 +300,7 @@ class TrialRunner:
         config = folder / TRIAL_CONFIG
         text = yaml.safe_dump(trial_config(self.config_path, self.sweep, lr, wd), sort_keys=True)
         write_text_atomic(config, text)
-        trial.set_user_attr("folder", str(folder))
+        trial.set_user_attr("folder", str(folder.resolve()))
         s = self.sweep
         name = f"hp-{s.family}-{s.patch}-t{trial.number}"
         label = f"{s.family}/{s.patch} trial {trial.number} (lr {lr:.3g}, wd {wd:.3g})"
@@ -314,7 +314,7 @@ class TrialRunner:
         params = {
             "lr": lr, "weight_decay": wd, "size": hp.size, "epochs": hp.epochs,
             "data_fraction": hp.fraction, "family": s.family, "patch": s.patch,
-            "method": hp.method, "trial": trial.number, "run_dir": str(folder),
+            "method": hp.method, "trial": trial.number, "run_dir": str(folder.resolve()),
         }  # fmt: skip
         self.say(f"{label}: {folder}")
         with stage_run(
