@@ -61,6 +61,7 @@ TAG_FAMILY = "diver.family"
 TAG_PATCH = "diver.patch"
 TRIAL_CONFIG = "trial.yaml"
 TRIAL_LOG = "trial.log"
+MAX_DUPLICATES = 100
 
 
 class HpsearchError(DiverError, RuntimeError):
@@ -430,12 +431,20 @@ def run_sweep(
             f"{needed} to run ({hp.method}; journal {sweep.journal})"
         )
         done_pairs = {sweep.pair(t.params) for t in _finished(study)}
+        duplicates = 0
         while needed > 0:
             trial = study.ask(space)
             pair = sweep.pair(trial.params)
             if pair in done_pairs:  # TPE proposed a pair already run: never run it twice
                 trial.set_user_attr("duplicate_of_a_finished_trial", True)
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                duplicates += 1
+                if duplicates > MAX_DUPLICATES:
+                    raise HpsearchError(
+                        f"sweep {study.study_name}: the sampler keeps proposing pairs already "
+                        f"run ({duplicates} times); widen hpsearch.lr / weight_decay or lower "
+                        "hpsearch.trials"
+                    )
                 continue
             runner.run(study, trial)
             done_pairs.add(pair)
