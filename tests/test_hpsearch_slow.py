@@ -116,6 +116,27 @@ def test_sweep_then_grid_through_the_local_profile(tmp_path: Path) -> None:
     assert f"{best['study']}" in html and "The muP transfer check has not run" in html
 
 
+def test_default_run_sweeps_before_its_grid(default_run: Path) -> None:
+    """The embedded default (the session's shared run of `snakemake --profile
+    cluster_profiles/local`): its 4-trial sweep chose the pair every grid cell trained
+    with, the trials are MLflow runs of their own stage, the report shows the sweep."""
+    results = default_run / "results"
+    config = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+    best = yaml.safe_load((results / "hpsearch/mixed/1s/best.yaml").read_text())
+    assert len(best["trials"]) == config["hpsearch"]["trials"]
+    assert best["size"] == "debug" and best["tuned"] == ["lr", "weight_decay"]
+    cells = sorted((results / "pretrain/mixed/1s").glob("*/*/metrics.json"))
+    assert len(cells) == 12
+    for cell in cells:
+        metrics = json.loads(cell.read_text())
+        assert (metrics["lr"], metrics["weight_decay"]) == (best["lr"], best["weight_decay"])
+    trials = _children(results, "diver-default", "hpsearch")
+    assert sorted(int(r.data.tags["diver.hpsearch.trial"]) for r in trials) == [0, 1, 2, 3]
+    assert {r.data.tags["diver.hpsearch.state"] for r in trials} <= {"COMPLETE", "PRUNED"}
+    html = (results / "report" / "index.html").read_text()
+    assert "Sweep and muP transfer" in html and best["study"] in html
+
+
 # ---------------------------------------------------------------- the SLURM profile
 
 
