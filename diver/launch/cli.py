@@ -58,6 +58,12 @@ def cmd_launch(args: argparse.Namespace) -> int:
     backend = args.backend or study.launcher.backend
     # Only pretraining is distributed; other commands (finetune) run as one process.
     distributed = argv[0] == "pretrain"
+    if distributed and "--supersede" in argv:
+        # here, once, before any rank starts or a job is submitted (the ranks then find
+        # a folder of their own settings)
+        from diver.train.cli import settings_from_argv, supersede_cell
+
+        supersede_cell(settings_from_argv(argv[1:]))
     if backend == "local":
         ranks = (args.local_ranks or study.launcher.local_ranks) if distributed else 1
         return run_local(argv, ranks)

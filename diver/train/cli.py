@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--val-every", type=non_negative_int, help="validate every K steps (0: epoch ends only)"
     )
     p.add_argument("--keep-checkpoints", type=positive_int, help="complete checkpoints kept")
+    p.add_argument(
+        "--supersede",
+        action="store_true",
+        help="when --out holds a run of other settings, move it aside "
+        "(<out>.superseded-<time>) and start afresh, instead of refusing (the DAG passes it: "
+        "a cell whose settings changed reruns)",
+    )
 
 
 def _study(args: argparse.Namespace) -> StudyConfig:
@@ -124,7 +132,20 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     settings, tracking = pretrain_settings(args)
     logging.getLogger("diver.train").setLevel(logging.INFO)
+    # one process moves the folder: `diver launch` has done it before starting ranks
+    if args.supersede and os.environ.get("WORLD_SIZE", "1") == "1":
+        supersede_cell(settings)
     return pretrain(settings, tracking=tracking)
+
+
+def supersede_cell(settings: PretrainSettings) -> None:
+    """Move the cell's folder aside when it holds a run of other settings (see
+    :func:`diver.train.outputs.supersede`), saying so."""
+    from diver.train.outputs import supersede
+
+    moved = supersede(Path(settings.out), settings.identity())
+    if moved is not None:
+        print(f"pretrain {settings.cell}: settings changed; the old run moved to {moved}")
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:

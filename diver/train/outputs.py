@@ -15,6 +15,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -226,11 +227,12 @@ def completed(out: Path, identity: Mapping[str, Any]) -> bool:
     return True
 
 
-def check_identity(out: Path, identity: Mapping[str, Any]) -> None:
-    """Refuse a folder whose ``run_config.json`` records another identity."""
+def identity_changes(out: Path, identity: Mapping[str, Any]) -> list[str]:
+    """The identity keys whose value ``out``'s ``run_config.json`` records differently,
+    as ``key: old there, new now`` (empty when there is no record or it matches)."""
     path = out / "run_config.json"
     if not path.exists():
-        return
+        return []
     try:
         recorded = json.loads(path.read_text())["identity"]
     except (OSError, ValueError, KeyError) as exc:
@@ -239,9 +241,51 @@ def check_identity(out: Path, identity: Mapping[str, Any]) -> None:
         ) from exc
     current = json.loads(json.dumps(identity))
     diff = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
-    if diff:
-        details = "; ".join(f"{k}: {recorded.get(k)!r} there, {current.get(k)!r} now" for k in diff)
+    return [f"{k}: {recorded.get(k)!r} there, {current.get(k)!r} now" for k in diff]
+
+
+SUPERSEDED_SUFFIX = ".superseded-"
+# A submitted SLURM job's record (diver.launch.slurm.JOB_FILE): its folder is never moved
+LIVE_JOB_FILE = ".slurm_job.json"
+
+
+def supersede(out: Path, identity: Mapping[str, Any]) -> Path | None:
+    """Move a cell folder made with other settings aside, so the cell reruns afresh.
+
+    Why: when a cell's settings change (a sweep picks another learning rate, a typed
+    value is edited), Snakemake reruns the cell, and its folder still holds the old
+    run's checkpoints and logs, which :func:`check_identity` refuses to mix with the
+    new run.  The old folder is renamed to ``<out>.superseded-<UTC time>`` beside it
+    -- never deleted: it holds results this run did not write.  A folder whose SLURM
+    job record is still there is left alone (its job may still be running: cancel it,
+    or remove the record once it has ended).  Returns the new name, or None when
+    nothing was moved.
+    """
+    out = Path(out)
+    changes = identity_changes(out, identity)
+    if not changes:
+        return None
+    if (out / LIVE_JOB_FILE).exists():
         raise PretrainError(
-            f"{out} belongs to a run with other settings ({details}); use another --out "
-            "or delete the folder"
+            f"{out} belongs to a run with other settings ({'; '.join(changes)}) and holds a "
+            f"SLURM job record ({LIVE_JOB_FILE}): cancel that job if it still runs, then "
+            "remove the record to let the cell start afresh"
+        )
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    target = out.with_name(f"{out.name}{SUPERSEDED_SUFFIX}{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = out.with_name(f"{out.name}{SUPERSEDED_SUFFIX}{stamp}-{n}")
+    out.rename(target)
+    return target
+
+
+def check_identity(out: Path, identity: Mapping[str, Any]) -> None:
+    """Refuse a folder whose ``run_config.json`` records another identity."""
+    diff = identity_changes(out, identity)
+    if diff:
+        raise PretrainError(
+            f"{out} belongs to a run with other settings ({'; '.join(diff)}); use another "
+            "--out, delete the folder, or pass --supersede to move it aside"
         )

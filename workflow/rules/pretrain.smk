@@ -38,4 +38,5 @@ rule pretrain:
     shell:
         "diver launch --config {params.config:q} --out {params.out:q} --size {wildcards.size:q} "
         "--name {params.name:q} -- pretrain --config {params.config:q} --corpus {params.corpus:q} "
-        "{params.cell_flags} --out {params.out:q} --parent-run {input.parent:q} > {log:q} 2>&1"
+        "{params.cell_flags} --out {params.out:q} --parent-run {input.parent:q} --supersede "
+        "> {log:q} 2>&1"
