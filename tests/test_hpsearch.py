@@ -21,8 +21,6 @@ from mlflow import MlflowClient
 
 from diver.config import (
     ConfigError,
-    CorpusConfig,
-    DatasetConfig,
     SweepValue,
     config_from_dict,
     load_config,
@@ -31,7 +29,8 @@ from diver.config import (
 from diver.hpsearch.plan import Sweep, sweeps, trial_key
 from diver.hpsearch.sweep import grid_points, open_study, read_val_log
 from diver.study.settings import cell_settings
-from tests.conftest import REPO_ROOT, built_once, run_snakemake, shared_dir
+from tests.conftest import REPO_ROOT, run_snakemake
+from tests.test_pretrain import corpus  # noqa: F401  (fixture: the shared small corpus)
 
 BIN = Path(sys.executable).parent
 
@@ -47,34 +46,6 @@ def _env() -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
     return env
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The small synthetic corpus tests/test_pretrain.py builds (shared by name, built
-    once per session)."""
-    from diver.corpus.build import build_corpus
-    from diver.corpus.synth.corpus import write_synthetic_corpus
-
-    with built_once(tmp_path_factory, "pretrain-corpus") as root:
-        if root is not None:
-            write_synthetic_corpus(root / "synth", hours=0.3, seed=0)
-            datasets = [
-                DatasetConfig(
-                    name="synth_eeg",
-                    inputs=(str(root / "synth" / "eeg"),),
-                    modality="eeg",
-                    subject_pattern=r"sub-(\d+)_",
-                ),
-                DatasetConfig(
-                    name="synth_ieeg",
-                    inputs=(str(root / "synth" / "ieeg"),),
-                    modality="ieeg",
-                    highpass=0.5,
-                ),
-            ]
-            build_corpus(datasets, CorpusConfig(), root / "corpus", progress=False)
-    return shared_dir(tmp_path_factory, "pretrain-corpus") / "corpus"
 
 
 def _study(results: Path, **hpsearch: object) -> dict:
@@ -240,15 +211,15 @@ def test_grid_method_enqueues_the_log_spaced_pairs_once(tmp_path: Path) -> None:
 # ------------------------------------------------------------- a real, killed sweep
 
 
-def _trials(study_yaml: Path, corpus: Path) -> list:
+def _trials(study_yaml: Path, corpus_dir: Path) -> list:
     study = load_config(study_yaml)
-    return open_study(Sweep(study, "a", "1s"), corpus).get_trials()
+    return open_study(Sweep(study, "a", "1s"), corpus_dir).get_trials()
 
 
-def _sweep_cmd(study_yaml: Path, corpus: Path, parent: Path) -> list[str]:
+def _sweep_cmd(study_yaml: Path, corpus_dir: Path, parent: Path) -> list[str]:
     return [
         str(BIN / "diver"), "hpsearch", "run", "--config", str(study_yaml), "--corpus",
-        str(corpus), "--family", "a", "--patch", "1s", "--parent-run", str(parent),
+        str(corpus_dir), "--family", "a", "--patch", "1s", "--parent-run", str(parent),
         "--poll-seconds", "0.5",
     ]  # fmt: skip
 
@@ -263,7 +234,8 @@ def _wait_for(predicate, timeout: float, what: str) -> object:
 
 
 def test_killed_sweep_resumes_without_repeating_finished_trials(
-    corpus: Path, tmp_path: Path
+    corpus: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     """A real 2-trial TPE sweep of `diver pretrain` jobs is SIGKILLed (sweep and trial,
     as a lost node would) while its second trial trains; rerun, it keeps the finished

@@ -29,13 +29,12 @@ from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Run
-from mlflow.entities.view_type import ViewType
 
 from diver.errors import DiverError
 from diver.tracking import TAG_STAGE, TAG_STUDY
 from diver.tracking.names import FINETUNE_PARAMS, GRID_METRICS, GRID_PARAMS, STAGES
 from diver.tracking.note import runs_page
-from diver.tracking.retry import with_retry
+from diver.tracking.retry import search_all_runs, with_retry
 
 __all__ = [
     "FORMATS",
@@ -165,24 +164,6 @@ def where_filter(terms: Iterable[str]) -> list[str]:
     return clauses
 
 
-def _search(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = with_retry(
-            client.search_runs,
-            [experiment_id],
-            filter_string=filter_string,
-            run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=1000,
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
 def _varying(runs: Sequence[Run]) -> tuple[str, ...]:
     """Params whose value is not the same in every run (what tells the runs apart)."""
     names = sorted({k for r in runs for k in r.data.params})
@@ -233,7 +214,7 @@ def compare_runs(
     clauses = [f"tags.`{TAG_STUDY}` = {_quote(study)}", f"tags.`{TAG_STAGE}` = {_quote(stage)}"]
     clauses += where_filter(where)
     filter_string = " AND ".join(clauses)
-    runs = _search(client, found.experiment_id, filter_string)
+    runs = search_all_runs(client, found.experiment_id, filter_string)
 
     params = view.params or _varying(runs)
     names = (

@@ -26,7 +26,6 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import Run
-from mlflow.entities.view_type import ViewType
 from mlflow.exceptions import MlflowException
 
 from diver.tracking import TAG_GIT_COMMIT, TAG_ROLE, TAG_STUDY
@@ -37,7 +36,7 @@ from diver.tracking.names import (
     EXPERIMENT_NOTE_TAG,
 )
 from diver.tracking.provenance import git_commit
-from diver.tracking.retry import with_retry
+from diver.tracking.retry import search_all_runs, with_retry
 from diver.tracking.runs import log_params
 
 __all__ = ["ensure_parent_run"]
@@ -173,21 +172,7 @@ def _describe_experiment(
 def _find_parents(client: MlflowClient, experiment_id: str, study: str) -> list:
     """All active parent runs of ``study`` in the experiment, oldest first."""
     filter_string = f"tags.`{TAG_STUDY}` = {_quote(study)} AND tags.`{TAG_ROLE}` = 'parent'"
-    runs: list = []
-    page_token = None
-    while True:
-        page = with_retry(
-            client.search_runs,
-            [experiment_id],
-            filter_string=filter_string,
-            run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=1000,
-            page_token=page_token,
-        )
-        runs.extend(page)
-        page_token = page.token
-        if not page_token:
-            break
+    runs = search_all_runs(client, experiment_id, filter_string)
     # Oldest by start time; the run id breaks ties so every caller agrees on one run.
     return sorted(runs, key=lambda run: (run.info.start_time, run.info.run_id))
 

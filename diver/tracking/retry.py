@@ -16,11 +16,11 @@ import random
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from mlflow.exceptions import MlflowException
 
-__all__ = ["is_transient_error", "with_retry"]
+__all__ = ["is_transient_error", "search_all_runs", "with_retry"]
 
 _log = logging.getLogger(__name__)
 
@@ -154,3 +154,25 @@ def with_retry(
             )
             time.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def search_all_runs(client: Any, experiment_id: str, filter_string: str) -> list[Any]:
+    """Every active run of the experiment matching ``filter_string``: all result pages
+    (a grid has hundreds of runs, a page at most 1,000), each call retried."""
+    from mlflow.entities.view_type import ViewType
+
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = with_retry(
+            client.search_runs,
+            [experiment_id],
+            filter_string=filter_string,
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
