@@ -18,8 +18,6 @@ import pyarrow.dataset as pads
 from diver.config import DatasetConfig, config_from_dict
 from diver.corpus.shards import coords_of, signals_of
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "config" / "datasets"
-
 RHYTHM_HZ = 10.0
 NOISE_UV = 2.0
 
@@ -64,15 +62,13 @@ def read_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return qc, channels
 
 
-def preset_dataset(preset: str, name: str, inputs: Sequence[Path]) -> DatasetConfig | None:
+def preset_dataset(preset: str, name: str, inputs: Sequence[Path]) -> DatasetConfig:
     """Dataset ``name`` as the shipped preset ``config/datasets/<preset>.yaml`` makes it,
-    loaded through :mod:`diver.config` as a study config would; None without that file.
+    loaded through :mod:`diver.config` as a study config would.
 
-    The tests build their corpus from the preset when it exists, so the preset is what
-    is tested end to end; their own settings are the fallback and the reference.
+    The tests build their corpus from the preset, so the preset is what is tested end
+    to end; their own settings are the reference it is compared with.
     """
-    if not (PRESETS_DIR / f"{preset}.yaml").is_file():
-        return None
     entry = {"name": name, "preset": preset, "inputs": [str(p) for p in inputs]}
     (dataset,) = config_from_dict({"corpus": {"datasets": [entry]}}).corpus.datasets
     return dataset

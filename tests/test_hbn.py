@@ -172,7 +172,7 @@ def hbn(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     mff_path = write_mff(root / "release" / f"{MFF_RECORDING}.mff", mff_data)
     out = root / "out"
     inputs = (root / "bids", root / "release")
-    dataset = preset_dataset("hbn", "hbn", inputs) or hbn_dataset(tuple(map(str, inputs)))
+    dataset = preset_dataset("hbn", "hbn", inputs)
     build_corpus([dataset], CorpusConfig(), out, progress=False)
     return {"out": out, "set": set_path, "set_data": set_data, "mff": mff_path}
 
@@ -242,6 +242,4 @@ def test_windows_carry_the_written_signal_at_1_100_uv(hbn: dict) -> None:
 
 def test_the_shipped_preset_holds_these_settings(tmp_path: Path) -> None:
     preset = preset_dataset("hbn", "hbn", [tmp_path])
-    if preset is None:
-        pytest.skip("config/datasets/hbn.yaml does not exist")
     assert settings_of(preset) == settings_of(hbn_dataset((str(tmp_path),)))

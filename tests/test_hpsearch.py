@@ -30,20 +30,16 @@ from diver.hpsearch.plan import Sweep, sweeps, trial_key
 from diver.hpsearch.sweep import grid_points, open_study, read_val_log
 from diver.study.settings import cell_settings
 from tests.conftest import REPO_ROOT, run_snakemake
+from tests.test_pretrain import _env as pretrain_env
 from tests.test_pretrain import corpus  # noqa: F401  (fixture: the shared small corpus)
 
 BIN = Path(sys.executable).parent
 
 
 def _env() -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    }
-    env["TORCH_EXTENSIONS_DIR"] = str(REPO_ROOT / ".cache" / "torch_extensions")
-    env["OMP_NUM_THREADS"] = "1"
-    env["PYTHONUNBUFFERED"] = "1"
+    """test_pretrain's clean single-process environment, with this interpreter's
+    commands (`diver`, `snakemake`) first on PATH."""
+    env = pretrain_env()
     env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
     return env
 
