@@ -27,13 +27,9 @@ import torch
 
 from diver.config import (
     BatchConfig,
-    CorpusConfig,
-    DatasetConfig,
     PretrainConfig,
     ValidationConfig,
 )
-from diver.corpus.build import build_corpus
-from diver.corpus.synth.corpus import write_synthetic_corpus
 from diver.data import make_splits, micro_batches_per_epoch
 from diver.exitcodes import EXIT_PREEMPTED
 from diver.model import DiverPretrainModel, ModelConfig, model_config
@@ -43,7 +39,7 @@ from diver.model.mup_setup import attach_base_shapes, build_model, count_paramet
 from diver.train.engine import batch_geometry, enable_activation_checkpointing
 from diver.train.schedule import CosineFactor, cosine_schedule
 from diver.train.validation import evaluate
-from tests.conftest import REPO_ROOT, built_once, shared_dir
+from tests.conftest import REPO_ROOT, build_synthetic_corpus, built_once, processes, shared_dir
 
 EPOCHS = 2
 GLOBAL_BATCH = 8
@@ -59,22 +55,7 @@ LOSS_COLUMNS = ("step", "epoch", "loss", "loss_time", "loss_fft", "loss_stft", "
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with built_once(tmp_path_factory, "pretrain-corpus") as root:
         if root is not None:
-            write_synthetic_corpus(root / "synth", hours=0.3, seed=0)
-            datasets = [
-                DatasetConfig(
-                    name="synth_eeg",
-                    inputs=(str(root / "synth" / "eeg"),),
-                    modality="eeg",
-                    subject_pattern=r"sub-(\d+)_",
-                ),
-                DatasetConfig(
-                    name="synth_ieeg",
-                    inputs=(str(root / "synth" / "ieeg"),),
-                    modality="ieeg",
-                    highpass=0.5,
-                ),
-            ]
-            build_corpus(datasets, CorpusConfig(), root / "corpus", progress=False)
+            build_synthetic_corpus(root, hours=0.3)
     return shared_dir(tmp_path_factory, "pretrain-corpus") / "corpus"
 
 
@@ -637,24 +618,11 @@ def test_bad_batch_geometry_names_the_numbers(corpus: Path, tmp_path: Path) -> N
 # -------------------------------------------------------------------- slow runs
 
 
-def _processes() -> list[tuple[int, str, int, int]]:
-    """(pid, state, parent pid, process group) of every process, from /proc."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2 :].split()
-        found.append((int(stat.parent.name), fields[0], int(fields[1]), int(fields[2])))
-    return found
-
-
 def _alive(pids: set[int], pgid: int) -> list[int]:
     """Live (non-zombie) processes among ``pids`` or in process group ``pgid``."""
     return [
         pid
-        for pid, state, _, group in _processes()
+        for pid, state, _, group in processes()
         if (pid in pids or group == pgid) and state != "Z"
     ]
 
@@ -687,7 +655,7 @@ def test_two_ranks_resume_exactly_after_killing_the_process_group(
     marker = out / "checkpoints" / "step-3" / "diver_checkpoint.json"
     _wait_for(marker.exists, proc, log, "the step-3 checkpoint")
     # torchrun starts each rank in a session of its own: they are not in the group.
-    ranks = {pid for pid, _, parent, _ in _processes() if parent == proc.pid}
+    ranks = {pid for pid, _, parent, _ in processes() if parent == proc.pid}
     assert len(ranks) == 2
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
@@ -741,6 +709,32 @@ def test_every_zero_stage_trains_and_resumes_exactly(
     model = DiverPretrainModel(ModelConfig(**payload["model_config"]))
     model.load_state_dict(payload["state_dict"])
     assert sum(p.numel() for p in model.parameters()) == metrics["n_params"]
+
+
+# Runs the command in-process, then names the threads still running in that process.
+_THREADS_AFTER = """
+import json, os, sys
+from diver.cli import main
+code = main(sys.argv[1:])
+tasks = os.listdir("/proc/self/task")
+print(json.dumps([open(f"/proc/self/task/{t}/comm").read().strip() for t in tasks]))
+sys.exit(code)
+"""
+
+
+def test_no_process_group_outlives_a_zero3_command(corpus: Path, tmp_path: Path) -> None:
+    """A gloo group still alive at interpreter shutdown keeps its worker threads, which
+    may then touch Python objects mid-finalisation and abort a job that had succeeded
+    ("terminate called without an active exception": seen in CI on a 2-rank ZeRO-3
+    SLURM job).  ZeRO-3's engine (pinned by DeepSpeed's module stack and a class-level
+    lru_cache), DeepSpeed's own world group and torch.distributed.nn's default
+    arguments all held groups; once the command returns, no gloo thread may be left."""
+    cmd = _command(corpus, tmp_path / "run", "--zero-stage", "3")
+    cmd[cmd.index("--epochs") + 1] = "1"
+    proc = _ok(_run([sys.executable, "-c", _THREADS_AFTER, *cmd[3:]]))
+    threads = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert _metrics(tmp_path / "run")["zero_stage"] == 3
+    assert not [name for name in threads if "gloo" in name], threads
 
 
 @pytest.mark.slow

@@ -133,7 +133,6 @@ def test_a_two_node_cell_matches_one_node_with_the_same_ranks(
     assert across["val_loss"] == pytest.approx(within["val_loss"], rel=1e-5)
 
 
-
 def test_zero3_across_two_nodes_matches_one_node(finished_study: Path, tmp_path: Path) -> None:
     """ZeRO-3 partitions the parameters themselves across the ranks: on two nodes the
     gathers cross the bridge, and the val_loss still equals one node's with 2 ranks."""
@@ -146,6 +145,7 @@ def test_zero3_across_two_nodes_matches_one_node(finished_study: Path, tmp_path:
         runs[name] = json.loads((out / "metrics.json").read_text())
     assert runs["two_nodes"]["world_size"] == runs["one_node"]["world_size"] == 2
     assert runs["two_nodes"]["val_loss"] == pytest.approx(runs["one_node"]["val_loss"], rel=1e-5)
+
 
 def test_a_requeued_two_node_job_resumes_to_the_uninterrupted_val_loss(
     two_node_cell: Path, finished_study: Path, tmp_path: Path

@@ -27,6 +27,7 @@ Why each piece is here:
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import sys
@@ -36,6 +37,12 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+# torch.distributed.nn's functions take ``group=group.WORLD`` as a default argument:
+# imported after initialisation (DeepSpeed does so lazily), they would hold the world
+# group for good, and its gloo threads would run on into interpreter shutdown (see
+# ``teardown_distributed``).  Imported before any group exists, the default is None.
+import torch.distributed.nn
 
 from diver.parent_death import die_with_parent
 
@@ -151,9 +158,23 @@ def setup_distributed(timeout_s: float = 60.0, backend: str | None = None) -> Di
 
 
 def teardown_distributed() -> None:
-    """Destroy the default process group (end of a command; not between pytest tests)."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """Destroy every process group and the last references to them (end of a command;
+    not between pytest tests).
+
+    A group outlives ``destroy_process_group`` while Python still holds it, and so do
+    its gloo worker threads.  Left running into interpreter shutdown, they may touch
+    Python objects mid-finalisation, which now and then aborted a job that had
+    succeeded (``terminate called without an active exception``).  The engine is
+    released by now (``TrainEngine.release``), and destroying through DeepSpeed also
+    drops DeepSpeed's module-level references to its groups; one collection then frees
+    the engine's leftover cycles, and the groups with them.
+    """
+    if not dist.is_initialized():
+        return
+    import deepspeed.comm
+
+    deepspeed.comm.destroy_process_group()
+    gc.collect()
 
 
 def all_reduce_sum(values: list[float], device: torch.device | None = None) -> list[float]:

@@ -160,6 +160,28 @@ class TrainEngine:
     n_params: int  # counted before ZeRO-3 partitions the parameters
     ds_config: dict[str, Any]
 
+    def release(self) -> None:
+        """Let go of the engine so that it, and the process groups it holds, can be freed
+        before the process groups are destroyed (see ``teardown_distributed``).
+
+        ``destroy`` removes DeepSpeed's hooks, whose closures hold the engine; ZeRO-3
+        also parks the model in a module-level stack for good, and the model's
+        parameters carry DeepSpeed's world group, so it is taken off that stack.
+        """
+        self.engine.destroy()
+        from deepspeed.runtime.zero import parameter_offload, partitioned_param_coordinator
+
+        stack = parameter_offload.FWD_MODULE_STACK
+        stack[:] = [module for module in stack if module is not self.engine.module]
+        # ZeRO-3's coordinator memoises a method in a class-level lru_cache keyed by the
+        # coordinator and the model's submodules: it keeps the whole engine alive.
+        coordinator = partitioned_param_coordinator.PartitionedParameterCoordinator
+        for attribute in vars(coordinator).values():
+            for cell in getattr(attribute, "__closure__", None) or ():
+                cache_clear = getattr(cell.cell_contents, "cache_clear", None)
+                if cache_clear is not None:
+                    cache_clear()
+
 
 def build_engine(
     settings: PretrainSettings,

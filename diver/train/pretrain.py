@@ -39,7 +39,7 @@ from diver.tracking import TrackingTarget, stage_run
 from diver.tracking.names import EPOCH_METRIC, GRID_METRICS, SUBJECTS_ALL
 from diver.train import checkpoint as ckpt
 from diver.train.distributed import DistEnv, barrier, setup_distributed, teardown_distributed
-from diver.train.engine import batch_geometry, build_engine, resolve_precision
+from diver.train.engine import TrainEngine, batch_geometry, build_engine, resolve_precision
 from diver.train.loop import TrainingLoop, TrainState, resume_state
 from diver.train.outputs import (
     TRAIN_COLUMNS,
@@ -83,8 +83,8 @@ def _run(
     tracking: TrackingTarget | None,
     resume: ckpt.CheckpointInfo | None,
 ) -> int:
-    """Set up, resume if asked, train, write the outputs; the exit status."""
-    s, out = settings, Path(settings.out)
+    """Set up the engine and train with it; the exit status."""
+    s = settings
     bf16 = resolve_precision(s.config.runtime)
     micro, accumulation = batch_geometry(s.config.batch, env.world_size)
     model_config = s.model_config()
@@ -98,6 +98,23 @@ def _run(
         world_size=env.world_size,
         bf16=bf16,
     )
+    try:
+        return _train(s, env, tracking, resume, plan, model_config, engine)
+    finally:
+        engine.release()
+
+
+def _train(
+    s: PretrainSettings,
+    env: DistEnv,
+    tracking: TrackingTarget | None,
+    resume: ckpt.CheckpointInfo | None,
+    plan: RunPlan,
+    model_config: ModelConfig,
+    engine: TrainEngine,
+) -> int:
+    """Resume if asked, train, write the outputs; the exit status."""
+    out = Path(s.out)
     state, resumed_from = TrainState(), None
     if resume is not None:
         state = resume_state(
