@@ -13,6 +13,7 @@ from pathlib import Path
 from diver.config import StudyConfig
 from diver.study.layout import StudyLayout
 from diver.tracking.note import GRID_FILTER, runs_page
+from diver.tracking.ui_app import APP_NAME
 
 UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 
@@ -43,7 +44,11 @@ def study_locations(study: StudyConfig) -> dict[str, str]:
     browse = ""
     if uri.startswith("sqlite:"):
         # a file store: the UI has to be started on it; a server's URI is opened as is
-        browse = f"mlflow ui --backend-store-uri {shlex.quote(uri)} --host 127.0.0.1"
+        # diver's app: MLflow's UI opening experiments on their training runs
+        browse = (
+            f"mlflow ui --app-name {APP_NAME} --backend-store-uri {shlex.quote(uri)} "
+            "--host 127.0.0.1"
+        )
     return {
         "study": study.study,
         "results": str(layout.root.resolve()),

@@ -35,6 +35,31 @@ def missing_data(message: str) -> None:
     pytest.skip(message)
 
 
+def processes() -> list[tuple[int, str, int, int]]:
+    """(pid, state, parent pid, process group) of every process, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        found.append((int(stat.parent.name), fields[0], int(fields[1]), int(fields[2])))
+    return found
+
+
+def chromium(check: str) -> str:
+    """Debian's headless-capable ``chromium`` for the browser check ``check`` (missing:
+    skipped on a user's clone, failed under CI)."""
+    path = shutil.which("chromium")
+    if path is None:
+        missing_data(
+            "chromium not found: install Debian's package (apt-get install -y chromium, "
+            f"or make system-deps) for {check}"
+        )
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The folder of real sample recordings (see its SOURCES.md)."""
@@ -194,7 +219,34 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             bridge = subprocess.run(["ip", "link", "show", localnodes.BRIDGE], capture_output=True)
             if bridge.returncode == 0:
                 left.append(localnodes.BRIDGE)
-            if localnodes.HOSTS_MARKER in Path("/etc/hosts").read_text():
+            hosts = Path("/etc/hosts").read_text().splitlines()
+            if any(localnodes.hosts_line(n) in hosts for n in nodes):
                 left.append("/etc/hosts lines")
             left += [str(p) for p in Path("/etc/slurm").glob("*.conf") if p.is_symlink()]
             assert not left, f"diver localslurm stop left {left} behind"
+
+
+def build_synthetic_corpus(root: Path, hours: float, seed: int = 0) -> Path:
+    """``diver synth``'s scalp-EEG + iEEG recordings under ``root/synth``, built into a
+    corpus at ``root/corpus`` (returned) as the default config's two datasets are."""
+    from diver.config import CorpusConfig, DatasetConfig
+    from diver.corpus.build import build_corpus
+    from diver.corpus.synth.corpus import write_synthetic_corpus
+
+    write_synthetic_corpus(root / "synth", hours=hours, seed=seed)
+    datasets = [
+        DatasetConfig(
+            name="synth_eeg",
+            inputs=(str(root / "synth" / "eeg"),),
+            modality="eeg",
+            subject_pattern=r"sub-(\d+)_",
+        ),
+        DatasetConfig(
+            name="synth_ieeg",
+            inputs=(str(root / "synth" / "ieeg"),),
+            modality="ieeg",
+            highpass=0.5,
+        ),
+    ]
+    build_corpus(datasets, CorpusConfig(), root / "corpus", progress=False)
+    return root / "corpus"

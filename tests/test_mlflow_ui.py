@@ -5,16 +5,19 @@ the ``mlflow ui`` command ``diver where`` prints (bound to 127.0.0.1, on a free 
 and drives Debian's ``chromium`` over the DevTools protocol (aiohttp's websocket
 client; MLflow itself depends on aiohttp) with a fresh profile, as a first-time user:
 
-- the study's experiment opens with its description (the note ``diver track init``
-  writes), whose link leads to the training-runs table;
-- there, the study's parent run is listed; expanded, it shows the grid's twelve runs
-  (the grid stays nested under the parent: later stages rely on it);
+- from the UI's front page, the study's experiment (as the experiments list links it)
+  opens on the training-runs table, where the study's parent run is listed; expanded,
+  it shows the grid's twelve runs (the grid stays nested under the parent: later
+  stages rely on it);
+- the experiment's description (the note ``diver track init`` writes) is shown, and
+  its link opens the same table;
 - MLflow's compare view of those runs shows the cell's axes against ``val_loss``.
 
-Verified on MLflow 3.17.2: its UI picks an experiment's view from its own *GenAI /
-Model training* switch (default GenAI, remembered per browser), not from the
-``mlflow.experimentKind`` tag, so the first page may be the GenAI overview; the
-description's link (``workflowType=machine_learning``) opens the training runs.
+Why the first step holds: MLflow 3.17's UI picks an experiment's view from its own
+*GenAI / Model training* switch (default GenAI, remembered per browser), not from the
+``mlflow.experimentKind`` tag; the command ``diver where`` prints runs MLflow's UI as
+``--app-name diver`` (diver.tracking.ui_app), whose page starts a browser that never
+chose on *Model training*.
 
 A second test reads the same store with ``diver compare`` and checks every grid run's
 params and metrics against the cell's own ``metrics.json``.
@@ -27,15 +30,14 @@ machine and fails under CI (``CI=true``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -56,7 +58,8 @@ from diver.tracking.names import (
     GRID_METRICS,
     GRID_PARAMS,
 )
-from tests.conftest import REPO_ROOT
+from diver.tracking.ui_app import TRAINING_WORKFLOW, WORKFLOW_KEY
+from tests.conftest import REPO_ROOT, chromium, processes
 
 pytestmark = pytest.mark.slow
 
@@ -94,6 +97,7 @@ def mlflow_ui(default_run: Path) -> Iterator[str]:
     """``diver where``'s ``mlflow ui`` command on the run's store, on a free port; its URL."""
     argv = shlex.split(_where(default_run)["browse"])
     assert argv[:2] == ["mlflow", "ui"] and "127.0.0.1" in argv, argv
+    assert argv[argv.index("--app-name") + 1] == "diver", argv
     port = _free_port()
     argv[0] = str(Path(sys.executable).parent / "mlflow")
     log = (default_run / f"mlflow-ui-{port}.log").open("w")
@@ -151,19 +155,6 @@ def _cells() -> list[str]:
 # ------------------------------------------------------------------ the browser
 
 
-def _chromium() -> str:
-    path = shutil.which("chromium")
-    if path is None:
-        message = (
-            "chromium not found: install Debian's package (apt-get install -y chromium, "
-            "or make system-deps) for the MLflow UI check"
-        )
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
 class Page:
     """One tab of headless Chromium, driven over the DevTools protocol."""
 
@@ -207,9 +198,10 @@ class Page:
 async def _with_page(scenario: Any, profile: Path) -> Any:
     import aiohttp
 
+    profile.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [
-            _chromium(),
+            chromium("the MLflow UI check"),
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
@@ -223,6 +215,7 @@ async def _with_page(scenario: Any, profile: Path) -> Any:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "HOME": str(profile)},  # chromium writes its profile under HOME
+        start_new_session=True,  # its renderers and helpers: one process group to stop
     )
     try:
         port_file = profile / "DevToolsActivePort"  # the port chromium picked
@@ -240,12 +233,27 @@ async def _with_page(scenario: Any, profile: Path) -> Any:
         ):
             return await scenario(Page(ws))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Stop chromium and every process it started (renderers, network and storage
+    helpers, which write into the profile), and wait until they are gone: a browser
+    that has to be killed leaves its helpers running."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # the helpers the browser left behind
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(
+        group == proc.pid and state != "Z" for _, state, _, group in processes()
+    ):
+        time.sleep(0.05)
 
 
 _ROW_NAMES = """[...document.querySelectorAll('.ag-row')]
@@ -255,8 +263,11 @@ _ROW_NAMES = """[...document.querySelectorAll('.ag-row')]
 # ------------------------------------------------------------------ tests
 
 
-def test_mlflow_ui_opens_the_grid_runs_and_compares_them(default_run: Path, mlflow_ui: str) -> None:
+def test_mlflow_ui_opens_the_grid_runs_and_compares_them(
+    default_run: Path, mlflow_ui: str, tmp_path: Path
+) -> None:
     client, experiment_id, tags = _study(default_run)
+    name = _where(default_run)["experiment"]
     assert tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND_TRAINING
     assert "tags.diver.stage = 'pretrain'" in tags[EXPERIMENT_NOTE_TAG]
     cells = _cells()
@@ -267,8 +278,22 @@ def test_mlflow_ui_opens_the_grid_runs_and_compares_them(default_run: Path, mlfl
     assert sorted(grid) == sorted(cells)
 
     async def scenario(page: Page) -> dict:
-        # 1. the experiment, as the experiments list links it: its description is shown
-        await page.goto(f"{mlflow_ui}/#/experiments/{experiment_id}")
+        # 1. a first-time user: the front page, then the study's experiment as the
+        # experiments list links it: the training-runs table, the study's parent run
+        await page.goto(f"{mlflow_ui}/")
+        listed = await page.wait_for(
+            "[...document.querySelectorAll('a')]"
+            f".filter(a => a.innerText.trim() === {json.dumps(name)}).map(a => a.href)[0]",
+            "the study's experiment in the experiments list",
+        )
+        await page.goto(listed)
+        await page.wait_for(
+            f"({_ROW_NAMES}).includes('diver-default')", "the parent run in the runs table"
+        )
+        location = await page.js("location.href")
+        switch = await page.js(f"localStorage.getItem({json.dumps(WORKFLOW_KEY)})")
+        collapsed = await page.js(_ROW_NAMES)
+        # 2. the description is shown; its link opens the same table
         await page.wait_for(
             "document.body.innerText.includes('DIVER-1 study diver-default')", "the description"
         )
@@ -277,13 +302,10 @@ def test_mlflow_ui_opens_the_grid_runs_and_compares_them(default_run: Path, mlfl
             '.filter(a => a.innerText.includes("grid\'s training runs")).map(a => a.href)[0]',
             "the description's link to the training runs",
         )
-        # 2. its link (it opens a tab): the training-runs table, the study's parent run
         await page.goto(href)
         await page.wait_for(
-            f"({_ROW_NAMES}).includes('diver-default')", "the parent run in the runs table"
+            f"({_ROW_NAMES}).includes('diver-default')", "the parent run behind the link"
         )
-        location = await page.js("location.href")
-        collapsed = await page.js(_ROW_NAMES)
         # 3. the parent row expanded: the grid's runs, and only those (the link filters)
         await page.js(
             "[...document.querySelectorAll('.ag-row')]"
@@ -305,14 +327,17 @@ def test_mlflow_ui_opens_the_grid_runs_and_compares_them(default_run: Path, mlfl
             " && document.body.innerText",
             "the compare view",
         )
-        return {"location": location, "collapsed": collapsed, "expanded": expanded,
-                "compare": compare}  # fmt: skip
+        return {"listed": listed, "location": location, "switch": switch,
+                "collapsed": collapsed, "expanded": expanded, "compare": compare}  # fmt: skip
 
-    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
-        seen = asyncio.run(_with_page(scenario, Path(profile)))
+    # a fresh profile, left for pytest to remove with the rest of the session's files
+    seen = asyncio.run(_with_page(scenario, tmp_path / "chromium-profile"))
 
+    # The list's own link names no view; the training runs opened because diver's app
+    # set the browser's switch (MLflow then writes the view into the address).
+    assert seen["listed"].endswith(f"/#/experiments/{experiment_id}"), seen["listed"]
+    assert seen["switch"] == json.dumps(TRAINING_WORKFLOW)
     assert f"/#/experiments/{experiment_id}/runs?" in seen["location"]
-    assert "workflowType=machine_learning" in seen["location"]
     assert not any(name.startswith("pretrain:") for name in seen["collapsed"])  # nested
     names = [n for n in seen["expanded"] if ":" in n or n in ("corpus", "report")]
     assert sorted(n for n in names if n.startswith("pretrain:")) == sorted(cells)

@@ -15,7 +15,6 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -25,12 +24,10 @@ import pytest
 from matplotlib.image import imread
 
 from diver.cli import main as diver_main
-from diver.config import CorpusConfig, DatasetConfig
-from diver.corpus.build import build_corpus
-from diver.corpus.synth.corpus import write_synthetic_corpus
 from diver.report.finetune import estimate, read_finetune
 from diver.scaling import cli as scaling_cli
 from diver.scaling.study import FIGURES, fit_study
+from tests.conftest import build_synthetic_corpus, chromium
 from tests.grid_files import write_grid
 
 SIZES = ["debug", "debug-2x", "debug-4x"]
@@ -76,22 +73,7 @@ FINETUNE = {
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("report")
-    write_synthetic_corpus(root / "synth", hours=0.1, seed=0)
-    datasets = [
-        DatasetConfig(
-            name="synth_eeg",
-            inputs=(str(root / "synth" / "eeg"),),
-            modality="eeg",
-            subject_pattern=r"sub-(\d+)_",
-        ),
-        DatasetConfig(
-            name="synth_ieeg",
-            inputs=(str(root / "synth" / "ieeg"),),
-            modality="ieeg",
-            highpass=0.5,
-        ),
-    ]
-    build_corpus(datasets, CorpusConfig(), root / "corpus", progress=False)
+    build_synthetic_corpus(root, hours=0.1)
 
     paths = write_grid(root / "pretrain", SIZES, [0.5, 1.0], [1, 2])
     runs = root / "scaling" / "runs.csv"
@@ -161,23 +143,10 @@ def _grey(source: Path | io.BytesIO) -> np.ndarray:
     return pixels[..., :3].mean(axis=-1) if pixels.ndim == 3 else pixels
 
 
-def _chromium() -> str:
-    path = shutil.which("chromium")
-    if path is None:
-        message = (
-            "chromium not found: install Debian's package (apt-get install -y chromium) "
-            "for the report's browser check"
-        )
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
 def _headless(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [
-            _chromium(),
+            chromium("the report's browser check"),
             "--headless",
             "--no-sandbox",
             "--disable-gpu",

@@ -34,7 +34,7 @@ from diver import tracking
 from diver.tracking import TrackingTarget, provenance, stage_run
 from diver.tracking.parent import ensure_parent_run
 from diver.tracking.provenance import file_sha256, slurm_job_id
-from diver.tracking.retry import is_transient_error, with_retry
+from diver.tracking.retry import is_transient_error, is_unique_violation, with_retry
 from diver.tracking.runid import RunIdFileError, read_run_id, write_run_id
 from diver.tracking.runs import child_run
 
@@ -692,6 +692,59 @@ def test_with_retry_does_not_retry_permanent_errors(tmp_path: Path, study: str) 
     with pytest.raises(ValueError):
         with_retry(counted, base_delay=0.5)
     assert counted.calls == 1
+
+
+def test_upsert_retries_a_unique_key_collision_and_nothing_else_does(tmp_path: Path) -> None:
+    """Two jobs setting the same new tag at once: MLflow's read-then-insert lets both
+    insert, and the second hits the unique key.  With ``upsert=True`` the loser retries
+    and its read now finds the row (an update); an insert that must be unique is not
+    retried."""
+    db = tmp_path / "tags.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE tags (key TEXT PRIMARY KEY, value TEXT)")
+    conn.close()
+    read_done, first_written = threading.Event(), threading.Event()
+
+    def set_tag(value: str, before_write: Callable[[], None] = lambda: None) -> None:
+        with sqlite3.connect(db) as conn:
+            exists = conn.execute("SELECT 1 FROM tags WHERE key = 'k'").fetchone()
+            before_write()
+            if exists:
+                conn.execute("UPDATE tags SET value = ? WHERE key = 'k'", (value,))
+            else:
+                conn.execute("INSERT INTO tags VALUES ('k', ?)", (value,))
+        conn.close()
+
+    # the first job inserts once the second has read "no row yet"
+    thread = threading.Thread(target=lambda: set_tag("a", lambda: read_done.wait(10)))
+    thread.start()
+
+    def second_writer_read() -> None:
+        read_done.set()
+        thread.join(10)
+        first_written.set()
+
+    plain = _Counted(lambda: set_tag("b", second_writer_read))
+    with pytest.raises(sqlite3.IntegrityError) as info:
+        with_retry(plain, base_delay=0.01)
+    assert first_written.is_set()
+    assert plain.calls == 1  # not an upsert: a permanent error
+    assert is_unique_violation(info.value) and not is_transient_error(info.value)
+
+    calls: list[int] = []
+
+    def upsert_after_race() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise info.value  # the collision just seen, raised again
+        set_tag("b")
+
+    with_retry(upsert_after_race, base_delay=0.01, upsert=True)
+    assert len(calls) == 2
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT value FROM tags").fetchall() == [("b",)]
+    conn.close()
+    assert not is_unique_violation(ValueError("UNIQUE constraint failed"))  # wrong kind
 
 
 def test_with_retry_retries_an_unreachable_server(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -247,7 +247,10 @@ def test_an_exposed_server_wants_the_generated_credentials_from_the_network(
 def test_simultaneous_first_calls_against_a_server_leave_one_parent(tmp_path: Path) -> None:
     """Issue 13 item 10: a server has no file lock to serialise look-up-or-create, and
     four simultaneous first calls used to leave three parent runs.  Every caller must
-    get the same run and exactly one active parent must remain (losers delete theirs)."""
+    get the same run and exactly one active parent must remain (losers delete theirs).
+    Each round is a new experiment, so the callers also race to set its first tags
+    (kind, description), which MLflow's server does by read-then-insert: the losers
+    used to fail on the unique key."""
     callers = 6
     with running_server(tmp_path / "store") as uri:
         for attempt in range(3):  # a few rounds: one race may happen to serialise
@@ -256,13 +259,13 @@ def test_simultaneous_first_calls_against_a_server_leave_one_parent(tmp_path: Pa
 
             def first_call(_: int, study: str = study, start: threading.Barrier = start) -> str:
                 start.wait()
-                return ensure_parent_run(uri, "race", study)
+                return ensure_parent_run(uri, study, study, description="a study")
 
             with ThreadPoolExecutor(callers) as pool:
                 got = list(pool.map(first_call, range(callers)))
             assert len(got) == callers
             client = MlflowClient(uri)
-            experiment = client.get_experiment_by_name("race").experiment_id
+            experiment = client.get_experiment_by_name(study).experiment_id
             parents = client.search_runs(
                 [experiment], f"tags.`diver.study` = '{study}'", ViewType.ACTIVE_ONLY
             )

@@ -28,7 +28,8 @@ def test_where_names_the_results_and_a_quoted_mlflow_command(
     assert where["mlflow"] == f"sqlite:///{results}/mlflow.db"
     # the command is one shell word per argument, and binds the UI to loopback
     assert shlex.split(where["browse"]) == [
-        "mlflow", "ui", "--backend-store-uri", where["mlflow"], "--host", "127.0.0.1"
+        "mlflow", "ui", "--app-name", "diver", "--backend-store-uri", where["mlflow"],
+        "--host", "127.0.0.1",
     ]  # fmt: skip
     assert main(["where", "--config", str(config)]) == 0
     assert f"report      {results / 'report' / 'index.html'}" in capsys.readouterr().out

@@ -97,7 +97,10 @@ def test_default_dag_corpus_part_runs_for_real_and_is_idempotent(tmp_path: Path)
     assert child.info.status == "FINISHED"
     # the run ends saying where its results are and how to browse them
     assert f"report      {results.resolve() / 'report' / 'index.html'}" in proc.stdout
-    assert f"mlflow ui --backend-store-uri sqlite:///{results.resolve()}/mlflow.db" in proc.stdout
+    assert (
+        f"mlflow ui --app-name diver --backend-store-uri sqlite:///{results.resolve()}/mlflow.db"
+        in proc.stdout
+    )
 
     again = _snakemake(tmp_path, *CORPUS_TARGETS, "--profile", "cluster_profiles/local")
     assert again.returncode == 0

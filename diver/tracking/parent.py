@@ -153,20 +153,23 @@ def _describe_experiment(
     diver wrote (its hash in ``diver.note_sha256``): a note edited in the UI stays.
     Only changed tags are written, so a repeated call writes nothing.
     """
+
+    def set_tag(key: str, value: str) -> None:
+        # jobs starting together set the same new tags: upsert retries their collision
+        with_retry(client.set_experiment_tag, experiment_id, key, value, upsert=True)
+
     note = description(experiment_id) if callable(description) else description
     tags = with_retry(client.get_experiment, experiment_id).tags
     if tags.get(EXPERIMENT_KIND_TAG, "") in _GUESSED_KINDS:
-        with_retry(
-            client.set_experiment_tag, experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND_TRAINING
-        )
+        set_tag(EXPERIMENT_KIND_TAG, EXPERIMENT_KIND_TRAINING)
     if note is None or tags.get(EXPERIMENT_NOTE_TAG) == note:
         return
     current = tags.get(EXPERIMENT_NOTE_TAG)
     if current is not None and tags.get(EXPERIMENT_NOTE_SHA_TAG) != _sha256(current):
         _log.info("experiment %s has a description edited by hand; keeping it", experiment_id)
         return
-    with_retry(client.set_experiment_tag, experiment_id, EXPERIMENT_NOTE_TAG, note)
-    with_retry(client.set_experiment_tag, experiment_id, EXPERIMENT_NOTE_SHA_TAG, _sha256(note))
+    set_tag(EXPERIMENT_NOTE_TAG, note)
+    set_tag(EXPERIMENT_NOTE_SHA_TAG, _sha256(note))
 
 
 def _find_parents(client: MlflowClient, experiment_id: str, study: str) -> list:

@@ -6,7 +6,9 @@ MLflow sets a 20 s busy timeout, but SQLite still answers ``database is locked``
 once when waiting could deadlock (a reader upgrading to a writer), and on loaded
 network file systems.  A tracking server can drop connections.  So every call to the
 store goes through :func:`with_retry` (exponential backoff with jitter), and only
-errors for which :func:`is_transient_error` holds are retried.
+errors for which :func:`is_transient_error` holds are retried, plus, for a call marked
+as setting a tag (``upsert=True``), a simultaneous first write of the same key
+(:func:`is_unique_violation`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, TypeVar
 
 from mlflow.exceptions import MlflowException
 
-__all__ = ["is_transient_error", "search_all_runs", "with_retry"]
+__all__ = ["is_transient_error", "is_unique_violation", "search_all_runs", "with_retry"]
 
 _log = logging.getLogger(__name__)
 
@@ -49,6 +51,16 @@ _HTTP_TRANSIENT_MESSAGES = (
     "service unavailable",
     "gateway timeout",
 )
+# A concurrent insert of the same key, as each database words it (SQLite, PostgreSQL,
+# MySQL, SQL Server).  MLflow's stores set a tag by read-then-insert, so two
+# simultaneous first writes of one key collide; the loser's retry finds the row and
+# updates it.
+_UNIQUE_MESSAGES = (
+    "unique constraint failed",
+    "duplicate key value violates unique constraint",
+    "duplicate entry",
+    "cannot insert duplicate key",
+)
 
 
 def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
@@ -66,13 +78,15 @@ def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
-def _is_db_error(exc: BaseException) -> bool:
-    """Whether ``exc`` comes from the database layer (so its message can be trusted)."""
+def _is_db_error(exc: BaseException, sqlalchemy_error: str = "OperationalError") -> bool:
+    """Whether ``exc`` comes from the database layer (so its message can be trusted):
+    ``sqlite3``, MLflow (wrapping it, in-process or from a server), or sqlalchemy's
+    ``sqlalchemy_error`` class."""
     if isinstance(exc, MlflowException | sqlite3.Error):
         return True
     # sqlalchemy is not imported here (stdlib + mlflow only); match it by module.
     return any(
-        cls.__module__.startswith("sqlalchemy") and cls.__name__ == "OperationalError"
+        cls.__module__.startswith("sqlalchemy") and cls.__name__ == sqlalchemy_error
         for cls in type(exc).__mro__
     )
 
@@ -114,12 +128,26 @@ def is_transient_error(exc: BaseException) -> bool:
     return False
 
 
+def is_unique_violation(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database refusing a second row with the same key.
+
+    Raised directly (``sqlite3``/sqlalchemy ``IntegrityError``) or wrapped by MLflow,
+    in-process or in a tracking server's error body.  Only an *upsert* (setting a tag)
+    may retry it: for an insert that must be unique it is a permanent error.
+    """
+    return any(
+        _is_db_error(err, "IntegrityError") and any(m in str(err).lower() for m in _UNIQUE_MESSAGES)
+        for err in _exception_chain(exc)
+    )
+
+
 def with_retry(
     fn: Callable[..., T],
     *args: object,
     attempts: int = 8,
     base_delay: float = 0.05,
     max_delay: float = 5.0,
+    upsert: bool = False,
     **kwargs: object,
 ) -> T:
     """Call ``fn(*args, **kwargs)``, retrying transient store errors with backoff.
@@ -134,6 +162,11 @@ def with_retry(
     tags/params are idempotent.  (After a lost HTTP *response*, ``create_run`` could in
     principle create a run twice; MLflow's REST client only reaches us after its own
     retries, so this needs the server to have failed repeatedly mid-request.)
+
+    ``upsert=True`` marks ``fn`` as an insert-or-update (setting a tag) and also retries
+    :func:`is_unique_violation`: jobs starting together set the same experiment tags,
+    and MLflow's stores do that by read-then-insert, so all but one may hit the unique
+    key; on retry the row exists and is updated.
     """
     if attempts < 1:
         raise ValueError(f"attempts must be >= 1, got {attempts}")
@@ -141,7 +174,8 @@ def with_retry(
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
-            if attempt == attempts - 1 or not is_transient_error(exc):
+            retryable = is_transient_error(exc) or (upsert and is_unique_violation(exc))
+            if attempt == attempts - 1 or not retryable:
                 raise
             delay = min(max_delay, base_delay * 2**attempt) * random.uniform(0.5, 1.5)
             _log.warning(

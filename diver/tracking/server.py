@@ -35,6 +35,7 @@ from pathlib import Path
 
 from diver.atomic import temporary_name
 from diver.errors import DiverError
+from diver.tracking.ui_app import APP_NAME
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
@@ -177,7 +178,10 @@ def server_command(
     return [
         "mlflow",
         "server",
-        *(["--app-name", "basic-auth"] if auth else []),
+        # basic-auth, or diver's app (MLflow's UI opening on the training runs,
+        # diver.tracking.ui_app); MLflow runs one app, and the credentials come first
+        "--app-name",
+        "basic-auth" if auth else APP_NAME,
         "--host",
         host,
         "--port",
