@@ -196,7 +196,15 @@ def test_auto_form_fits_both_laws_and_chooses_by_evidence(tmp_path: Path) -> Non
         dc["not_identified"], key=["A", "B", "E", "alpha", "beta", "R_D_star", "R_N_star"].index
     )
     assert "not identified by this design" in fit["form_reason"]
-    assert fit["r2_log"] > 0.9
+    # The data-constrained law is the data's own form (1 % noise): it fits them closely
+    # and better than Chinchilla.  Chinchilla's own R^2 is not asserted: at its optimum
+    # here most residuals are beyond the Huber delta, where the objective is L1-like
+    # and flat along a valley of (B, E, beta); two points of that valley with the same
+    # objective have R^2 of log loss 0.884 and 0.914, and which one L-BFGS ends on
+    # depends on the CPU's floating-point rounding (it changed with the CI machine).
+    chinchilla = fit["forms"]["chinchilla"]
+    assert dc["r2_log"] > 0.99 and dc["objective"] < chinchilla["objective"]
+    assert fit["r2_log"] == chinchilla["r2_log"] and fit["objective"] == chinchilla["objective"]
 
 
 def test_auto_form_with_too_few_points_writes_a_skipped_fit(
@@ -347,6 +355,8 @@ def test_collect_from_mlflow_and_fit_logs_a_scaling_child_run(
     assert run.data.tags["diver.scaling.not_identified"] == not_identified
     assert run.data.params["resample_unit"] == fit["resample_unit"] == "run"
     assert run.data.metrics["bootstrap_failed"] == fit["bootstrap_failed"]
+    assert run.data.metrics["audit_missed"] == fit["audit"]["missed"]
+    assert run.data.metrics["audit_added_starts"] == fit["audit"]["added_starts"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "scaling")}
     assert {f"scaling/{n}" for n in ("fit.json", "frontier.csv", *FIGURES)} <= artifacts
 

@@ -19,6 +19,7 @@ from diver.report import figures
 from diver.report.finetune import metric_names, read_finetune
 from diver.report.html import esc, figure, fmt_number, note, table
 from diver.report.paper import DOWNSTREAM, TABLE_8
+from diver.scaling.bootstrap import audit_sentence
 from diver.scaling.laws import PARAM_NAMES
 from diver.study.artifacts import FitSummary
 
@@ -377,17 +378,7 @@ def _procedure_part(fit: FitSummary) -> str:
         )
     audit = extra.get("audit")
     if audit:
-        if audit.get("missed"):
-            items.append(
-                f"audit: {audit['missed']} of {audit['resamples']} resamples refitted from "
-                f"the whole grid found a better optimum (up to {100 * audit['worst_gap']:.2g} "
-                "% lower objective): the intervals are too narrow"
-            )
-        else:
-            items.append(
-                f"audit: {audit['resamples']} resamples refitted from the whole grid found "
-                "nothing better than the bootstrap refits"
-            )
+        items.append(f"audit: {audit_sentence(audit)}")
     scale = extra.get("residual_scale") or {}
     if scale:
         items.append(

@@ -21,35 +21,26 @@ model or training code - the fit sees runs as ``(N, D, U_D, loss)`` numbers.
 - :mod:`diver.scaling.cli`: ``diver scaling collect`` / ``fit`` / ``plan`` (argument parsing).
 """
 
-from diver.scaling.fit import FitResult, fit_law
-from diver.scaling.frontier import constrained_optimum, frontier_table, iso_flop, iso_loss, plan
-from diver.scaling.laws import (
-    CHINCHILLA,
-    DIVER1_IEEG_1S,
-    FORMS,
-    LawParams,
-    compute_optimal,
-    n_opt_for_unique_tokens,
-    predict,
-)
-from diver.scaling.observations import Runs, ScalingFitError, make_runs
+from diver.lazy import lazy_exports
 
-__all__ = [
-    "CHINCHILLA",
-    "DIVER1_IEEG_1S",
-    "FORMS",
-    "FitResult",
-    "LawParams",
-    "Runs",
-    "ScalingFitError",
-    "compute_optimal",
-    "constrained_optimum",
-    "fit_law",
-    "frontier_table",
-    "iso_flop",
-    "iso_loss",
-    "make_runs",
-    "n_opt_for_unique_tokens",
-    "plan",
-    "predict",
-]
+_EXPORTS = {
+    "FitResult": "fit",
+    "fit_law": "fit",
+    "constrained_optimum": "frontier",
+    "frontier_table": "frontier",
+    "iso_flop": "frontier",
+    "iso_loss": "frontier",
+    "plan": "frontier",
+    "CHINCHILLA": "laws",
+    "DIVER1_IEEG_1S": "laws",
+    "FORMS": "laws",
+    "LawParams": "laws",
+    "compute_optimal": "laws",
+    "n_opt_for_unique_tokens": "laws",
+    "predict": "laws",
+    "Runs": "observations",
+    "ScalingFitError": "observations",
+    "make_runs": "observations",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

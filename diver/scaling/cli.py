@@ -27,27 +27,28 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diver.argtypes import non_negative_int
 from diver.atomic import write_csv_atomic
 from diver.errors import DiverError
 from diver.exitcodes import EXIT_ERROR
-from diver.scaling.bootstrap import DEFAULT_BOOTSTRAP, RESAMPLE_UNITS
-from diver.scaling.frontier import plan
 from diver.scaling.laws import FORMS
-from diver.scaling.optimise import HUBER_DELTA
-from diver.scaling.runs import ReadEpochs, collect_files, collect_mlflow
-from diver.scaling.study import (
+from diver.scaling.options import (
     AUTO,
     DEFAULT_AUDIT,
-    FIT_JSON,
-    fit_study,
-    load_fit,
-    source_label,
+    DEFAULT_BOOTSTRAP,
+    HUBER_DELTA,
+    RESAMPLE_UNITS,
 )
-from diver.study.artifacts import FitSummary, PretrainMetrics, finite_or_none
+from diver.study.artifacts import FIT_SUMMARY, FitSummary, PretrainMetrics, finite_or_none
 from diver.tracking import TrackingTarget
+
+if TYPE_CHECKING:
+    from diver.scaling.runs import ReadEpochs
+
+# The fitting code (scipy, pandas, matplotlib) is imported in the commands that use it:
+# this module's parser is built on every `diver` call.
 
 log = logging.getLogger("diver.scaling")
 
@@ -235,6 +236,8 @@ def _read_epochs_of_grid(config: str | None) -> ReadEpochs | None:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
+    from diver.scaling.runs import collect_files, collect_mlflow
+
     read_epochs = _read_epochs_of_grid(args.config)
     if args.from_mlflow:
         if not args.parent_run:
@@ -253,6 +256,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    from diver.scaling.study import fit_study
+
     out = Path(args.out)
     summary = fit_study(
         args.runs,
@@ -271,13 +276,16 @@ def cmd_fit(args: argparse.Namespace) -> int:
         audit=args.audit,
     )
     print_fit(summary)
-    print(f"-> {out / FIT_JSON}")
+    print(f"-> {out / FIT_SUMMARY}")
     return 0
 
 
 def print_fit(summary: FitSummary) -> None:
     """What ``diver scaling fit`` prints: the form and why, estimates with intervals,
     which parameters the design does not identify, and the bootstrap's bookkeeping."""
+    from diver.scaling.bootstrap import audit_sentence
+    from diver.scaling.study import source_label
+
     source = source_label(summary)
     if not summary.fitted:
         print(f"{source}: {summary.form_reason}")
@@ -316,13 +324,7 @@ def print_fit(summary: FitSummary) -> None:
         )
     audit = extra.get("audit")
     if audit:
-        verdict = (
-            f"{audit['missed']} missed a better optimum (worst by {100 * audit['worst_gap']:.2g} "
-            "%): intervals too narrow"
-            if audit["missed"]
-            else "none missed a better optimum"
-        )
-        print(f"  audit: {audit['resamples']} resamples refitted from the whole grid; {verdict}")
+        print(f"  audit: {audit_sentence(audit)}")
     scale = extra.get("residual_scale") or {}
     if scale:
         print(
@@ -360,6 +362,9 @@ def format_plan(result: dict[str, Any]) -> str:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from diver.scaling.frontier import plan
+    from diver.scaling.study import load_fit
+
     path = Path(args.fit)
     params, _, samples = load_fit(path)
     result = plan(params, args.flops, args.unique_tokens, samples)

@@ -8,15 +8,17 @@ the :class:`FitResult` (SPEC §4).
 Initialisations: SPEC §4's grid (``alpha, beta`` in ``{0, 0.5, ..., 2}``, ``e`` in
 ``{-1, ..., 1}``, ``a, b`` in ``{0, 5, ..., 25}``) with ``e`` extended down to -6 (DIVER-1's
 ``E`` are 0.0004-0.0092, ``log E`` down to -7.8) and, for the data-constrained form,
-``log R_D*, log R_N*`` in ``{0, 1, 2, 3}``: 13,500 Chinchilla / 216,000 data-constrained
-starts.  Running L-BFGS to convergence from every one of them would take hours, so
-the whole grid is *screened* (the objective evaluated at every start, vectorised),
-L-BFGS runs from the best start of each ``(alpha, beta)`` cell plus the 8 best
-overall (33 starts), the 3 best distinct optima are finished by scipy's L-BFGS-B, and
-the best is kept.  The distinct optima the starts reached are kept too: they are the
-bootstrap's and the profiles' extra starts (:mod:`diver.scaling.bootstrap`).  In the
-data-constrained form ``alpha = 0`` (or ``beta = 0``) makes ``N_opt(U_D)`` undefined
-(it divides by ``alpha``), so there the grid's 0 becomes 0.05.
+``log R_D*, log R_N*`` in ``{-1, 0, ..., 6}`` (``R*`` from 0.37 to 403): 13,500 Chinchilla
+/ 864,000 data-constrained starts.  Running L-BFGS to convergence from every one of them
+would take hours, so the whole grid is *screened* (the objective evaluated at every
+start, vectorised), L-BFGS runs from the best start of each ``(alpha, beta)`` cell, of
+each ``(log R_D*, log R_N*)`` cell and the 8 best overall (33 Chinchilla / about 95
+data-constrained starts; 1.8 s for a 36-run grid), the 3 best distinct optima are
+finished by scipy's L-BFGS-B, and the best is kept.  The distinct optima the starts
+reached are kept too: they are the bootstrap's and the profiles' extra starts
+(:mod:`diver.scaling.bootstrap`).  In the data-constrained form ``alpha = 0`` (or
+``beta = 0``) makes ``N_opt(U_D)`` undefined (it divides by ``alpha``), so there the
+grid's 0 becomes 0.05.
 
 Fixed parameters (``--fix``, and the two-stage procedure's second stage) are boxes
 whose ends meet (:func:`diver.scaling.optimise.box_arrays`); the grid's column of a
@@ -49,8 +51,6 @@ from numpy.typing import ArrayLike, NDArray
 from diver.scaling.bootstrap import (
     BOOTSTRAP_STARTS,
     CI_LEVEL,
-    DEFAULT_BOOTSTRAP,
-    RESAMPLE_UNITS,
     Refits,
     bootstrap_weights,
     held_out_predictions,
@@ -70,14 +70,8 @@ from diver.scaling.identify import (
 )
 from diver.scaling.laws import LOG_NAMES, PARAM_NAMES, Form, LawParams, check_form, log_loss
 from diver.scaling.observations import Runs, ScalingFitError
-from diver.scaling.optimise import (
-    HUBER_DELTA,
-    Optimum,
-    batched_lbfgs,
-    box_arrays,
-    huber,
-    lbfgs,
-)
+from diver.scaling.optimise import Optimum, batched_lbfgs, box_arrays, huber, lbfgs
+from diver.scaling.options import DEFAULT_BOOTSTRAP, HUBER_DELTA, RESAMPLE_UNITS
 
 #: Screened starts beyond the best one per (alpha, beta) cell.
 EXTRA_STARTS = 8
@@ -105,6 +99,11 @@ _START_ITER = 1000  # batched L-BFGS iterations per grid start before scipy fini
 _POLISHED = 3  # distinct start optima finished by scipy's L-BFGS-B
 _ALPHA_FLOOR = 0.05  # replaces the grid's alpha/beta = 0 in the data-constrained form
 _KEEP_OPTIMA = 8  # distinct optima kept as later starts (the bootstrap uses the best few)
+#: Grid of log R_D* and log R_N* (R* from 0.37 to 403; module doc).
+_LOG_R_AXIS = np.arange(-1.0, 6.01, 1.0)
+#: Columns whose grid values define the cells :func:`select_starts` takes one start from:
+#: the exponents, and (data-constrained) the two repetition parameters.
+_START_CELLS = ((3, 4), (5, 6))
 
 
 def to_log(name: str, value: float) -> float:
@@ -147,7 +146,7 @@ def initial_grid(form: str, fixed: Mapping[int, float] | None = None) -> NDArray
         ab,  # beta
     ]
     if form == "data-constrained":
-        axes += [np.arange(0.0, 3.1, 1.0), np.arange(0.0, 3.1, 1.0)]  # log R_D*, log R_N*
+        axes += [_LOG_R_AXIS, _LOG_R_AXIS]  # log R_D*, log R_N*
     for i, value in (fixed or {}).items():
         axes[i] = np.array([value])
     mesh = np.meshgrid(*axes, indexing="ij")
@@ -177,29 +176,31 @@ def screen(
 def select_starts(
     grid: NDArray[np.float64], values: NDArray[np.float64], extra: int = EXTRA_STARTS
 ) -> NDArray[np.float64]:
-    """The best grid point of each ``(alpha, beta)`` cell, then the ``extra`` best overall.
+    """The best grid point of each ``(alpha, beta)`` cell and (data-constrained) of each
+    ``(log R_D*, log R_N*)`` cell, then the ``extra`` best overall.
 
-    One start per exponent pair keeps the starts spread over the basins the exponents
-    define (the best points overall tend to sit in one basin).
+    One start per cell keeps the starts spread over the basins those coordinates
+    define: the best points overall tend to sit in one basin, and the repetition
+    parameters have basins of their own (Muennighoff et al.'s 182 runs with stage one
+    fixed have four, at ``R_D*`` of 15, 47, 94 and 168, within 0.2 % of each other).
+    A cell whose coordinates are all fixed is one cell.
     """
     order = np.argsort(values, kind="stable")
+    order = order[np.isfinite(values[order])]
     chosen: list[int] = []
-    seen: set[tuple[float, float]] = set()
-    for i in order:
-        if not np.isfinite(values[i]):
-            break
-        cell = (float(grid[i, 3]), float(grid[i, 4]))
-        if cell not in seen:
-            seen.add(cell)
-            chosen.append(int(i))
-    chosen_set = set(chosen)
-    added = 0
-    for i in order:
-        if added >= extra or not np.isfinite(values[i]):
-            break
-        if int(i) not in chosen_set:
-            chosen.append(int(i))
-            added += 1
+    for cols in _START_CELLS:
+        if max(cols) >= grid.shape[1]:
+            continue
+        # Each row's cell as one integer; its first occurrence in best-first order is
+        # the cell's best point.
+        cell = np.zeros(grid.shape[0], dtype=np.int64)
+        for c in cols:
+            levels, code = np.unique(grid[:, c], return_inverse=True)
+            cell = cell * levels.size + code
+        _, first = np.unique(cell[order], return_index=True)
+        chosen += [int(i) for i in order[np.sort(first)] if int(i) not in chosen]
+    taken = set(chosen)
+    chosen += [int(i) for i in order[: extra + len(chosen)] if int(i) not in taken][:extra]
     return grid[chosen]
 
 
@@ -586,33 +587,93 @@ def audit_refits(
     delta: float,
     fixed: Mapping[int, float],
     extra_starts: int,
-) -> dict[str, Any]:
-    """Refit the first ``count`` resamples with the whole multistart procedure
-    (:func:`fit_point_full` under the resample's weights) and compare (module doc of
-    :mod:`diver.scaling.bootstrap`).  Where the full refit is better, the refit is
-    replaced by it (in place).  Returns ``{resamples, missed, worst_gap}``: how many
-    bootstrap refits ended more than :data:`AUDIT_GAP` (relative objective) above
-    the full refit, and the largest such gap."""
-    count = min(count, weights.shape[0])
-    missed, worst = 0, 0.0
-    for i in range(count):
-        sample = runs
-        if targets is not None:
-            sample = Runs(runs.params, runs.tokens, runs.unique_tokens, np.exp(targets[i]))
-        full = fit_point_full(
-            sample, form, delta=delta, extra_starts=extra_starts, fixed=fixed, weights=weights[i]
-        ).best
-        value = float(refits.value[i]) if np.isfinite(refits.value[i]) else math.inf
-        gap = (value - full.value) / max(abs(full.value), 1e-300)
-        # An exact fit's objective is ~1e-22: differences far below any residual's
-        # Huber loss are rounding, not a missed basin.
-        floor = 1e-12 * delta * runs.n
-        if gap > AUDIT_GAP and value - full.value > floor:
-            missed += 1
-            worst = max(worst, gap)
-        if full.value < value and full.converged:
-            refits.x[i], refits.value[i], refits.converged[i] = full.x, full.value, True
-    return {"resamples": count, "missed": missed, "worst_gap": worst, "threshold": AUDIT_GAP}
+    lo: NDArray[np.float64],
+    hi: NDArray[np.float64],
+    jobs: int | None = 1,
+) -> tuple[dict[str, Any], Refits]:
+    """Audit the bootstrap refits and, where they missed, restart every resample.
+
+    Round one refits the first ``count`` resamples with the whole multistart procedure
+    (:func:`fit_point_full` under the resample's weights) and compares.  A bootstrap
+    refit more than :data:`AUDIT_GAP` (relative objective) above it *missed*.  The
+    optima the missed resamples found are basins the full-sample starts do not lead
+    to, and other resamples are likely to prefer them too (Muennighoff et al.'s 182
+    runs with stage one fixed: 6 of 20 missed; 4 of the next 40 before, 1 after), so
+    their distinct optima (up to ``_KEEP_OPTIMA``) become extra starts and *every*
+    resample is refitted from them, keeping its better optimum.  Round two then audits
+    the next ``count`` resamples, which round one did not touch, to measure what is
+    left.  Audited refits the full procedure beats are replaced by it.
+
+    Returns fit.json's ``audit`` (round one's ``resamples, missed, worst_gap``, the
+    ``added_starts`` and round two as ``after``) and the refits (a new object when
+    restarts ran: the ``start`` of a restart's win counts past the original starts).
+    """
+
+    def audit(current: Refits, rows: range) -> tuple[int, float, list[NDArray[np.float64]]]:
+        """Refit ``rows`` with the whole multistart procedure; replace (in place) the
+        refits it beats.  Returns ``(missed, worst gap, the missed optima)``."""
+        missed, worst = 0, 0.0
+        found: list[NDArray[np.float64]] = []
+        for i in rows:
+            sample = runs
+            if targets is not None:
+                sample = Runs(runs.params, runs.tokens, runs.unique_tokens, np.exp(targets[i]))
+            full = fit_point_full(
+                sample,
+                form,
+                delta=delta,
+                extra_starts=extra_starts,
+                fixed=fixed,
+                weights=weights[i],
+            ).best
+            value = float(current.value[i]) if np.isfinite(current.value[i]) else math.inf
+            gap = (value - full.value) / max(abs(full.value), 1e-300)
+            # An exact fit's objective is ~1e-22: differences far below any residual's
+            # Huber loss are rounding, not a missed basin.
+            floor = 1e-12 * delta * runs.n
+            if gap > AUDIT_GAP and value - full.value > floor:
+                missed += 1
+                worst = max(worst, gap)
+                if full.converged:
+                    found.append(full.x)
+            if full.value < value and full.converged:
+                current.x[i], current.value[i], current.converged[i] = full.x, full.value, True
+        return missed, worst, found
+
+    n = weights.shape[0]
+    count = min(count, n)
+    missed, worst, found = audit(refits, range(count))
+    out: dict[str, Any] = {
+        "resamples": count,
+        "missed": missed,
+        "worst_gap": worst,
+        "threshold": AUDIT_GAP,
+        "added_starts": 0,
+        "after": None,
+    }
+    if not found:
+        return out, refits
+    # In the order found, distinct by position (their objectives are of different
+    # resamples, so not comparable).
+    order = np.arange(len(found), dtype=float)
+    extra = np.array(distinct_rows(np.array(found), order, _KEEP_OPTIMA, value_tol=0.0))
+    again = refit_multistart(
+        extra, runs, form, weights, delta=delta, jobs=jobs, lo=lo, hi=hi, targets=targets
+    )
+    offset = int(refits.start.max()) + 1 if refits.start.size else 0
+    better = again.ok & (~refits.ok | (again.value < refits.value))
+    merged = Refits(
+        np.where(better[:, None], again.x, refits.x),
+        np.where(better, again.value, refits.value),
+        np.where(better, again.converged, refits.converged),
+        np.where(better, again.start + offset, refits.start),
+    )
+    out["added_starts"] = int(extra.shape[0])
+    rows = range(count, min(2 * count, n))
+    if len(rows):
+        m2, w2, _ = audit(merged, rows)
+        out["after"] = {"resamples": len(rows), "missed": m2, "worst_gap": w2}
+    return out, merged
 
 
 def fit_law(
@@ -755,8 +816,9 @@ def fit_law(
             stage_one=stage,
             n_starts=bootstrap_starts,
         )
+        added = 0
         if audit > 0 and stage is None:
-            result.audit = audit_refits(
+            result.audit, refits = audit_refits(
                 runs,
                 form,
                 refits,
@@ -766,13 +828,17 @@ def fit_law(
                 delta=delta,
                 fixed=fix,
                 extra_starts=extra_starts,
+                lo=lo,
+                hi=hi,
+                jobs=jobs,
             )
+            added = result.audit["added_starts"]
         ok = refits.ok
         samples = natural(refits.x, form)
         samples[~ok] = np.nan
         boot_x = refits.x[ok]
         result.bootstrap = bootstrap
-        result.bootstrap_starts = int(min(bootstrap_starts, point.optima.shape[0]))
+        result.bootstrap_starts = int(min(bootstrap_starts, point.optima.shape[0])) + added
         result.bootstrap_samples = samples
         result.bootstrap_failed = int((~ok).sum())
         result.bootstrap_converged = ok.copy()

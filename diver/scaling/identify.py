@@ -49,7 +49,8 @@ from scipy.optimize import minimize_scalar
 from diver.scaling.bootstrap import refit_multistart
 from diver.scaling.laws import PARAM_NAMES, log_loss
 from diver.scaling.observations import Runs
-from diver.scaling.optimise import HUBER_DELTA, huber
+from diver.scaling.optimise import huber
+from diver.scaling.options import HUBER_DELTA
 
 #: A value within this share of its box's width from a bound is "on the bound".
 BOUND_TOL = 1e-3

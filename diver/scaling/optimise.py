@@ -30,10 +30,7 @@ from numpy.typing import NDArray
 from scipy.optimize import minimize
 
 from diver.scaling.laws import check_form, log_loss
-
-#: Huber threshold on the log loss (SPEC §4, Hoffmann et al. 2022).
-HUBER_DELTA = 1e-3
-
+from diver.scaling.options import HUBER_DELTA
 
 # L-BFGS-B settings.  ftol is compared with (f_k - f_k+1) / max(|f_k|, |f_k+1|, 1),
 # i.e. *absolutely* whenever |f| < 1 - which a summed Huber(1e-3) of a good fit always

@@ -64,7 +64,7 @@ import pandas as pd
 from diver.atomic import write_csv_atomic
 from diver.errors import DiverError
 from diver.scaling import plots
-from diver.scaling.bootstrap import DEFAULT_BOOTSTRAP, RESAMPLE_UNITS, resample_groups
+from diver.scaling.bootstrap import audit_left, audit_sentence, resample_groups
 from diver.scaling.fit import FitResult, fit_law
 from diver.scaling.frontier import flop_range, frontier_table
 from diver.scaling.laws import FORMS, PARAM_NAMES, LawParams, predict
@@ -75,7 +75,14 @@ from diver.scaling.observations import (
     bad_rows,
     make_runs,
 )
-from diver.scaling.optimise import HUBER_DELTA, bounds
+from diver.scaling.optimise import bounds
+from diver.scaling.options import (
+    AUTO,
+    DEFAULT_AUDIT,
+    DEFAULT_BOOTSTRAP,
+    HUBER_DELTA,
+    RESAMPLE_UNITS,
+)
 from diver.scaling.runs import (
     choose_by_evidence,
     choose_form,
@@ -92,10 +99,6 @@ FIT_JSON = FIT_SUMMARY
 BOOTSTRAP_CSV = "bootstrap.csv"
 FRONTIER_CSV = "frontier.csv"
 FIGURES = ("loss_vs_compute.png", "fitted_vs_observed.png", "iso_flop.png", "profiles.png")
-AUTO = "auto"
-#: Bootstrap resamples refitted by the whole multistart procedure to check the refits
-#: (:func:`diver.scaling.fit.audit_refits`): ~1.5 s each on a 36-run grid.
-DEFAULT_AUDIT = 10
 SCALING_STAGE = "scaling"
 U_N_DEFINITION = (
     "U_N = min(N_opt(U_D), N), N_opt(U_D) = (alpha A / (beta B))^(1/alpha) U_D^(beta/alpha): "
@@ -197,6 +200,12 @@ def _publish(
             for key in ("r2_linear", "r2_log", "loo_rmse_log", "loo_mape", "objective"):
                 metrics[key] = getattr(summary, key)
             metrics["bootstrap_failed"] = summary.bootstrap_failed
+            audit = extra.get("audit") or {}
+            if audit:
+                metrics["audit_missed"] = audit["missed"]
+                metrics["audit_added_starts"] = audit.get("added_starts", 0)
+                if audit.get("after"):
+                    metrics["audit_after_missed"] = audit["after"]["missed"]
             for name in extra.get("not_identified") or []:
                 band = (extra.get("profile_ci") or {}).get(name)
                 if band:
@@ -421,14 +430,8 @@ def fit_study(
     _publish(out, summary, files, runs_path, tracking)
     if result.not_identified:
         log.warning("not identified by this design: %s", result.not_identified)
-    if result.audit and result.audit["missed"]:
-        log.warning(
-            "%d of %d audited bootstrap refits missed a better optimum (up to %.2g): the "
-            "intervals are too narrow",
-            result.audit["missed"],
-            result.audit["resamples"],
-            result.audit["worst_gap"],
-        )
+    if result.audit and audit_left(result.audit):
+        log.warning("bootstrap audit: %s", audit_sentence(result.audit))
     if result.bootstrap_failed:
         log.warning(
             "%d of %d bootstrap refits did not converge (excluded from the intervals)",
