@@ -8,6 +8,8 @@ understand one module without the other.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import diver
@@ -114,3 +116,28 @@ def test_launch_runs_the_installed_diver_command() -> None:
     from diver.launch.slurm import diver_command
 
     assert diver_command() is main
+
+
+HEAVY = ("torch", "deepspeed", "mlflow", "scipy", "sklearn", "matplotlib", "pandas", "mne")
+
+
+def test_building_the_cli_parser_loads_no_heavy_library() -> None:
+    """Every ``diver`` call (each Snakemake job, ``--help``) builds the parser of all
+    subcommands: importing scipy, pandas, matplotlib and scikit-learn for it cost 2.5 s
+    a call; they load in the commands that use them."""
+    probe = (
+        "import sys; from diver.cli import build_parser; build_parser(); "
+        f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == []
+
+
+def test_lazy_package_exports_resolve() -> None:
+    import diver.report
+    import diver.scaling
+
+    for package in (diver.scaling, diver.report):
+        for name in package.__all__:
+            assert getattr(package, name) is not None, f"{package.__name__}.{name}"

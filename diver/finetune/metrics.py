@@ -16,13 +16,6 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
-from sklearn.metrics import (
-    average_precision_score,
-    balanced_accuracy_score,
-    cohen_kappa_score,
-    f1_score,
-    roc_auc_score,
-)
 
 BINARY_METRICS = ("auroc", "auc_pr")
 ALWAYS_METRICS = ("balanced_accuracy", "cohen_kappa", "f1_weighted")
@@ -54,6 +47,15 @@ def classification_metrics(
     y_true: Sequence[int] | np.ndarray, proba: np.ndarray, n_classes: int
 ) -> dict[str, float]:
     """Metrics of class probabilities ``proba`` (n, n_classes) against ``y_true``."""
+    # imported here: the CLI's parser reads SELECTABLE, and sklearn costs a second
+    from sklearn.metrics import (
+        average_precision_score,
+        balanced_accuracy_score,
+        cohen_kappa_score,
+        f1_score,
+        roc_auc_score,
+    )
+
     y = np.asarray(y_true, dtype=int)
     proba = np.asarray(proba, dtype=float)
     if proba.shape != (len(y), n_classes):

@@ -9,6 +9,7 @@
 - :mod:`diver.report.cli`: ``diver report`` (``register(subparsers)``).
 """
 
-from diver.report.build import ReportInputs, build_report, write_report
+from diver.lazy import lazy_exports
 
 __all__ = ["ReportInputs", "build_report", "write_report"]
+__getattr__, __dir__ = lazy_exports(__name__, dict.fromkeys(__all__, "build"))

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from diver.errors import DiverError
-from diver.report.build import ReportInputs, existing, write_report
 from diver.study.layout import StudyLayout
 from diver.tracking import TrackingTarget, stage_run
 
@@ -55,6 +54,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from diver.config import StudyConfig, load_config
+    from diver.report.build import ReportInputs, existing, write_report  # matplotlib: here
 
     study = load_config(args.config) if args.config else StudyConfig()
     layout = StudyLayout(study.results_path)
