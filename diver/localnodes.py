@@ -11,8 +11,9 @@ Safety (``../shared/notes/STACK.md``, "Several nodes on one machine"): the addre
 come from 198.19.0.0/24, inside 198.18.0.0/15, the range reserved for benchmarking
 (nobody's network); the bridge has no uplink and forwarding is never turned on, so
 traffic only goes between namespaces made here.  Everything created is recorded in a
-state file, and :func:`remove` deletes exactly what that file lists and the
-``/etc/hosts`` lines carrying this module's marker, nothing else.
+state file, and :func:`remove` deletes exactly what that file lists, including only
+the ``/etc/hosts`` lines of the nodes it lists (another cluster's, or a line someone
+else wrote, stays), nothing else.
 """
 
 from __future__ import annotations
@@ -120,8 +121,12 @@ def create(nodes: list[Node], state: Path) -> None:
 
 
 def remove(state: Path) -> list[str]:
-    """Delete what ``state`` records (namespaces, links, bridge) and the marked hosts
-    lines; returns what was removed.  Missing pieces are skipped."""
+    """Delete what ``state`` records (namespaces, links, bridge, those nodes' hosts
+    lines); returns what was removed.  Missing pieces are skipped.
+
+    Without a record nothing is touched: a cluster folder that never made nodes must not
+    take the hosts lines of a cluster that did.
+    """
     nodes = recorded(state)
     removed = []
     present = _namespaces()
@@ -134,7 +139,7 @@ def remove(state: Path) -> list[str]:
     if nodes and _exists("link", "show", BRIDGE):
         _ip("link", "del", BRIDGE)
         removed.append(BRIDGE)
-    if _remove_hosts_lines():
+    if _remove_hosts_lines(nodes):
         removed.append(f"{HOSTS_FILE} lines")
     state.unlink(missing_ok=True)
     return removed
@@ -180,29 +185,46 @@ def _write_state(state: Path, nodes: list[Node]) -> None:
     state.write_text(json.dumps({"nodes": [asdict(n) for n in nodes]}, indent=1) + "\n")
 
 
+def hosts_line(node: Node) -> str:
+    """The /etc/hosts line naming ``node``, marked as this module's."""
+    return f"{node.address} {node.name} {HOSTS_MARKER}"
+
+
 def _add_hosts_lines(nodes: list[Node]) -> None:
-    lines = [f"{n.address} {n.name} {HOSTS_MARKER}" for n in nodes]
-    _rewrite_hosts(lambda kept: [*kept, *lines])
+    """Add one marked line per node, replacing any marked line for the same name (a
+    leftover of an earlier start whose record was lost) so a name resolves once."""
+    names = {n.name for n in nodes}
+    lines = [hosts_line(n) for n in nodes]
+    _rewrite_hosts(lambda kept: [*_without(kept, names), *lines])
 
 
-def _remove_hosts_lines() -> bool:
+def _remove_hosts_lines(nodes: list[Node]) -> bool:
+    """Remove exactly the lines :func:`_add_hosts_lines` wrote for ``nodes``."""
+    ours = {hosts_line(n) for n in nodes}
     text = HOSTS_FILE.read_text() if HOSTS_FILE.exists() else ""
-    if HOSTS_MARKER not in text:
+    if not ours & set(text.splitlines()):
         return False
-    _rewrite_hosts(lambda kept: kept)
+    _rewrite_hosts(lambda kept: [line for line in kept if line not in ours])
     return True
 
 
+def _without(lines: list[str], names: set[str]) -> list[str]:
+    """``lines`` less the marked ones naming one of ``names``."""
+    return [
+        line
+        for line in lines
+        if not (line.endswith(HOSTS_MARKER) and len(line.split()) > 1 and line.split()[1] in names)
+    ]
+
+
 def _rewrite_hosts(edit: Callable[[list[str]], list[str]]) -> None:
-    """Rewrite /etc/hosts keeping every line but ours, then ``edit``-ing that list.
+    """Rewrite /etc/hosts as ``edit`` of its lines.
 
     Atomically (a temporary file renamed over it) where possible; in containers
     /etc/hosts is often a bind mount, which a rename cannot replace (EBUSY/EXDEV), and
     there it is rewritten in place (a small file, one write).
     """
-    text = HOSTS_FILE.read_text()
-    kept = [line for line in text.splitlines() if not line.endswith(HOSTS_MARKER)]
-    new = "\n".join(edit(kept)) + "\n"
+    new = "\n".join(edit(HOSTS_FILE.read_text().splitlines())) + "\n"
     mode = HOSTS_FILE.stat().st_mode & 0o7777
     try:
         with replacing(HOSTS_FILE) as tmp:

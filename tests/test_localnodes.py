@@ -93,3 +93,32 @@ def test_a_bridge_of_someone_else_is_never_reused(
         assert _leftovers(own_names) == [localnodes.BRIDGE]  # theirs, untouched
     finally:
         subprocess.run(["ip", "link", "del", localnodes.BRIDGE], check=False)
+
+
+def test_remove_takes_only_the_hosts_lines_of_the_nodes_it_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopping one cluster folder never takes another cluster's (or a user's) lines:
+    CI failed when a folder that made no nodes removed marked lines it did not write."""
+    hosts = tmp_path / "hosts"
+    monkeypatch.setattr(localnodes, "HOSTS_FILE", hosts)
+    theirs = localnodes.Node("dnode1", "198.19.0.11")
+    ours = localnodes.Node("dnode2", "198.19.0.12")
+    user = "10.0.0.5 fileserver"
+    hosts.write_text(f"127.0.0.1 localhost\n{user}\n{localnodes.hosts_line(theirs)}\n")
+    nothing = tmp_path / "no-nodes.json"  # a cluster folder that never made nodes
+    assert localnodes.remove(nothing) == []
+    assert localnodes.hosts_line(theirs) in hosts.read_text().splitlines()
+
+    stale = f"198.19.0.99 dnode2 {localnodes.HOSTS_MARKER}"  # an earlier start's, unrecorded
+    hosts.write_text(hosts.read_text() + stale + "\n")
+    localnodes._add_hosts_lines([ours])
+    assert stale not in hosts.read_text().splitlines()  # one address per name
+    state = tmp_path / "nodes.json"
+    localnodes._write_state(state, [ours])
+    assert localnodes.remove(state) == [f"{hosts} lines"]
+    assert hosts.read_text().splitlines() == [
+        "127.0.0.1 localhost",
+        user,
+        localnodes.hosts_line(theirs),
+    ]
