@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Issue 15's GPU check: bf16 pretraining of `tiny` with the real loader (tokens/s per GPU,
 # MFU, loader wait fraction, peak GPU memory), torch.compile off and on, the bf16 loss
-# against an fp32 run of the same steps, and fine-tuning one task on the GPU.  About
-# 5 minutes on one GPU.  It fails loudly (exit 2) where no CUDA GPU is visible and
-# fails (exit 1) if any step ran on the CPU: it never falls back silently.
+# against an fp32 run of the same steps, and fine-tuning one task on the GPU (not yet
+# run on a GPU, so its wall time there is unknown).  It fails loudly (exit 2) where no
+# CUDA GPU is visible and fails (exit 1) if any step ran on the CPU: it never falls
+# back silently.
 #
 #   benchmarks/gpu_check.sh                   # on a GPU node
-#   benchmarks/gpu_check.sh --dry-run         # the same path on the CPU (debug, fp32), ~2 min
+#   benchmarks/gpu_check.sh --dry-run         # the same path on the CPU (debug, fp32): 115 s, idle 2 cores
 #   benchmarks/gpu_check.sh --help            # every option (steps, batch, workers, peak TFLOP/s)
 #
 # The work is done by benchmarks/gpu_check.py (its docstring explains each step and the
