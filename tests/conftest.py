@@ -14,7 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,6 +46,15 @@ def processes() -> list[tuple[int, str, int, int]]:
         fields = text[text.rindex(")") + 2 :].split()
         found.append((int(stat.parent.name), fields[0], int(fields[1]), int(fields[2])))
     return found
+
+
+def alive(pgid: int, pids: Collection[int] = ()) -> list[int]:
+    """Live (non-zombie) processes in process group ``pgid`` or among ``pids``."""
+    return [
+        pid
+        for pid, state, _, group in processes()
+        if (pid in pids or group == pgid) and state != "Z"
+    ]
 
 
 def chromium(check: str) -> str:

@@ -59,7 +59,7 @@ from diver.tracking.names import (
     GRID_PARAMS,
 )
 from diver.tracking.ui_app import TRAINING_WORKFLOW, WORKFLOW_KEY
-from tests.conftest import REPO_ROOT, chromium, processes
+from tests.conftest import REPO_ROOT, alive, chromium
 
 pytestmark = pytest.mark.slow
 
@@ -250,9 +250,7 @@ def _stop_group(proc: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # the helpers the browser left behind
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(
-        group == proc.pid and state != "Z" for _, state, _, group in processes()
-    ):
+    while time.monotonic() < deadline and alive(proc.pid):
         time.sleep(0.05)
 
 

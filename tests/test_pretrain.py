@@ -39,7 +39,14 @@ from diver.model.mup_setup import attach_base_shapes, build_model, count_paramet
 from diver.train.engine import batch_geometry, enable_activation_checkpointing
 from diver.train.schedule import CosineFactor, cosine_schedule
 from diver.train.validation import evaluate
-from tests.conftest import REPO_ROOT, build_synthetic_corpus, built_once, processes, shared_dir
+from tests.conftest import (
+    REPO_ROOT,
+    alive,
+    build_synthetic_corpus,
+    built_once,
+    processes,
+    shared_dir,
+)
 
 EPOCHS = 2
 GLOBAL_BATCH = 8
@@ -618,15 +625,6 @@ def test_bad_batch_geometry_names_the_numbers(corpus: Path, tmp_path: Path) -> N
 # -------------------------------------------------------------------- slow runs
 
 
-def _alive(pids: set[int], pgid: int) -> list[int]:
-    """Live (non-zombie) processes among ``pids`` or in process group ``pgid``."""
-    return [
-        pid
-        for pid, state, _, group in processes()
-        if (pid in pids or group == pgid) and state != "Z"
-    ]
-
-
 @pytest.mark.slow
 def test_two_ranks_resume_exactly_after_killing_the_process_group(
     corpus: Path, tmp_path: Path
@@ -660,9 +658,9 @@ def test_two_ranks_resume_exactly_after_killing_the_process_group(
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     deadline = time.monotonic() + 5
-    while _alive(ranks, proc.pid) and time.monotonic() < deadline:
+    while alive(proc.pid, ranks) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _alive(ranks, proc.pid) == []  # no orphaned rank goes on training...
+    assert alive(proc.pid, ranks) == []  # no orphaned rank goes on training...
     assert not (out / "metrics.json").exists()  # ...nor finished the run meanwhile
 
     rerun = _ok(_run(_command(corpus, out, launcher=torchrun)))
